@@ -1,0 +1,49 @@
+# ICG: the two commands a new user runs are `make demo` and `make test`.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+# A matching torch/torchvision pair, installed first and pinned together (see README for other CUDA versions).
+TORCH   ?= torch==2.14.1 torchvision==0.29.1
+OUT     ?= outputs/demo
+
+.PHONY: setup demo test lint format bench-pairs clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.torch-installed: | $(BIN)/python
+	$(BIN)/pip install $(TORCH)
+	touch $@
+
+$(VENV)/.icg-installed: pyproject.toml $(VENV)/.torch-installed
+	$(BIN)/pip install --quiet -e ".[dev]"
+	# recbole only carries the MovieLens-100k files we read; its own dependencies are not wanted.
+	$(BIN)/pip install --quiet --no-deps recbole==1.2.1
+	touch $@
+
+setup: $(VENV)/.icg-installed
+
+demo: setup
+	$(BIN)/icg data stats ml-100k
+	$(BIN)/icg covers render ml-100k --size 128 --out $(OUT)/covers
+	@echo "Open $(OUT)/covers/index.html for the contact sheet."
+
+test: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+format: setup
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+bench-pairs: setup
+	$(BIN)/python bench/pairs_scale.py
+
+clean:
+	rm -rf $(OUT) .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+"""ICG: personalized cover image generation."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,193 @@
+"""Read delimited and Parquet tables with errors that say which file, which column and what was expected."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from icg.errors import DataError
+
+_SEPARATOR_NAMES = {"\t": "tab", ",": "comma", "::": "'::'", "|": "'|'", ";": "';'"}
+
+
+def require_dir(path: str | Path, what: str) -> Path:
+    """Return `path` as a Path if it is an existing folder, else a DataError naming `what` it should hold."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise DataError("folder not found", path=folder, expected=f"a folder holding {what}")
+    return folder
+
+
+def require_file(path: str | Path, what: str) -> Path:
+    """Return `path` if it is an existing, non-empty file, else a DataError."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise DataError("file not found", path=file, expected=what)
+    if file.stat().st_size == 0:
+        raise DataError("file is empty", path=file, expected=what)
+    return file
+
+
+def read_table(
+    path: str | Path,
+    *,
+    sep: str,
+    columns: Sequence[str],
+    names: Sequence[str] | None = None,
+    encoding: str = "utf-8",
+    dtype: dict[str, object] | None = None,
+    what: str = "a table",
+) -> pd.DataFrame:
+    """Read a delimited file and check it holds `columns`.
+
+    `names` gives column names for files without a header row. A file that parses into a single column
+    while more were expected is reported as a wrong separator, naming the one that was expected.
+    """
+    file = require_file(path, what)
+    sep_name = _SEPARATOR_NAMES.get(sep, repr(sep))
+    engine = "python" if len(sep) > 1 else "c"
+    try:
+        frame = pd.read_csv(
+            file,
+            sep=sep,
+            header=None if names is not None else "infer",
+            names=list(names) if names is not None else None,
+            encoding=encoding,
+            dtype=dtype,
+            engine=engine,
+            keep_default_na=True,
+        )
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"cannot decode byte {exc.object[exc.start : exc.start + 1]!r} at offset {exc.start}",
+            path=file,
+            expected=f"text encoded as {encoding}",
+        ) from None
+    except pd.errors.EmptyDataError:
+        raise DataError("file has no rows", path=file, expected=what) from None
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise DataError(
+            f"cannot parse: {str(exc).splitlines()[0]}", path=file, expected=f"{sep_name}-separated {what}"
+        ) from None
+    if frame.empty:
+        raise DataError("file has no data rows", path=file, expected=what)
+    if names is not None and len(columns) > 1 and frame[list(names)[1:]].isna().all().all():
+        raise DataError(
+            "every row parsed into one field: wrong separator",
+            path=file,
+            expected=f"{sep_name}-separated fields {list(names)}",
+        )
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        if len(frame.columns) == 1 and len(columns) > 1:
+            raise DataError(
+                "header parsed into one field: wrong separator",
+                path=file,
+                expected=f"{sep_name}-separated columns {list(columns)}",
+            )
+        raise DataError(
+            f"missing column; found {list(frame.columns)}",
+            path=file,
+            column=missing[0],
+            expected=f"columns {list(columns)}",
+        )
+    return frame
+
+
+def require_values(frame: pd.DataFrame, column: str, path: str | Path, kind: str) -> None:
+    """Raise a DataError if `column` holds missing values or values not convertible to `kind` ('number')."""
+    values = frame[column]
+    if kind == "number":
+        converted = pd.to_numeric(values, errors="coerce")
+        bad = converted.isna() & values.notna()
+        if bad.any():
+            first = values[bad].iloc[0]
+            raise DataError(
+                f"non-numeric value {first!r} in row {int(bad.to_numpy().argmax()) + 1}",
+                path=path,
+                column=column,
+                expected="numbers",
+            )
+    if values.isna().any():
+        raise DataError(
+            f"missing value in row {int(values.isna().to_numpy().argmax()) + 1}",
+            path=path,
+            column=column,
+            expected="a value in every row",
+        )
+
+
+def read_parquet_table(path: str | Path, *, columns: Sequence[str], what: str = "a table") -> pd.DataFrame:
+    """Read a Parquet file and check it holds `columns`; errors name the file like `read_table` does."""
+    file = require_file(path, what)
+    try:
+        frame = pd.read_parquet(file)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(
+            f"cannot read as Parquet: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+            path=file,
+            expected=f"a Parquet file holding {what}",
+        ) from None
+    if frame.empty:
+        raise DataError("file has no data rows", path=file, expected=what)
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"missing column; found {list(frame.columns)}",
+            path=file,
+            column=missing[0],
+            expected=f"columns {list(columns)}",
+        )
+    return frame
+
+
+def to_unix_seconds(values: pd.Series, path: str | Path, column: str) -> pd.Series:
+    """Timestamps as int64 Unix seconds: numbers pass through, datetimes and ISO 8601 text are converted.
+
+    Missing values become 0 (the schema's "unknown"); anything else unreadable is a DataError naming the row.
+    Naive datetimes are taken as UTC.
+    """
+    if isinstance(values.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(values.dtype):
+        stamps = pd.to_datetime(values, utc=True)
+    else:
+        numbers = pd.to_numeric(values, errors="coerce")
+        text = values.notna() & numbers.isna()
+        if not text.any():
+            return numbers.fillna(0).astype("int64")
+        try:
+            stamps = pd.to_datetime(values, utc=True, format="ISO8601")
+        except (ValueError, TypeError):
+            row = int(text.to_numpy().argmax())
+            raise DataError(
+                f"unreadable timestamp {values.iloc[row]!r} in row {row + 1}",
+                path=path,
+                column=column,
+                expected="Unix seconds or ISO 8601 date-times",
+            ) from None
+    seconds = (stamps - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+    return seconds.fillna(0).astype("int64")
+
+
+def existing_files(paths: pd.Series) -> pd.Series:
+    """Which of `paths` (str or missing) name existing files.
+
+    One directory listing per folder instead of a stat per row: cover folders can hold millions of images.
+    """
+    present = pd.Series(False, index=paths.index)
+    known = paths.notna() & (paths.astype("object").astype(str) != "")
+    if not known.any():
+        return present
+    as_paths = paths[known].astype(str)
+    folders = as_paths.map(os.path.dirname)
+    names = as_paths.map(os.path.basename)
+    for folder, group in names.groupby(folders, sort=False):
+        try:
+            with os.scandir(folder or ".") as entries:
+                listed = {entry.name for entry in entries if entry.is_file()}
+        except OSError:
+            continue
+        present[group.index] = group.isin(listed)
+    return present
