@@ -96,7 +96,7 @@ def main() -> None:
         synthesize(path, args.interactions, args.users, args.items)
         rows = pd.read_parquet(path, columns=["signal"]).shape[0]
         elapsed = time.perf_counter() - t0
-        print(f"synthetic: {rows:,} interactions, {args.users:,} users, {args.items:,} items, {elapsed:.1f} s")
+        print(f"synthetic: {rows:,} interactions, {args.users:,} users, {args.items:,} items, {elapsed:.0f}s")
         methods = ["ours"] if args.skip_baseline else ["ours", "pandas-merge baseline"]
         results = []
         for method in methods:
