@@ -180,9 +180,8 @@ def existing_files(paths: pd.Series) -> pd.Series:
     known = paths.notna() & (paths.astype("object").astype(str) != "")
     if not known.any():
         return present
-    as_paths = paths[known].astype(str)
-    folders = as_paths.map(os.path.dirname)
-    names = as_paths.map(os.path.basename)
+    parts = paths[known].astype(str).str.rpartition(os.sep)
+    folders, names = parts[0], parts[2]
     for folder, group in names.groupby(folders, sort=False):
         try:
             with os.scandir(folder or ".") as entries:
