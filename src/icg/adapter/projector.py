@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from icg.modules import DeviceDtypeMixin
+
 
 @dataclass(frozen=True)
 class ProjectorConfig:
@@ -104,7 +106,7 @@ def _check_input(name: str, x: Any, expected: tuple[int | str, ...]) -> None:
         raise ValueError(f"{name} contains NaN or Inf values")
 
 
-class PersonalizedProjector(nn.Module):
+class PersonalizedProjector(DeviceDtypeMixin, nn.Module):
     """Builds the personalized context prompt c_p (B, N_c [+ N_u], W) from C_ref and, optionally, U_pre."""
 
     def __init__(self, config: ProjectorConfig) -> None:

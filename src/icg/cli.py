@@ -1,0 +1,260 @@
+"""The `icg` command line. The only module that parses arguments; everything else is a plain function."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from icg.errors import ICGError
+
+app = typer.Typer(help="ICG: personalized cover image generation.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: statistics and preference pairs.", no_args_is_help=True)
+covers_app = typer.Typer(
+    help="Reference covers: render them for datasets without covers.", no_args_is_help=True
+)
+train_app = typer.Typer(help="Train ICG's components.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(covers_app, name="covers")
+app.add_typer(train_app, name="train")
+
+console = Console(stderr=True)
+
+DatasetArg = Annotated[
+    str, typer.Argument(help="ml-100k, ml-1m, ml-20m, ml-25m, ml-latest, ml-latest-small, pixelrec or logs.")
+]
+PathOpt = Annotated[
+    Path | None, typer.Option("--path", help="Folder holding the dataset's files (ml-100k: optional).")
+]
+SignalOpt = Annotated[
+    str | None,
+    typer.Option("--signal", help="PixelRec: engagement column used as relevance (view_number, …)."),
+]
+
+
+def _load(dataset: str, path: Path | None, signal: str | None = None):
+    from icg.data.registry import load_dataset
+
+    options = {"signal": signal} if signal else {}
+    return load_dataset(dataset, path, **options)
+
+
+def _print_json(payload: object) -> None:
+    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+@app.callback()
+def _configure(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False):
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@data_app.command("stats")
+def data_stats(
+    dataset: DatasetArg,
+    path: PathOpt = None,
+    signal: SignalOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Counts of users, items, ratings and how many users have ≥ 6 interactions."""
+    from icg.data.stats import dataset_stats
+
+    stats = dataset_stats(_load(dataset, path, signal))
+    if as_json:
+        _print_json(stats)
+        return
+    table = Table(title=f"{stats['dataset']} ({stats['source']})")
+    table.add_column("statistic")
+    table.add_column("value", justify="right")
+    for key, value in stats.items():
+        if key in ("dataset", "source"):
+            continue
+        text = ", ".join(f"{k}: {v}" for k, v in value.items()) if isinstance(value, dict) else str(value)
+        table.add_row(key, text)
+    Console().print(table)
+
+
+@data_app.command("pairs")
+def data_pairs(
+    dataset: DatasetArg,
+    out: Annotated[Path, typer.Option("--out", help="Parquet file to write.")],
+    path: PathOpt = None,
+    signal: SignalOpt = None,
+    k1: Annotated[int, typer.Option(help="Top-k1 items per user are positives.")] = 5,
+    k2: Annotated[int, typer.Option(help="Bottom-k2 items per user are negatives.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed for tie-breaking, sampling and the split.")] = 0,
+    min_interactions: Annotated[int, typer.Option(help="Users with fewer interactions are dropped.")] = 6,
+) -> None:
+    """Preference pairs (paper §3.4.1) with a user-disjoint train/val/test split; prints a JSON summary."""
+    from icg.atomic import atomic_path, write_text_atomic
+    from icg.data.pairs import PairConfig, build_pairs
+
+    config = PairConfig(k1=k1, k2=k2, seed=seed, min_interactions=min_interactions)
+    data = _load(dataset, path, signal)
+    pairs, summary = build_pairs(data.interactions, config)
+    with atomic_path(out) as tmp:
+        pairs.to_parquet(tmp, index=False)
+    payload = {"dataset": data.name, "out": str(out), "config": config.__dict__, **summary.to_dict()}
+    write_text_atomic(out.with_suffix(out.suffix + ".json"), json.dumps(payload, indent=2, default=str))
+    _print_json(payload)
+
+
+@covers_app.command("render")
+def covers_render(
+    dataset: DatasetArg,
+    out: Annotated[Path, typer.Option("--out", help="Folder for {item_id}.png and index.html.")],
+    path: PathOpt = None,
+    size: Annotated[int, typer.Option(help="Cover side in pixels (64–512).")] = 128,
+    limit: Annotated[int | None, typer.Option(help="Render only the first N items.")] = None,
+    variant: Annotated[int, typer.Option(help="Composition variant; 0 is the reference cover.")] = 0,
+) -> None:
+    """Render one reference cover per item (deterministic by item id) and an HTML contact sheet."""
+    from icg.data.covers.contact_sheet import write_contact_sheet
+    from icg.data.covers.render import render_covers
+
+    data = _load(dataset, path)
+    rendered = render_covers(data.items, out, size=size, limit=limit, variant=variant)
+    sheet = write_contact_sheet(rendered, out, title=f"{data.name} reference covers ({size}px)")
+    console.print(f"wrote {len(rendered)} covers and [bold]{sheet}[/bold]")
+
+
+@covers_app.command("probe")
+def covers_probe(
+    dataset: DatasetArg,
+    path: PathOpt = None,
+    size: Annotated[int, typer.Option(help="Cover side in pixels.")] = 64,
+    seed: Annotated[int, typer.Option(help="Seed of the held-out item split.")] = 0,
+) -> None:
+    """Measure the genre signal in rendered covers: colour-histogram logistic regression vs chance."""
+    from icg.data.covers.genre_probe import measure_genre_signal
+
+    data = _load(dataset, path)
+    _print_json({"dataset": data.name, **measure_genre_signal(data.items, size=size, seed=seed)})
+
+
+@train_app.command("user-encoder")
+def train_user_encoder_cmd(
+    dataset: DatasetArg,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the trained two-tower model.")],
+    path: PathOpt = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs (default: the trainer's).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the split, sampling and initialisation.")] = 0,
+) -> None:
+    """Train the two-tower user encoder; prints held-out AUC beside a popularity baseline (resumable)."""
+    from icg.users.train import train_user_encoder
+
+    options = {"epochs": epochs} if epochs is not None else {}
+    metrics = train_user_encoder(_load(dataset, path), out, seed=seed, **options)
+    _print_json(metrics)
+
+
+@app.command("generate")
+def generate_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Folder for covers, JSON sidecars and index.html.")],
+    preset: Annotated[str, typer.Option(help="sd15 or tiny.")] = "tiny",
+    title: Annotated[str | None, typer.Option(help="Item title (with --image).")] = None,
+    image: Annotated[Path | None, typer.Option(help="Reference cover image of the item.")] = None,
+    item_id: Annotated[
+        list[str] | None, typer.Option("--item-id", help="Item of --dataset (repeatable).")
+    ] = None,
+    dataset: Annotated[str, typer.Option(help="Dataset of --item-id and --user-id.")] = "ml-100k",
+    user_id: Annotated[list[str] | None, typer.Option("--user-id", help="Known user (repeatable).")] = None,
+    profile: Annotated[
+        list[str] | None, typer.Option("--profile", help="Cold-start user profile sentence (repeatable).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Cover k uses seed + k.")] = 0,
+    steps: Annotated[int | None, typer.Option(help="DDIM steps (default: the preset's).")] = None,
+    guidance: Annotated[float | None, typer.Option(help="Guidance scale (default: the preset's).")] = None,
+    num_images: Annotated[int, typer.Option(help="Covers per (item, user).")] = 1,
+    base_model: Annotated[
+        str | None, typer.Option(help="Override the backbone (folder, id or file).")
+    ] = None,
+    base_config: Annotated[str | None, typer.Option(help="Config folder for a single-file backbone.")] = None,
+    adapter: Annotated[str | None, typer.Option(help="Override the adapter folder.")] = None,
+    user_encoder: Annotated[str | None, typer.Option(help="Override the user-encoder folder.")] = None,
+    context_encoder: Annotated[str | None, typer.Option(help="Override the context encoder (MLLM).")] = None,
+    unknown_user: Annotated[
+        str, typer.Option(help="'error' or 'cold-start' for a --user-id the user encoder does not know.")
+    ] = "error",
+) -> None:
+    """Personalized covers for items × users → PNG + JSON sidecar per cover + index.html."""
+    from icg.generate import RunInfo, dataset_item, parse_users, read_image, write_covers
+    from icg.loading import adapter_hash, load_cover_pipeline
+    from icg.pipeline import CoverItem
+    from icg.presets import get_preset
+
+    if unknown_user not in ("error", "cold-start"):
+        raise ICGError(f"--unknown-user must be 'error' or 'cold-start', got '{unknown_user}'")
+    items: list[CoverItem] = []
+    if title is not None or image is not None:
+        if title is None or image is None:
+            raise ICGError("--title and --image go together: give both, or use --item-id with --dataset")
+        if not title.strip():
+            raise ICGError("--title is empty")
+        items.append(CoverItem(title=title, image=read_image(image)))
+    items += [dataset_item(dataset, i) for i in item_id or []]
+    if not items:
+        raise ICGError("no item: give --title and --image, or --item-id (with --dataset)")
+    users = parse_users(user_id or [], profile or [])
+    spec = get_preset(preset).replace(
+        base_model=base_model,
+        base_config=base_config,
+        adapter=adapter,
+        user_encoder=user_encoder,
+        context_encoder=context_encoder,
+    )
+    pipe = load_cover_pipeline(spec)
+    try:  # the pipeline raises ValueError for bad input, as diffusers pipelines do
+        output = pipe(
+            items,
+            users,
+            num_inference_steps=steps or spec.num_inference_steps,
+            guidance_scale=spec.guidance_scale if guidance is None else guidance,
+            seed=seed,
+            num_images_per_prompt=num_images,
+            strict_users=unknown_user == "error",
+            max_prompt_tokens=spec.explicit_prompt_tokens,
+        )
+    except ValueError as exc:
+        raise ICGError(str(exc)) from exc
+    model_ids = {
+        "base_model": spec.base_model,
+        "context_encoder": spec.context_encoder,
+        "user_encoder": spec.user_encoder,
+        "adapter": spec.adapter,
+    }
+    written = write_covers(output, out, RunInfo(spec.name, model_ids, adapter_hash(spec.adapter)))
+    console.print(f"wrote {len(written)} covers and [bold]{out / 'index.html'}[/bold]")
+
+
+def main() -> None:
+    """Entry point: user errors become one clear line and exit code 2, never a traceback."""
+    try:
+        app(standalone_mode=False)
+    except ICGError as exc:
+        console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()
