@@ -247,3 +247,74 @@ def tiny_ip_adapter_state_dict(
         ip_adapter[f"{2 * k + 1}.to_k_ip.weight"] = torch.randn(shape, generator=gen) * width**-0.5
         ip_adapter[f"{2 * k + 1}.to_v_ip.weight"] = torch.randn(shape, generator=gen) * width**-0.5
     return {"image_proj": image_proj, "ip_adapter": ip_adapter}
+
+
+def materialize_tiny_preset(folder: str | Path, seed: int = 0) -> Path:
+    """Write the `tiny` preset: every component saved like a real checkpoint, plus `preset.json`.
+
+    Layout: backbone/{unet,vae,text_encoder,tokenizer,scheduler} (a diffusers folder), context_encoder/
+    (Qwen2.5-VL + meta tokens), user_encoder/ (two-tower, ml-100k vocabulary, untrained), adapter/ (dual path
+    + projector, initialised from the text path). Built in a sibling temp folder and renamed into place, so
+    a crash never leaves a half-written preset. Paths in preset.json are relative to the folder.
+    """
+    import os
+    import shutil
+
+    from icg.adapter.attention import install_dual_path_adapter
+    from icg.adapter.checkpoint import save_adapter
+    from icg.adapter.projector import PersonalizedProjector, ProjectorConfig
+    from icg.context import ContextEncoder, build_tiny_context_encoder
+    from icg.data.movielens import load_ml100k
+    from icg.presets import PresetSpec
+    from icg.users import FeatureVocab, TwoTowerConfig, TwoTowerModel
+
+    folder = Path(folder)
+    staging = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    components = get_dummy_components(staging / "tokenizer-src", seed=seed)
+    for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        components[name].save_pretrained(staging / "backbone" / name)
+    shutil.rmtree(staging / "tokenizer-src")
+
+    build_tiny_context_encoder(staging / "context_encoder", seed=seed)
+    context = ContextEncoder.from_pretrained(staging / "context_encoder", num_meta_tokens=1, seed=seed)
+    context.save_pretrained(staging / "context_encoder")
+
+    data = load_ml100k()
+    vocab = FeatureVocab.from_data(data)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        users = TwoTowerModel(TwoTowerConfig.for_vocab(vocab), vocab)
+    genres, titles = vocab.item_tables(data.items)
+    users.set_tables(
+        torch.from_numpy(vocab.user_table(data.users)), torch.from_numpy(genres), torch.from_numpy(titles)
+    )
+    users.save_pretrained(staging / "user_encoder")
+
+    unet = components["unet"]
+    adapter = install_dual_path_adapter(unet, init="text")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        projector = PersonalizedProjector(
+            ProjectorConfig(
+                context_dim=context.hidden_size,
+                num_meta_tokens=1,
+                cross_attention_dim=unet.config.cross_attention_dim,
+                user_dim=users.config.output_dim,
+            )
+        )
+    save_adapter(staging / "adapter", adapter, projector)
+
+    spec = PresetSpec(
+        name="tiny",
+        base_model="backbone",
+        context_encoder="context_encoder",
+        user_encoder="user_encoder",
+        adapter="adapter",
+        explicit_prompt_tokens=12,
+    )
+    (staging / "preset.json").write_text(spec.to_json(), encoding="utf-8")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staging, folder)
+    return folder

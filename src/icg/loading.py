@@ -1,0 +1,150 @@
+"""Load a CoverPipeline from a PresetSpec with the libraries' own `from_pretrained` / `from_single_file`.
+
+One path for every preset: the tiny preset's random components are saved like real checkpoints and loaded
+back here, exactly as SD1.5 + Qwen2.5-VL would be. `HF_HUB_OFFLINE=1` (or a local path) never touches the
+network; a hub id is only resolved when the environment allows it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from icg.adapter.attention import install_dual_path_adapter
+from icg.adapter.checkpoint import load_adapter
+from icg.adapter.projector import PersonalizedProjector, ProjectorConfig
+from icg.context import ContextEncoder
+from icg.errors import ICGError
+from icg.pipeline import CoverPipeline
+from icg.presets import PresetSpec
+
+logger = logging.getLogger(__name__)
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+def load_backbone(base_model: str, base_config: str | None = None, torch_dtype: torch.dtype = torch.float32):
+    """(unet, vae, text_encoder, tokenizer, DDIM scheduler) from a diffusers folder/hub id or a single file.
+
+    A single `.safetensors`/`.ckpt` file (how community SD1.5 checkpoints are shared) needs `base_config`, a
+    local diffusers folder with the model_index.json and component configs of the same architecture.
+    """
+    local_only = _offline() or Path(base_model).exists()
+    if base_model.endswith(SINGLE_FILE_SUFFIXES):
+        if not Path(base_model).is_file():
+            raise ICGError(f"{base_model}: single-file checkpoint not found")
+        if base_config is None or not Path(base_config).is_dir():
+            raise ICGError(
+                f"{base_model}: a single-file checkpoint needs --base-config, a local diffusers folder "
+                "with the configs of the same architecture (no hub access here)"
+            )
+        try:
+            pipe = StableDiffusionPipeline.from_single_file(
+                base_model,
+                config=base_config,
+                local_files_only=True,
+                torch_dtype=torch_dtype,
+                safety_checker=None,
+                requires_safety_checker=False,
+            )
+        except (ValueError, RuntimeError, KeyError, OSError) as exc:
+            raise ICGError(
+                f"{base_model}: not a checkpoint of the architecture in {base_config}: "
+                f"{str(exc).splitlines()[0]}"
+            ) from exc
+        unet, vae, text_encoder, tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
+        scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    else:
+        common = {"local_files_only": local_only}
+        try:
+            unet = UNet2DConditionModel.from_pretrained(
+                base_model, subfolder="unet", torch_dtype=torch_dtype, **common
+            )
+            vae = AutoencoderKL.from_pretrained(
+                base_model, subfolder="vae", torch_dtype=torch_dtype, **common
+            )
+            text_encoder = CLIPTextModel.from_pretrained(
+                base_model, subfolder="text_encoder", torch_dtype=torch_dtype, **common
+            )
+            tokenizer = CLIPTokenizer.from_pretrained(base_model, subfolder="tokenizer", **common)
+            scheduler = DDIMScheduler.from_pretrained(base_model, subfolder="scheduler", **common)
+        except (OSError, ValueError) as exc:
+            raise ICGError(
+                f"cannot load the backbone from '{base_model}': {str(exc).splitlines()[0]}"
+            ) from exc
+    for module in (unet, vae, text_encoder):
+        module.requires_grad_(False).eval()
+    return unet, vae, text_encoder, tokenizer, scheduler
+
+
+def adapter_hash(path: str | Path | None) -> str | None:
+    """A short content hash of the adapter weights, recorded in every sidecar."""
+    if path is None:
+        return None
+    digest = hashlib.sha256()
+    for file in sorted(Path(path).glob("*")):
+        if file.is_file():
+            digest.update(file.name.encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def load_cover_pipeline(
+    spec: PresetSpec, device: str | torch.device = "cpu", torch_dtype: torch.dtype = torch.float32
+) -> CoverPipeline:
+    """Every component of `spec`, loaded once, on `device`."""
+    if spec.backbone != "sd15":
+        raise ICGError(f"preset '{spec.name}': backbone '{spec.backbone}' is not supported yet (only sd15)")
+    if spec.base_model is None or spec.context_encoder is None:
+        raise ICGError(f"preset '{spec.name}' names no base model or no context encoder")
+    unet, vae, text_encoder, tokenizer, scheduler = load_backbone(
+        spec.base_model, spec.base_config, torch_dtype
+    )
+    context_encoder = ContextEncoder.from_pretrained(
+        spec.context_encoder, num_meta_tokens=spec.num_meta_tokens, torch_dtype=torch_dtype
+    )
+    user_encoder = None
+    if spec.user_encoder is not None:
+        from icg.users import TwoTowerModel
+
+        user_encoder = TwoTowerModel.from_pretrained(spec.user_encoder)
+    if spec.adapter is not None:
+        _, projector = load_adapter(spec.adapter, unet)
+        if projector is None:
+            raise ICGError(f"{spec.adapter}: adapter checkpoint has no projector")
+    else:
+        logger.warning(
+            "preset '%s' has no adapter: using an untrained one (covers ignore item/user)", spec.name
+        )
+        install_dual_path_adapter(unet, init="zeros")
+        projector = PersonalizedProjector(
+            ProjectorConfig(
+                context_dim=context_encoder.hidden_size,
+                num_meta_tokens=spec.num_meta_tokens,
+                user_dim=user_encoder.config.output_dim if user_encoder is not None else None,
+                cross_attention_dim=unet.config.cross_attention_dim,
+                num_context_tokens=spec.num_context_tokens,
+                num_user_tokens=spec.num_user_tokens if user_encoder is not None else 0,
+            )
+        )
+    pipe = CoverPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        context_encoder=context_encoder,
+        projector=projector.to(dtype=torch_dtype).eval(),
+        user_encoder=user_encoder,
+    )
+    return pipe.to(device)

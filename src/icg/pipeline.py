@@ -1,0 +1,285 @@
+"""CoverPipeline: item (title + reference cover) × user → personalized covers (paper Fig. 2, inference).
+
+Read `__call__` top to bottom: it is the data flow of ../shared/DESIGN.md.
+
+Classifier-free guidance. The conditional branch sees the explicit prompt's text embeddings c_t and the
+personalized tokens c_p = Proj(C_ref) ⊕ Proj(U_pre). The unconditional branch sees the empty prompt's text
+embeddings and the projector applied to all-zero context and user embeddings — the same convention diffusers
+uses for IP-Adapter's negative image embeddings — so guidance pushes towards both the prompt and the item/user
+conditioning. With guidance_scale ≤ 1 only the conditional branch runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from icg.adapter.attention import personalized_unet_inputs
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CoverItem:
+    """An item to make covers for: its title and existing (reference) cover."""
+
+    title: str
+    image: PIL.Image.Image
+    item_id: str | None = None
+
+
+@dataclass(frozen=True)
+class CoverUser:
+    """A user to personalize for: a known id, a profile (sentence or fields), or both."""
+
+    user_id: str | None = None
+    profile: str | dict | None = None
+
+    @property
+    def label(self) -> str:
+        return self.user_id if self.user_id is not None else str(self.profile)
+
+
+@dataclass
+class CoverPipelineOutput(BaseOutput):
+    """Covers in item-major order (item, user, image index) and one metadata dict per cover."""
+
+    images: list[PIL.Image.Image] | torch.Tensor
+    metadata: list[dict[str, Any]] = field(default_factory=list)
+
+
+class CoverPipeline(DiffusionPipeline):
+    """Personalized cover generation with a frozen SD1.5-architecture backbone and the dual-path adapter.
+
+    Components: vae, text_encoder, tokenizer, unet (with `install_dual_path_adapter` applied), scheduler
+    (DDIM by default), context_encoder (`icg.context.ContextEncoder`), user_encoder (two-tower, optional),
+    projector (`icg.adapter.PersonalizedProjector`).
+    """
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+
+    def __init__(
+        self,
+        vae,
+        text_encoder,
+        tokenizer,
+        unet,
+        scheduler,
+        context_encoder,
+        projector,
+        user_encoder=None,
+    ) -> None:
+        super().__init__()
+        self.register_modules(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            context_encoder=context_encoder,
+            projector=projector,
+            user_encoder=user_encoder,
+        )
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    # --- inputs ---------------------------------------------------------------------------------------------
+    def check_inputs(
+        self,
+        items: list[CoverItem],
+        users: list[CoverUser] | None,
+        num_inference_steps: int,
+        guidance_scale: float,
+        height: int,
+        width: int,
+        num_images_per_prompt: int,
+    ) -> None:
+        if not items:
+            raise ValueError("items is empty: give at least one CoverItem")
+        for k, item in enumerate(items):
+            if not isinstance(item, CoverItem):
+                raise ValueError(f"items[{k}] must be a CoverItem, got {type(item).__name__}")
+            if not isinstance(item.title, str) or not item.title.strip():
+                raise ValueError(f"items[{k}] has an empty title")
+            if not isinstance(item.image, PIL.Image.Image):
+                raise ValueError(f"items[{k}].image must be a PIL image, got {type(item.image).__name__}")
+        if users:
+            if self.user_encoder is None:
+                raise ValueError("users were given but this pipeline has no user_encoder")
+            if not self.projector.config.has_user_path:
+                raise ValueError("users were given but the projector has no user path (num_user_tokens=0)")
+            for k, user in enumerate(users):
+                if not isinstance(user, CoverUser) or (user.user_id is None and user.profile is None):
+                    raise ValueError(f"users[{k}] must be a CoverUser with a user_id, a profile or both")
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be ≥ 1, got {num_inference_steps}")
+        if guidance_scale < 0 or not np.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be a finite number ≥ 0, got {guidance_scale}")
+        if num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be ≥ 1, got {num_images_per_prompt}")
+        multiple = self.vae_scale_factor
+        if height % multiple or width % multiple or height <= 0 or width <= 0:
+            raise ValueError(
+                f"height and width must be positive multiples of {multiple}, got {height}×{width}"
+            )
+
+    # --- conditioning ---------------------------------------------------------------------------------------
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """CLIP text hidden states c_t for each prompt, padded to the tokenizer's max length → (B, T, W)."""
+        tokens = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        return self.text_encoder(tokens.input_ids.to(self.text_encoder.device))[0]
+
+    def encode_users(self, users: list[CoverUser], strict: bool = True) -> torch.Tensor:
+        """U_pre for each user → (U, D_u); unknown ids raise unless strict=False and a profile is given."""
+        embeds = self.user_encoder.encode_users(
+            [u.user_id for u in users], [u.profile for u in users], strict=strict
+        )
+        _check_finite("user embeddings", embeds)
+        return embeds
+
+    def personal_tokens(
+        self, context: torch.Tensor, user: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conditional c_p and its unconditional twin (projector of zeros), each (B, N_c [+ N_u], W)."""
+        cond = self.projector(context, user)
+        uncond = self.projector(torch.zeros_like(context), None if user is None else torch.zeros_like(user))
+        return cond, uncond
+
+    def prepare_latents(
+        self, batch_size: int, height: int, width: int, dtype: torch.dtype, generators: list[torch.Generator]
+    ) -> torch.Tensor:
+        shape = (
+            batch_size,
+            self.unet.config.in_channels,
+            height // self.vae_scale_factor,
+            width // self.vae_scale_factor,
+        )
+        latents = randn_tensor(shape, generator=generators, device=self._execution_device, dtype=dtype)
+        return latents * self.scheduler.init_noise_sigma
+
+    # --- generation -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        items: list[CoverItem],
+        users: list[CoverUser] | None = None,
+        num_inference_steps: int = 15,
+        guidance_scale: float = 7.0,
+        seed: int = 0,
+        num_images_per_prompt: int = 1,
+        height: int | None = None,
+        width: int | None = None,
+        adapter_scale: float | None = None,
+        strict_users: bool = True,
+        max_prompt_tokens: int = 77,
+        output_type: str = "pil",
+    ) -> CoverPipelineOutput:
+        """Covers for every (item, user) pair; with no users, one unpersonalized set per item.
+
+        Cover k (item-major order) starts from noise seeded with `seed + k`, so any single cover can be
+        regenerated from its sidecar alone.
+        """
+        height = height or self.unet.config.sample_size * self.vae_scale_factor
+        width = width or self.unet.config.sample_size * self.vae_scale_factor
+        # 1. check inputs
+        self.check_inputs(
+            items, users, num_inference_steps, guidance_scale, height, width, num_images_per_prompt
+        )
+        device = self._execution_device
+        do_cfg = guidance_scale > 1.0
+
+        # 2. item context, once per item: explicit prompt P_exp and meta-token embeddings C_ref (I, N, D)
+        prompts, context = self.context_encoder.encode_items(
+            [i.image for i in items], [i.title for i in items]
+        )
+        context = context.to(device=device, dtype=_dtype_of(self.projector))
+        _check_finite("context embeddings", context)
+
+        # 3. user features, once per user: U_pre (U, D_u)
+        user_embeds = (
+            self.encode_users(users, strict_users).to(device, _dtype_of(self.projector)) if users else None
+        )
+        n_users = len(users) if users else 1
+
+        # 4. the grid (item, user, image) in item-major order
+        grid = [
+            (i, u, k) for i in range(len(items)) for u in range(n_users) for k in range(num_images_per_prompt)
+        ]
+        item_idx = torch.tensor([g[0] for g in grid], device=device)
+        user_idx = torch.tensor([g[1] for g in grid], device=device)
+
+        # 5. text embeddings c_t of the explicit prompts (and of "" for guidance)
+        text = self.encode_text(prompts)[item_idx]  # (B, T, W)
+        cond_p, uncond_p = self.personal_tokens(
+            context[item_idx], user_embeds[user_idx] if user_embeds is not None else None
+        )
+        cond_p, uncond_p = cond_p.to(text.dtype), uncond_p.to(text.dtype)
+        if do_cfg:
+            empty = self.encode_text([""]).expand_as(text)
+            text, personal = torch.cat([empty, text]), torch.cat([uncond_p, cond_p])
+        else:
+            personal = cond_p
+        unet_inputs = personalized_unet_inputs(text, personal, adapter_scale)
+
+        # 6. initial noise, one generator per cover
+        generators = [torch.Generator("cpu").manual_seed(seed + k) for k in range(len(grid))]
+        latents = self.prepare_latents(len(grid), height, width, text.dtype, generators)
+
+        # 7. denoising loop (DDIM by default)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        for t in self.progress_bar(self.scheduler.timesteps):
+            model_input = torch.cat([latents] * 2) if do_cfg else latents
+            model_input = self.scheduler.scale_model_input(model_input, t)
+            noise = self.unet(model_input, t, **unet_inputs).sample
+            if do_cfg:
+                noise_uncond, noise_cond = noise.chunk(2)
+                noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+            latents = self.scheduler.step(noise, t, latents).prev_sample
+
+        # 8. decode
+        images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        images = (images / 2 + 0.5).clamp(0, 1)  # (B, 3, H, W) in [0, 1]
+        metadata = [
+            {
+                "item_id": items[i].item_id,
+                "title": items[i].title,
+                "explicit_prompt": prompts[i],
+                "user_id": users[u].user_id if users else None,
+                "profile": users[u].profile if users else None,
+                "image_index": k,
+                "seed": seed + n,
+                "num_inference_steps": num_inference_steps,
+                "guidance_scale": guidance_scale,
+                "adapter_scale": adapter_scale,
+                "height": height,
+                "width": width,
+                "scheduler": type(self.scheduler).__name__,
+            }
+            for n, (i, u, k) in enumerate(grid)
+        ]
+        if output_type == "pt":
+            return CoverPipelineOutput(images=images, metadata=metadata)
+        arrays = (images.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)
+        return CoverPipelineOutput(images=[PIL.Image.fromarray(a) for a in arrays], metadata=metadata)
+
+
+def _dtype_of(module: torch.nn.Module) -> torch.dtype:
+    return next(module.parameters()).dtype
+
+
+def _check_finite(name: str, tensor: torch.Tensor) -> None:
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{name} contain NaN or infinite values; check the model weights and inputs")

@@ -1,0 +1,109 @@
+"""Named presets → component specs. Real and tiny/mini differ only here, never in code paths.
+
+A preset names where each component comes from: the diffusion backbone (a diffusers folder, a hub id, or a
+single `.safetensors` file with a local config folder), the MLLM context encoder, the user encoder and the
+adapter. Every component is then loaded by the same `from_pretrained` calls (`icg.loading`).
+
+- `sd15`: Stable Diffusion 1.5 + Qwen2.5-VL-7B-Instruct (hub ids; honour HF_HUB_OFFLINE and local paths).
+  The user encoder and the adapter are trained by ICG, so they have no default and must be given.
+- `tiny`: random components of the same classes at tiny size, written once to `$ICG_HOME/presets/tiny`
+  (default `~/.cache/icg`) by `materialize_tiny_preset` and loaded back like real checkpoints. For tests and
+  wiring checks only: its covers are noise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from icg.errors import ICGError
+
+logger = logging.getLogger(__name__)
+
+Backbone = Literal["sd15", "flux"]
+
+
+@dataclass(frozen=True)
+class PresetSpec:
+    """Where a cover pipeline's components come from, and its generation defaults."""
+
+    name: str
+    backbone: Backbone = "sd15"
+    base_model: str | None = None
+    base_config: str | None = None  # local diffusers config folder for a single-file base_model
+    context_encoder: str | None = None
+    user_encoder: str | None = None
+    adapter: str | None = None
+    num_meta_tokens: int = 1
+    num_context_tokens: int = 4
+    num_user_tokens: int = 4
+    num_inference_steps: int = 15
+    guidance_scale: float = 7.0
+    explicit_prompt_tokens: int = 77
+
+    def replace(self, **changes: object) -> PresetSpec:
+        """A copy with the non-None `changes` applied (CLI overrides such as --base-model)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> PresetSpec:
+        return cls(**json.loads(text))
+
+
+def icg_home() -> Path:
+    """Where ICG keeps generated presets and caches ($ICG_HOME, default ~/.cache/icg)."""
+    return Path(os.environ.get("ICG_HOME", Path.home() / ".cache" / "icg")).expanduser()
+
+
+SD15 = PresetSpec(
+    name="sd15",
+    base_model="stable-diffusion-v1-5/stable-diffusion-v1-5",
+    context_encoder="Qwen/Qwen2.5-VL-7B-Instruct",
+)
+
+
+def tiny_preset(folder: Path | None = None) -> PresetSpec:
+    """The tiny preset, materialized into `folder` (default under icg_home()) if it is not there yet."""
+    folder = Path(folder) if folder is not None else icg_home() / "presets" / "tiny"
+    if not (folder / "preset.json").is_file():
+        from icg.testing import materialize_tiny_preset
+
+        materialize_tiny_preset(folder)
+    return load_preset_folder(folder)
+
+
+def load_preset_folder(folder: str | Path) -> PresetSpec:
+    """A preset saved as `preset.json` in a folder; relative component paths resolve against that folder."""
+    folder = Path(folder)
+    file = folder / "preset.json"
+    if not file.is_file():
+        raise ICGError(f"{file}: preset file not found")
+    spec = PresetSpec.from_json(file.read_text(encoding="utf-8"))
+    paths = {}
+    for name in ("base_model", "base_config", "context_encoder", "user_encoder", "adapter"):
+        value = getattr(spec, name)
+        if value is not None and (folder / value).exists():
+            paths[name] = str((folder / value).resolve())
+    return spec.replace(**paths)
+
+
+PRESETS = ("sd15", "tiny")
+
+
+def get_preset(name: str) -> PresetSpec:
+    """The preset called `name`; a clear error lists the known ones."""
+    if name == "sd15":
+        return SD15
+    if name == "tiny":
+        return tiny_preset()
+    if Path(name).is_dir():
+        return load_preset_folder(name)
+    raise ICGError(f"unknown preset '{name}'; expected one of {list(PRESETS)} or a folder with preset.json")
