@@ -15,6 +15,7 @@ from icg.presets import load_preset_folder
 from icg.testing import materialize_tiny_preset
 
 STEPS = 2
+FAST = {"num_inference_steps": STEPS, "max_prompt_tokens": 6}  # tiny models: few steps, short prompts
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +56,8 @@ def test_grid_order_sizes_and_metadata(pipe: CoverPipeline) -> None:
 
 def test_same_seed_same_covers_and_each_cover_reproducible_alone(pipe: CoverPipeline) -> None:
     users = [CoverUser(user_id="1"), CoverUser(user_id="2")]
-    first = pipe(_items(), users, num_inference_steps=STEPS, seed=0, max_prompt_tokens=6)
-    again = pipe(_items(), users, num_inference_steps=STEPS, seed=0, max_prompt_tokens=6)
+    first = pipe(_items(), users, seed=0, **FAST)
+    again = pipe(_items(), users, seed=0, **FAST)
     assert np.array_equal(_pixels(first.images), _pixels(again.images))
     # cover 3 = (item 2, user 2), seed 3: regenerate it alone from its sidecar values
     alone = pipe(
@@ -67,7 +68,7 @@ def test_same_seed_same_covers_and_each_cover_reproducible_alone(pipe: CoverPipe
 
 def test_users_and_guidance_change_the_cover(pipe: CoverPipeline) -> None:
     users = [CoverUser(user_id="1"), CoverUser(user_id="2")]
-    out = pipe(_items()[:1], users, num_inference_steps=STEPS, seed=0, output_type="pt", max_prompt_tokens=6)
+    out = pipe(_items()[:1], users, seed=0, output_type="pt", **FAST)
     assert out.images.shape == (2, 3, 64, 64)
     # same seed per user would differ anyway; compare user 1 vs user 2 at the same seed instead
     u1 = pipe(
