@@ -19,8 +19,8 @@ from icg.data.covers import (
     style_for_genre,
     write_contact_sheet,
 )
+from icg.data.covers.motifs import PAINTERS
 from icg.data.covers.render import display_title, fit_title, get_font
-from icg.data.covers.styles import PAINTERS
 
 ML100K_GENRES = (
     "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",

@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from icg.data.covers.styles import PAINTERS, Composition, GenreStyle, rgba, stable_int, style_for_genre
+from icg.data.covers.motifs import PAINTERS
+from icg.data.covers.styles import Composition, GenreStyle, rgba, stable_int, style_for_genre
 
 logger = logging.getLogger(__name__)
 
