@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from icg.adapter.attention import install_dual_path_adapter
@@ -23,6 +23,7 @@ from icg.context import ContextEncoder
 from icg.errors import ICGError
 from icg.pipeline import CoverPipeline
 from icg.presets import PresetSpec
+from icg.single_file import load_single_file_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -36,34 +37,26 @@ def _offline() -> bool:
 def load_backbone(base_model: str, base_config: str | None = None, torch_dtype: torch.dtype = torch.float32):
     """(unet, vae, text_encoder, tokenizer, DDIM scheduler) from a diffusers folder/hub id or a single file.
 
-    A single `.safetensors`/`.ckpt` file (how community SD1.5 checkpoints are shared) needs `base_config`, a
-    local diffusers folder with the model_index.json and component configs of the same architecture.
+    A single `.safetensors`/`.ckpt` file (how community SD1.5 checkpoints are shared, LDM key layout) needs
+    `base_config`, a local diffusers folder with the component configs of the same architecture: the file
+    holds weights only, and a hub config cannot be fetched here. See `icg.single_file` for what comes from
+    the file and what from the folder; a file of another architecture is an ICGError naming what differs.
     """
     local_only = _offline() or Path(base_model).exists()
-    if base_model.endswith(SINGLE_FILE_SUFFIXES):
+    if base_model.endswith(SINGLE_FILE_SUFFIXES) or Path(base_model).is_file():
         if not Path(base_model).is_file():
             raise ICGError(f"{base_model}: single-file checkpoint not found")
-        if base_config is None or not Path(base_config).is_dir():
+        if base_config is None:
             raise ICGError(
                 f"{base_model}: a single-file checkpoint needs --base-config, a local diffusers folder "
-                "with the configs of the same architecture (no hub access here)"
+                "with the configs of the same architecture (unet/, vae/, text_encoder/, tokenizer/, "
+                "scheduler/)"
             )
-        try:
-            pipe = StableDiffusionPipeline.from_single_file(
-                base_model,
-                config=base_config,
-                local_files_only=True,
-                torch_dtype=torch_dtype,
-                safety_checker=None,
-                requires_safety_checker=False,
-            )
-        except (ValueError, RuntimeError, KeyError, OSError) as exc:
-            raise ICGError(
-                f"{base_model}: not a checkpoint of the architecture in {base_config}: "
-                f"{str(exc).splitlines()[0]}"
-            ) from exc
-        unet, vae, text_encoder, tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
-        scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        if not Path(base_config).is_dir():
+            raise ICGError(f"{base_config}: --base-config must be a local diffusers folder (no hub access)")
+        parts = load_single_file_backbone(base_model, base_config, torch_dtype)
+        unet, vae, text_encoder = parts["unet"], parts["vae"], parts["text_encoder"]
+        tokenizer, scheduler = parts["tokenizer"], parts["scheduler"]
     else:
         common = {"local_files_only": local_only}
         try:
@@ -110,6 +103,16 @@ def load_cover_pipeline(
     unet, vae, text_encoder, tokenizer, scheduler = load_backbone(
         spec.base_model, spec.base_config, torch_dtype
     )
+    projector = None
+    if spec.adapter is not None:  # before the MLLM: a wrong adapter fails in seconds, not after minutes
+        try:
+            _, projector = load_adapter(spec.adapter, unet)
+        except ValueError as exc:
+            raise ICGError(
+                f"{spec.adapter}: cannot load the adapter into the backbone {spec.base_model}: {exc}"
+            ) from exc
+        if projector is None:
+            raise ICGError(f"{spec.adapter}: adapter checkpoint has no projector")
     context_encoder = ContextEncoder.from_pretrained(
         spec.context_encoder, num_meta_tokens=spec.num_meta_tokens, torch_dtype=torch_dtype
     )
@@ -118,11 +121,7 @@ def load_cover_pipeline(
         from icg.users import TwoTowerModel
 
         user_encoder = TwoTowerModel.from_pretrained(spec.user_encoder)
-    if spec.adapter is not None:
-        _, projector = load_adapter(spec.adapter, unet)
-        if projector is None:
-            raise ICGError(f"{spec.adapter}: adapter checkpoint has no projector")
-    else:
+    if spec.adapter is None:
         logger.warning(
             "preset '%s' has no adapter: using an untrained one (covers ignore item/user)", spec.name
         )
