@@ -1,0 +1,338 @@
+"""Two-tower CTR model whose user tower produces U_pre, the user embedding that conditions cover generation.
+
+User tower: id + age bucket + gender + occupation embeddings → MLP → U_pre (B, D_u).
+Item tower: id embedding + mean genre embedding + mean title-word embedding → MLP → (B, D_u).
+Score: dot product, read as a click/like logit.
+
+During training each user id is replaced by `<unk>` with probability `user_id_dropout` (and each profile field
+with `profile_dropout`), so the profile-only path that serves cold-start users is trained on every batch.
+The per-user profile table and the per-item genre/title tables are buffers, saved with the weights, so a known
+user id alone is enough to encode that user.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from icg.atomic import atomic_path, write_text_atomic
+from icg.errors import DataError
+from icg.modules import DeviceDtypeMixin
+from icg.users.features import FeatureVocab, UserFeatures, UserProfile
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+VOCAB_NAME = "vocab.json"
+EMBED_INIT_STD = 0.1
+
+ProfileLike = UserProfile | str | None
+
+
+@dataclass(frozen=True)
+class TwoTowerConfig:
+    """Architecture as data: vocabulary sizes (from `FeatureVocab.sizes()`) and layer sizes."""
+
+    n_users: int
+    n_age_buckets: int
+    n_genders: int
+    n_occupations: int
+    n_items: int
+    n_genres: int
+    n_title_words: int
+    max_genres: int = 6
+    max_title_tokens: int = 12
+    user_id_dim: int = 32
+    profile_dim: int = 8
+    item_id_dim: int = 32
+    genre_dim: int = 16
+    title_dim: int = 16
+    hidden_dim: int = 128
+    output_dim: int = 64
+    dropout: float = 0.1
+    user_id_dropout: float = 0.15
+    profile_dropout: float = 0.05
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type == "int" and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"TwoTowerConfig.{f.name} must be a positive integer, got {value!r}")
+            if f.type == "float" and not (isinstance(value, int | float) and 0.0 <= value < 1.0):
+                raise ValueError(f"TwoTowerConfig.{f.name} must be in [0, 1), got {value!r}")
+
+    @classmethod
+    def for_vocab(cls, vocab: FeatureVocab, **dims: object) -> TwoTowerConfig:
+        """A config whose vocabulary sizes match `vocab`; `dims` sets layer sizes and dropouts."""
+        return cls(**vocab.sizes(), **dims)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TwoTowerConfig:
+        """Inverse of `to_json`; unknown or missing keys are a ValueError."""
+        payload = json.loads(text)
+        if not isinstance(payload, dict):
+            raise ValueError("a TwoTowerConfig JSON must be an object")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(payload) - names)
+        if unknown:
+            raise ValueError(f"unknown TwoTowerConfig keys {unknown}")
+        return cls(**payload)
+
+
+def _mlp(in_dim: int, config: TwoTowerConfig) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(in_dim, config.hidden_dim),
+        nn.ReLU(),
+        nn.Dropout(config.dropout),
+        nn.Linear(config.hidden_dim, config.output_dim),
+    )
+
+
+class TwoTowerModel(DeviceDtypeMixin, nn.Module):
+    """User and item towers; `vocab` maps string ids and profiles to indices for `encode_users`."""
+
+    def __init__(self, config: TwoTowerConfig, vocab: FeatureVocab | None = None) -> None:
+        super().__init__()
+        if vocab is not None and vocab.sizes() != {k: getattr(config, k) for k in vocab.sizes()}:
+            raise ValueError(f"vocabulary sizes {vocab.sizes()} do not match the config")
+        self.config = config
+        self.vocab = vocab
+        c = config
+        self.user_id = nn.Embedding(c.n_users, c.user_id_dim)
+        self.age = nn.Embedding(c.n_age_buckets, c.profile_dim)
+        self.gender = nn.Embedding(c.n_genders, c.profile_dim)
+        self.occupation = nn.Embedding(c.n_occupations, c.profile_dim)
+        self.user_mlp = _mlp(c.user_id_dim + 3 * c.profile_dim, c)
+        self.item_id = nn.Embedding(c.n_items, c.item_id_dim)
+        self.genres = nn.EmbeddingBag(c.n_genres + 1, c.genre_dim, mode="mean", padding_idx=c.n_genres)
+        self.title = nn.EmbeddingBag(
+            c.n_title_words + 1, c.title_dim, mode="mean", padding_idx=c.n_title_words
+        )
+        self.item_mlp = _mlp(c.item_id_dim + c.genre_dim + c.title_dim, c)
+        for emb in (
+            self.user_id,
+            self.age,
+            self.gender,
+            self.occupation,
+            self.item_id,
+            self.genres,
+            self.title,
+        ):
+            nn.init.normal_(emb.weight, std=EMBED_INIT_STD)
+        with torch.no_grad():
+            self.genres.weight[c.n_genres].zero_()
+            self.title.weight[c.n_title_words].zero_()
+        self.register_buffer("user_profiles", torch.zeros(c.n_users, 3, dtype=torch.long))
+        self.register_buffer(
+            "item_genres", torch.full((c.n_items, c.max_genres), c.n_genres, dtype=torch.long)
+        )
+        self.register_buffer(
+            "item_titles", torch.full((c.n_items, c.max_title_tokens), c.n_title_words, dtype=torch.long)
+        )
+
+    def set_tables(
+        self, user_profiles: torch.Tensor, item_genres: torch.Tensor, item_titles: torch.Tensor
+    ) -> None:
+        """Install the per-user profile and per-item genre/title index tables (from `FeatureVocab`)."""
+        for name, value in (
+            ("user_profiles", user_profiles),
+            ("item_genres", item_genres),
+            ("item_titles", item_titles),
+        ):
+            buffer = getattr(self, name)
+            if tuple(value.shape) != tuple(buffer.shape):
+                raise ValueError(f"{name} must have shape {tuple(buffer.shape)}, got {tuple(value.shape)}")
+            buffer.copy_(torch.as_tensor(value, dtype=torch.long))
+
+    # --- towers ---------------------------------------------------------------------------------------
+    def features_for_users(self, user_idx: torch.Tensor) -> UserFeatures:
+        """Features of known users from the stored profile table; user_idx (B,)."""
+        profile = self.user_profiles[user_idx]  # (B, 3)
+        return UserFeatures(user_idx, profile[:, 0], profile[:, 1], profile[:, 2])
+
+    def _drop(self, index: torch.Tensor, p: float) -> torch.Tensor:
+        """Replace entries by <unk> (0) with probability p, in training only."""
+        if not self.training or p == 0.0:
+            return index
+        keep = torch.rand(index.shape, device=index.device) >= p
+        return index * keep
+
+    def user_tower(self, features: UserFeatures) -> torch.Tensor:
+        """U_pre for a batch of users → (B, D_u)."""
+        c = self.config
+        parts = [
+            self.user_id(self._drop(features.user, c.user_id_dropout)),  # (B, user_id_dim)
+            self.age(self._drop(features.age, c.profile_dropout)),  # (B, profile_dim)
+            self.gender(self._drop(features.gender, c.profile_dropout)),
+            self.occupation(self._drop(features.occupation, c.profile_dropout)),
+        ]
+        return self.user_mlp(torch.cat(parts, dim=-1))  # (B, D_u)
+
+    def item_tower(self, item_idx: torch.Tensor) -> torch.Tensor:
+        """Item embeddings for indices of any shape (...) → (..., D_u)."""
+        flat = item_idx.reshape(-1)  # (N,)
+        parts = [
+            self.item_id(flat),  # (N, item_id_dim)
+            self.genres(self.item_genres[flat]),  # (N, genre_dim)
+            self.title(self.item_titles[flat]),  # (N, title_dim)
+        ]
+        out = self.item_mlp(torch.cat(parts, dim=-1))  # (N, D_u)
+        return out.reshape(*item_idx.shape, -1)
+
+    def forward(self, features: UserFeatures, item_idx: torch.Tensor) -> torch.Tensor:
+        """CTR logits for users (B,) against items (B,) or (B, K) → (B,) or (B, K)."""
+        users = self.user_tower(features)  # (B, D_u)
+        items = self.item_tower(item_idx)  # (B, D_u) or (B, K, D_u)
+        if items.dim() == 3:
+            return torch.einsum("bd,bkd->bk", users, items)  # (B, K)
+        return (users * items).sum(-1)  # (B,)
+
+    # --- inference ------------------------------------------------------------------------------------
+    def _require_vocab(self) -> FeatureVocab:
+        if self.vocab is None:
+            raise ValueError("this TwoTowerModel has no vocabulary; build it with one or use from_pretrained")
+        return self.vocab
+
+    def _profile(self, profile: ProfileLike | dict) -> UserProfile | None:
+        if profile is None or isinstance(profile, UserProfile):
+            return profile
+        if isinstance(profile, str):
+            return self._require_vocab().parse_profile_sentence(profile)
+        if isinstance(profile, dict):
+            unknown = set(profile) - {"age", "gender", "occupation"}
+            if unknown:
+                raise ValueError(f"profile keys must be age/gender/occupation, got {sorted(unknown)}")
+            return UserProfile(**profile)
+        raise ValueError(
+            f"a profile must be a UserProfile, a sentence, a dict or None, got {type(profile).__name__}"
+        )
+
+    def user_features(
+        self,
+        user_ids: Sequence[str | None] | None,
+        profiles: Sequence[ProfileLike | dict] | None = None,
+        *,
+        strict: bool = True,
+    ) -> UserFeatures:
+        """Index features for string ids and/or profiles (see `encode_users` for the rules)."""
+        vocab = self._require_vocab()
+        if user_ids is None and profiles is None:
+            raise ValueError("give user_ids, profiles or both")
+        if isinstance(user_ids, str) or isinstance(profiles, str):
+            raise ValueError("user_ids and profiles must be sequences (wrap a single value in a list)")
+        n = len(user_ids) if user_ids is not None else len(profiles)
+        ids = list(user_ids) if user_ids is not None else [None] * n
+        profs = list(profiles) if profiles is not None else [None] * n
+        if len(ids) != len(profs):
+            raise ValueError(f"got {len(ids)} user ids but {len(profs)} profiles")
+        rows: list[tuple[int, int, int, int]] = []
+        for user_id, raw_profile in zip(ids, profs, strict=True):
+            profile = self._profile(raw_profile)
+            idx = 0
+            if user_id is not None:
+                idx = vocab.users.index(str(user_id))
+                if idx == 0:
+                    if strict:
+                        raise ValueError(
+                            f"unknown user id '{user_id}' (pass strict=False to encode from the profile)"
+                        )
+                    logger.warning(
+                        "unknown user id '%s': encoding from profile features only (cold start)", user_id
+                    )
+            if profile is not None:
+                rows.append((idx, *vocab.profile_indices(profile)))
+            else:
+                rows.append((idx, *self.user_profiles[idx].tolist()))
+        table = torch.tensor(rows, dtype=torch.long, device=self.user_profiles.device).reshape(
+            -1, 4
+        )  # (B, 4)
+        return UserFeatures(table[:, 0], table[:, 1], table[:, 2], table[:, 3])
+
+    @torch.no_grad()
+    def encode_users(
+        self,
+        user_ids: Sequence[str | None] | None,
+        profiles: Sequence[ProfileLike | dict] | None = None,
+        *,
+        strict: bool = True,
+    ) -> torch.Tensor:
+        """U_pre for users given by id and/or profile → (B, D_u), in eval mode (no dropout).
+
+        - A known id uses its trained id embedding; its profile comes from `profiles[i]` when given, else from
+          the stored training profile.
+        - A None id is a cold-start user: profile features only (a profile may be a `UserProfile`, a dict or a
+          sentence such as "a 24-year-old male technician"; None means nothing is known).
+        - An id not in the vocabulary raises ValueError naming it when `strict`, else logs a warning and is
+          encoded as cold start.
+        """
+        features = self.user_features(user_ids, profiles, strict=strict)
+        was_training = self.training
+        self.eval()
+        try:
+            return self.user_tower(features)  # (B, D_u)
+        finally:
+            self.train(was_training)
+
+    # --- persistence ----------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write model.safetensors, config.json and vocab.json (each atomically) into `directory`."""
+        folder = Path(directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        with atomic_path(folder / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp), metadata={"format": "icg.users.two_tower/1"})
+        write_text_atomic(folder / CONFIG_NAME, self.config.to_json())
+        self._require_vocab().save(folder / VOCAB_NAME)
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> TwoTowerModel:
+        """Load what `save_pretrained` wrote; a missing, corrupt or mismatched file: DataError naming it."""
+        folder = Path(directory)
+        if not folder.is_dir():
+            raise DataError(
+                "folder not found", path=folder, expected=f"{CONFIG_NAME}, {WEIGHTS_NAME}, {VOCAB_NAME}"
+            )
+        config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+        for file in (config_file, weights_file):
+            if not file.is_file():
+                raise DataError("file not found", path=file, expected="a folder written by save_pretrained")
+        try:
+            config = TwoTowerConfig.from_json(config_file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError, TypeError) as exc:
+            raise DataError(f"invalid two-tower config: {exc}", path=config_file) from exc
+        vocab = FeatureVocab.load(folder / VOCAB_NAME)
+        try:
+            model = cls(config, vocab)
+        except ValueError as exc:
+            raise DataError(f"does not match {CONFIG_NAME}: {exc}", path=folder / VOCAB_NAME) from exc
+        try:
+            state = load_file(str(weights_file))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise DataError(f"cannot read weights: {exc}", path=weights_file) from exc
+        expected = model.state_dict()
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise DataError(
+                f"weights do not match the config: missing {missing}, unexpected {unexpected}",
+                path=weights_file,
+            )
+        wrong = [k for k in expected if tuple(state[k].shape) != tuple(expected[k].shape)]
+        if wrong:
+            shapes = {k: (tuple(state[k].shape), tuple(expected[k].shape)) for k in wrong}
+            raise DataError(f"tensor shapes (file, config) differ: {shapes}", path=weights_file)
+        model.load_state_dict(state)
+        return model.to(device).eval()
