@@ -187,10 +187,11 @@ def generate_cmd(
     ] = "error",
 ) -> None:
     """Personalized covers for items × users → PNG + JSON sidecar per cover + index.html."""
+    from icg.context import ContextCache
     from icg.generate import RunInfo, dataset_item, parse_users, read_image, write_covers
     from icg.loading import adapter_hash, load_cover_pipeline
     from icg.pipeline import CoverItem
-    from icg.presets import get_preset
+    from icg.presets import get_preset, icg_home
 
     if unknown_user not in ("error", "cold-start"):
         raise ICGError(f"--unknown-user must be 'error' or 'cold-start', got '{unknown_user}'")
@@ -213,6 +214,8 @@ def generate_cmd(
         context_encoder=context_encoder,
     )
     pipe = load_cover_pipeline(spec)
+    # item context (explicit prompt + C_ref) is computed once per item and model, then read from disk
+    pipe.context_encoder.cache = ContextCache(icg_home() / "context_cache")
     try:  # the pipeline raises ValueError for bad input, as diffusers pipelines do
         output = pipe(
             items,
