@@ -132,3 +132,10 @@ def test_nan_in_context_is_reported(pipe: CoverPipeline, monkeypatch: pytest.Mon
     monkeypatch.setattr(pipe.context_encoder, "encode_items", nan_context)
     with pytest.raises(ValueError, match="NaN"):
         pipe(_items()[:1], num_inference_steps=1)
+
+
+def test_explicit_prompt_length_is_bounded(pipe: CoverPipeline) -> None:
+    short = pipe(_items()[:1], num_inference_steps=1, max_prompt_tokens=2).metadata[0]["explicit_prompt"]
+    longer = pipe(_items()[:1], num_inference_steps=1, max_prompt_tokens=20).metadata[0]["explicit_prompt"]
+    n_short = len(pipe.context_encoder.processor.tokenizer(short).input_ids)
+    assert n_short <= 4 and len(longer) > len(short)  # re-tokenizing decoded text may split a token

@@ -159,15 +159,23 @@ class CoverPipeline(DiffusionPipeline):
         return cond, uncond
 
     def prepare_latents(
-        self, batch_size: int, height: int, width: int, dtype: torch.dtype, generators: list[torch.Generator]
+        self,
+        batch_size: int,
+        height: int,
+        width: int,
+        dtype: torch.dtype,
+        generators: list[torch.Generator],
+        device: torch.device | None = None,
     ) -> torch.Tensor:
+        """Initial noise (B, C, h, w); pass `device` when known (`_execution_device` walks every module)."""
         shape = (
             batch_size,
             self.unet.config.in_channels,
             height // self.vae_scale_factor,
             width // self.vae_scale_factor,
         )
-        latents = randn_tensor(shape, generator=generators, device=self._execution_device, dtype=dtype)
+        device = self._execution_device if device is None else device
+        latents = randn_tensor(shape, generator=generators, device=device, dtype=dtype)
         return latents * self.scheduler.init_noise_sigma
 
     # --- generation -----------------------------------------------------------------------------------------
@@ -203,7 +211,7 @@ class CoverPipeline(DiffusionPipeline):
 
         # 2. item context, once per item: explicit prompt P_exp and meta-token embeddings C_ref (I, N, D)
         prompts, context = self.context_encoder.encode_items(
-            [i.image for i in items], [i.title for i in items]
+            [i.image for i in items], [i.title for i in items], max_new_tokens=max_prompt_tokens
         )
         context = context.to(device=device, dtype=_dtype_of(self.projector))
         _check_finite("context embeddings", context)
@@ -236,7 +244,7 @@ class CoverPipeline(DiffusionPipeline):
 
         # 6. initial noise, one generator per cover
         generators = [torch.Generator("cpu").manual_seed(seed + k) for k in range(len(grid))]
-        latents = self.prepare_latents(len(grid), height, width, text.dtype, generators)
+        latents = self.prepare_latents(len(grid), height, width, text.dtype, generators, device)
 
         # 7. denoising loop (DDIM by default)
         self.scheduler.set_timesteps(num_inference_steps, device=device)

@@ -133,13 +133,13 @@ class DualPathAttnProcessor(nn.Module):
         hidden_states = F.scaled_dot_product_attention(
             query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
         )  # (B, heads, L, d)
+        if personal is not None and scale != 0.0:
+            # summed per element in the heads layout, so one transpose/reshape serves both paths (the same
+            # values as summing after the reshape); scale 1 skips the multiply (x * 1.0 == x exactly)
+            personal_out = self._personal_attention(attn, query, personal, batch_size)  # (B, heads, L, d)
+            hidden_states = hidden_states + (personal_out if scale == 1.0 else scale * personal_out)
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)  # (B, L, H)
-
-        if personal is not None and scale != 0.0:
-            hidden_states = hidden_states + scale * self._personal_attention(
-                attn, query, personal, batch_size
-            )
 
         hidden_states = attn.to_out[0](hidden_states)  # linear proj
         hidden_states = attn.to_out[1](hidden_states)  # dropout
@@ -152,7 +152,7 @@ class DualPathAttnProcessor(nn.Module):
     def _personal_attention(
         self, attn: Attention, query: torch.Tensor, personal: torch.Tensor, batch_size: int
     ) -> torch.Tensor:
-        """Attn(Q, K_p, V_p) with query (B, heads, L, d) and c_p (B, M, W) → (B, L, H)."""
+        """Attn(Q, K_p, V_p) with query (B, heads, L, d) and c_p (B, M, W) → (B, heads, L, d)."""
         if (
             personal.ndim != 3
             or personal.shape[0] != batch_size
@@ -170,10 +170,9 @@ class DualPathAttnProcessor(nn.Module):
         value = self.to_v_p(personal).view(batch_size, -1, heads, head_dim).transpose(1, 2)
         if attn.norm_k is not None:  # same key space as the text path (None for SD1.5)
             key = attn.norm_k(key)
-        out = F.scaled_dot_product_attention(
+        return F.scaled_dot_product_attention(
             query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False
-        )
-        return out.transpose(1, 2).reshape(batch_size, -1, heads * head_dim).to(query.dtype)  # (B, L, H)
+        )  # (B, heads, L, d), query's dtype
 
 
 def personalized_unet_inputs(
