@@ -1,0 +1,339 @@
+"""One reward protocol: `score(images, texts, users=None) -> (B,)`, differentiable w.r.t. the images.
+
+Every reward (HPSv2, PickScore, CLIP similarity, LAION aesthetic, the personalized reward model) takes
+images as a float tensor (B, 3, H, W) in [0, 1] — what the VAE decoder gives after `(x / 2 + 0.5)` — and
+does its own resizing and CLIP normalisation here with differentiable ops, so reward-feedback training
+backpropagates through it (the official scripts go through PIL, which cuts the graph). The model is loaded
+once and scores a whole batch per call.
+
+Also here: the loss helpers (`RewardLoss`: `margin − r` or ReFL's `relu(margin − r)`, each with its scale),
+the `WeightedRewards` combiner L = Σ λ_i · loss_i, and the checkpoint-reading helper shared by the loaders.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from icg.errors import ICGError
+
+logger = logging.getLogger(__name__)
+
+Users = (
+    Sequence[str] | Tensor | None
+)  # profile sentences or (B, D_u) user embeddings; public rewards ignore it
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP, also used by HPSv2 and LAION ViT-H/L
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class RewardCheckpointError(ICGError):
+    """A reward checkpoint is missing, unreadable or not in the official layout; the message names it."""
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How a reward's own processor turns an image into pixels, redone with differentiable tensor ops.
+
+    mode "crop": resize the shortest side to `resize` then center-crop `size` (CLIPProcessor, OpenAI `clip`).
+    mode "pad": resize the longest side to fit `size` then zero-pad (black) to `size` (HPSv2's ResizeMaxSize).
+    Interpolation is bicubic with antialias, like PIL's BICUBIC; values are clamped to [0, 1] afterwards as
+    PIL's uint8 output is, so scores match the official PIL path closely but not bit for bit.
+    """
+
+    size: tuple[int, int]  # (H, W) fed to the vision tower
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+    mode: Literal["crop", "pad"] = "crop"
+    resize: int | None = None  # shortest edge for "crop"; None = min(size)
+
+
+def _resize(images: Tensor, hw: tuple[int, int]) -> Tensor:
+    if tuple(images.shape[-2:]) == hw:
+        return images
+    out = F.interpolate(images, size=hw, mode="bicubic", align_corners=False, antialias=True)
+    return out.clamp(0.0, 1.0)
+
+
+def preprocess(images: Tensor, spec: ImageSpec) -> Tensor:
+    """(B, 3, H, W) in [0, 1] → (B, 3, *spec.size) normalised, float32 (fp16 resampling is lossy and missing
+    on CPU; the caller casts to the tower's dtype); differentiable."""
+    images = images.float()
+    h, w = images.shape[-2:]
+    th, tw = spec.size
+    if spec.mode == "crop":
+        short = spec.resize if spec.resize is not None else min(th, tw)
+        new = (short, int(short * w / h)) if h <= w else (int(short * h / w), short)
+        images = _resize(images, new)
+        if images.shape[-2] < th or images.shape[-1] < tw:
+            raise ValueError(
+                f"image {tuple(images.shape[-2:])} after resizing is smaller than the crop {th}x{tw}"
+            )
+        top, left = (images.shape[-2] - th) // 2, (images.shape[-1] - tw) // 2
+        images = images[..., top : top + th, left : left + tw]  # (B, 3, th, tw)
+    elif spec.mode == "pad":
+        scale = min(th / h, tw / w)
+        new = (max(1, round(h * scale)), max(1, round(w * scale)))
+        images = _resize(images, new)
+        pad_h, pad_w = th - new[0], tw - new[1]
+        images = F.pad(images, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=0.0)
+    else:
+        raise ValueError(f"unknown ImageSpec mode {spec.mode!r}; expected 'crop' or 'pad'")
+    mean = images.new_tensor(spec.mean).view(1, 3, 1, 1)
+    std = images.new_tensor(spec.std).view(1, 3, 1, 1)
+    return (images - mean) / std  # (B, 3, th, tw)
+
+
+# --------------------------------------------------------------------------- losses
+
+
+@dataclass(frozen=True)
+class RewardLoss:
+    """Per-sample loss from a score, averaged over the batch: scale · (margin − r), or ReFL's hinge.
+
+    kind "linear": scale · mean(margin − r) — margin 0 gives the plain `−r`; margin only shifts the value.
+    kind "hinge": scale · mean(relu(margin − r)) — ReFL (ImageReward: margin 2, scale 1e-3): samples
+    already above the margin stop pulling. `scale` brings rewards of different ranges to comparable gradients.
+    """
+
+    kind: Literal["linear", "hinge"] = "linear"
+    scale: float = 1.0
+    margin: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("linear", "hinge"):
+            raise ValueError(f"RewardLoss kind must be 'linear' or 'hinge', got {self.kind!r}")
+        if not (math.isfinite(self.scale) and math.isfinite(self.margin)):
+            raise ValueError(f"RewardLoss scale and margin must be finite, got {self.scale}, {self.margin}")
+
+    def __call__(self, scores: Tensor) -> Tensor:
+        gap = self.margin - scores  # (B,)
+        if self.kind == "hinge":
+            gap = F.relu(gap)
+        return self.scale * gap.mean()
+
+
+def negative_reward(scores: Tensor, scale: float = 1.0) -> Tensor:
+    """−scale · mean(r)."""
+    return RewardLoss("linear", scale)(scores)
+
+
+def refl_loss(scores: Tensor, margin: float, scale: float = 1.0) -> Tensor:
+    """ReFL: scale · mean(relu(margin − r))."""
+    return RewardLoss("hinge", scale, margin)(scores)
+
+
+# --------------------------------------------------------------------------- protocol
+
+
+def check_inputs(images: Tensor, texts: Sequence[str] | None, users: Users, *, needs_texts: bool) -> int:
+    """Validate the shared inputs and return the batch size B; bad input is a ValueError, never fixed."""
+    if not isinstance(images, Tensor) or not images.is_floating_point():
+        raise ValueError(
+            f"images must be a float tensor (B, 3, H, W) in [0, 1], got {type(images).__name__}"
+            + (f" of dtype {images.dtype}" if isinstance(images, Tensor) else "")
+        )
+    if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] == 0:
+        raise ValueError(f"images must have shape (B, 3, H, W) with B >= 1, got {tuple(images.shape)}")
+    batch = images.shape[0]
+    with torch.no_grad():
+        lo, hi = images.aminmax()
+        if not (torch.isfinite(lo) and torch.isfinite(hi)) or lo < 0.0 or hi > 1.0:
+            raise ValueError(
+                f"images must lie in [0, 1] (decode with (x / 2 + 0.5).clamp(0, 1)); got [{lo:.4g}, {hi:.4g}]"
+            )
+    if texts is None:
+        if needs_texts:
+            raise ValueError("this reward scores image-text pairs: texts must be a list of B strings")
+    elif isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        raise ValueError("texts must be a sequence of strings (one per image), not a single string")
+    elif len(texts) != batch:
+        raise ValueError(f"got {batch} images but {len(texts)} texts; need one text per image")
+    if users is not None:
+        n_users = users.shape[0] if isinstance(users, Tensor) else len(users)
+        if isinstance(users, str) or n_users != batch:
+            raise ValueError(f"got {batch} images but users for {n_users}; need one user per image")
+    return batch
+
+
+class Reward(nn.Module, ABC):
+    """Base of every reward: validates input, picks grad / no-grad, returns float32 scores (B,).
+
+    Subclasses implement `_score`. Public rewards accept `users` and ignore it, so all rewards share one
+    signature; the personalized reward reads it. The reward's own weights are frozen
+    (`requires_grad_(False)`), gradients flow to the images only; text features are computed without a graph.
+    """
+
+    name: str = "reward"
+    needs_texts: bool = True
+    default_loss: RewardLoss = RewardLoss()  # −r; subclasses set the scale that suits their range
+    frozen: bool = False  # True: stays in eval mode (no dropout) even when a parent module calls .train()
+
+    def train(self, mode: bool = True) -> Reward:
+        return super().train(mode and not self.frozen)
+
+    @property
+    def device(self) -> torch.device:
+        param = next(self.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """dtype of the (first) tower's weights: preprocessed pixels are cast to it."""
+        param = next(self.parameters(), None)
+        return param.dtype if param is not None else torch.float32
+
+    def score(
+        self, images: Tensor, texts: Sequence[str] | None, users: Users = None, *, grad: bool = True
+    ) -> Tensor:
+        """(B, 3, H, W) in [0, 1] + B texts → (B,) float32; `grad=False` builds no graph."""
+        check_inputs(images, texts, users, needs_texts=self.needs_texts)
+        if images.device != self.device:
+            raise ValueError(f"images are on {images.device} but the {self.name} reward is on {self.device}")
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            scores = self._score(images, None if texts is None else list(texts), users)
+        return scores.float()
+
+    def forward(self, images: Tensor, texts: Sequence[str] | None, users: Users = None) -> Tensor:
+        return self.score(images, texts, users)
+
+    @abstractmethod
+    def _score(self, images: Tensor, texts: list[str] | None, users: Users) -> Tensor:
+        """Inputs already validated; return (B,) scores."""
+
+
+# --------------------------------------------------------------------------- combiner
+
+
+@dataclass
+class RewardTerm:
+    """One reward in the objective: its weight λ, its loss, and an on/off switch."""
+
+    reward: Reward
+    weight: float = 0.25  # paper §3.4.2: all λ = 0.25
+    loss: RewardLoss = field(default_factory=RewardLoss)
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class RewardBreakdown:
+    """total = Σ weight · loss over enabled terms; per-reward losses (unweighted) and raw scores (B,)."""
+
+    total: Tensor
+    losses: dict[str, Tensor]
+    scores: dict[str, Tensor]
+
+    def log_values(self) -> dict[str, float]:
+        """Flat floats for a logger: `loss/total`, `loss/<name>`, `reward/<name>` (batch mean)."""
+        out = {"loss/total": float(self.total.detach())}
+        out |= {f"loss/{k}": float(v.detach()) for k, v in self.losses.items()}
+        out |= {f"reward/{k}": float(v.detach().mean()) for k, v in self.scores.items()}
+        return out
+
+
+class WeightedRewards(nn.Module):
+    """L = Σ_i λ_i · loss_i(r_i(images, texts_i, users)) over the enabled rewards.
+
+    `texts` is either one list for all rewards or a mapping name → list (PickScore/HPSv2 score the prompt,
+    the CLIP reconstruction term the caption, the personalized reward its own text). Disabled terms are not
+    evaluated at all.
+    """
+
+    def __init__(self, terms: Mapping[str, RewardTerm]) -> None:
+        super().__init__()
+        if not terms:
+            raise ValueError("WeightedRewards needs at least one reward term")
+        for name, term in terms.items():
+            if not isinstance(term.reward, Reward):
+                raise ValueError(
+                    f"term {name!r}: reward must be an icg.rewards Reward, got {type(term.reward)}"
+                )
+            if not (math.isfinite(term.weight) and term.weight >= 0):
+                raise ValueError(f"term {name!r}: weight must be finite and >= 0, got {term.weight}")
+        self.rewards = nn.ModuleDict({name: term.reward for name, term in terms.items()})
+        self.weights = {name: float(term.weight) for name, term in terms.items()}
+        self.loss_fns = {name: term.loss for name, term in terms.items()}
+        self.enabled = {name: bool(term.enabled) for name, term in terms.items()}
+
+    @classmethod
+    def from_rewards(cls, rewards: Mapping[str, Reward], weight: float = 0.25) -> WeightedRewards:
+        """Equal weights (paper: 0.25 each), each reward with its own `default_loss`."""
+        return cls({name: RewardTerm(r, weight, r.default_loss) for name, r in rewards.items()})
+
+    def set_enabled(self, name: str, enabled: bool) -> None:
+        if name not in self.enabled:
+            raise ValueError(f"unknown reward term {name!r}; have {sorted(self.enabled)}")
+        self.enabled[name] = enabled
+
+    def forward(
+        self, images: Tensor, texts: Sequence[str] | Mapping[str, Sequence[str]], users: Users = None
+    ) -> RewardBreakdown:
+        active = [name for name, on in self.enabled.items() if on]
+        if not active:
+            raise ValueError("all reward terms are disabled; enable at least one")
+        total = images.new_zeros((), dtype=torch.float32)
+        losses: dict[str, Tensor] = {}
+        scores: dict[str, Tensor] = {}
+        for name in active:
+            if isinstance(texts, Mapping):
+                if name not in texts:
+                    raise ValueError(f"texts mapping has no entry for reward {name!r}; have {sorted(texts)}")
+                term_texts = texts[name]
+            else:
+                term_texts = texts
+            scores[name] = self.rewards[name].score(images, term_texts, users)  # (B,)
+            losses[name] = self.loss_fns[name](scores[name])
+            total = total + self.weights[name] * losses[name]
+        return RewardBreakdown(total=total, losses=losses, scores=scores)
+
+
+# --------------------------------------------------------------------------- checkpoint reading
+
+
+def read_state_file(path: str | Path, what: str, *, weights_only: bool = True) -> object:
+    """torch.load / safetensors a checkpoint file; any failure is a RewardCheckpointError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise RewardCheckpointError(f"{path}: {what} checkpoint not found (expected a file)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as exc:  # any reader error becomes one clear message naming the file
+        hint = " (pass weights_only=False only for a file you trust)" if weights_only else ""
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RewardCheckpointError(f"{path}: cannot read the {what} checkpoint: {first}{hint}") from exc
+
+
+def load_strict(module: nn.Module, state: Mapping[str, Tensor], path: Path, what: str) -> None:
+    """`load_state_dict(strict=True)`, turning a key/shape mismatch into a short error naming the file."""
+    if state and all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        own = module.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+        detail = "; ".join(
+            f"{label} {len(keys)} (e.g. {keys[:3]})"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
+            if keys
+        )
+        raise RewardCheckpointError(
+            f"{path}: the {what} checkpoint does not match the model architecture: {detail or exc}"
+        ) from exc
