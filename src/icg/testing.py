@@ -19,6 +19,8 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from icg.training.clip_tokenizer import bytes_to_unicode
+
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 TINY_MAX_LENGTH = 16  # token positions of the tiny text encoder (SD1.5 uses 77)
@@ -43,25 +45,9 @@ user likes drama, thriller and mystery, female student, age nineteen, prefers da
 """
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """Byte-level BPE alphabet: printable bytes map to themselves, the others to code points from 256 on."""
-    printable = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-    mapping = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in mapping:
-            mapping[b] = chr(256 + extra)
-            extra += 1
-    return dict(sorted(mapping.items()))
-
-
 def _learn_merges(corpus: str, num_merges: int) -> list[tuple[str, str]]:
     """Greedy byte-pair merges over the corpus words (CLIP's word-final `</w>`); ties broken by the pair."""
-    byte_map = _bytes_to_unicode()
+    byte_map = bytes_to_unicode()
     words = re.findall(r"[a-z]+|[0-9]|[^\sa-z0-9]+", corpus.lower())
     counts: Counter[tuple[str, ...]] = Counter()
     for word in words:
@@ -96,7 +82,7 @@ def _learn_merges(corpus: str, num_merges: int) -> list[tuple[str, str]]:
 @functools.lru_cache(maxsize=1)
 def tiny_clip_vocab() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
     """CLIP-layout vocabulary: 256 byte symbols, the same with `</w>`, learned merges, then BOS and EOS."""
-    alphabet = list(_bytes_to_unicode().values())
+    alphabet = list(bytes_to_unicode().values())
     tokens = alphabet + [c + "</w>" for c in alphabet]
     merges = _learn_merges(_CORPUS, TINY_NUM_MERGES)
     for a, b in merges:
