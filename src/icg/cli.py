@@ -23,6 +23,8 @@ train_app = typer.Typer(help="Train ICG's components.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(covers_app, name="covers")
 app.add_typer(train_app, name="train")
+evaluate_app = typer.Typer(help="Evaluate ICG's components: the paper's tables.", no_args_is_help=True)
+app.add_typer(evaluate_app, name="evaluate")
 
 console = Console(stderr=True)
 
@@ -155,6 +157,125 @@ def train_user_encoder_cmd(
     options = {"epochs": epochs} if epochs is not None else {}
     metrics = train_user_encoder(_load(dataset, path), out, seed=seed, **options)
     _print_json(metrics)
+
+
+@train_app.command("clip")
+def train_clip_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the CLIPModel + CLIPProcessor and metrics.")],
+    preset: Annotated[str, typer.Option(help="Model size and recipe (only 'mini' for now).")] = "mini",
+    dataset: Annotated[str, typer.Option(help="Dataset whose items (title, genres) are used.")] = "ml-100k",
+    path: PathOpt = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs (default: the preset's).")] = None,
+    minutes: Annotated[
+        float | None, typer.Option(help="Time budget: stop between epochs once spent (resumable).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of split, init and sampling (default: 0).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from out/checkpoint.pt when present.")] = True,
+    threads: Annotated[
+        int | None, typer.Option(help="Torch CPU threads (1 is fastest on a machine shared with other jobs).")
+    ] = None,
+) -> None:
+    """Train the mini CLIP on rendered covers + captions; prints held-out retrieval and genre accuracy."""
+    import dataclasses
+
+    from icg.training.mini_clip import mini_clip_preset, train_mini_clip
+
+    try:
+        config = mini_clip_preset(preset)
+        overrides = {k: v for k, v in (("epochs", epochs), ("seed", seed)) if v is not None}
+        config = dataclasses.replace(config, **overrides)
+        metrics = train_mini_clip(
+            _load(dataset, path), out, config, resume=resume, max_minutes=minutes, threads=threads
+        )
+    except ValueError as exc:
+        raise ICGError(str(exc)) from exc
+    _print_json(metrics)
+
+
+ClipOpt = Annotated[
+    str | None,
+    typer.Option(help="CLIP folder (`icg train clip`) or 'random'; default: the mini preset's, if present."),
+]
+ThreadsOpt = Annotated[
+    int | None, typer.Option(help="torch CPU threads; small ops on a busy 2-core machine run fastest on 1.")
+]
+
+
+@train_app.command("reward-model")
+def train_reward_model_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the reward model and its metrics.")],
+    preset: Annotated[str, typer.Option(help="Model size and recipe (only 'mini' for now).")] = "mini",
+    dataset: Annotated[str, typer.Option(help="Dataset of users, items and ratings.")] = "ml-100k",
+    path: PathOpt = None,
+    clip: ClipOpt = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs (default: the preset's).")] = None,
+    trainable_clip_layers: Annotated[
+        int | None, typer.Option(help="Last k CLIP layers that train (default: the preset's).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the pair split, initialisation and sampling.")] = 0,
+    minutes: Annotated[float | None, typer.Option(help="Time budget (stops between epochs).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from out/checkpoint.pt when present.")] = True,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Train the personalized preference reward model (paper §3.4.1); prints val/test pair accuracy."""
+    import torch
+
+    from icg.training.reward_model import train_from_dataset
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        metrics = train_from_dataset(
+            _load(dataset, path), out, preset, clip=clip, seed=seed, epochs=epochs,
+            trainable_clip_layers=trainable_clip_layers, resume=resume, max_minutes=minutes,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise ICGError(str(exc)) from exc
+    _print_json({k: v for k, v in metrics.items() if k != "history"})
+
+
+@evaluate_app.command("table6")
+def evaluate_table6_cmd(
+    preset: Annotated[str, typer.Option(help="Reward-model recipe (only 'mini' for now).")] = "mini",
+    dataset: Annotated[str, typer.Option(help="Dataset of users, items and ratings.")] = "ml-100k",
+    path: PathOpt = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for table6.json/.md and the runs.")] = Path(
+        "runs/table6"
+    ),
+    clip: ClipOpt = None,
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds (pairs split + model).")] = "0,1,2",
+    trainable_clip_layers: Annotated[
+        int, typer.Option(help="Last k CLIP layers that train; 0 (frozen, cached CLIP) fits the CPU budget.")
+    ] = 0,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs per run (default: preset's).")] = None,
+    patience: Annotated[int | None, typer.Option(help="Early-stopping patience (default: preset's).")] = None,
+    threads: ThreadsOpt = 1,
+) -> None:
+    """Paper Table 6: test-pair accuracy of the reward model and its ablations beside the paper's figures."""
+    import dataclasses
+
+    import torch
+
+    from icg.evaluation.table6 import markdown, run_table6
+    from icg.training.reward_model import resolve_clip, reward_model_preset
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
+        base, train = reward_model_preset(preset)
+        base = dataclasses.replace(base, trainable_clip_layers=trainable_clip_layers)
+        overrides = {k: v for k, v in (("epochs", epochs), ("patience", patience)) if v is not None}
+        train = dataclasses.replace(train, **overrides)
+        data = _load(dataset, path)
+        model, processor, source = resolve_clip(clip, data.items)
+        result = run_table6(
+            data, model, processor, out, clip_source=source, base=base, train=train, seeds=seed_list,
+            command="icg " + " ".join(sys.argv[1:]),
+        )  # fmt: skip
+    except ValueError as exc:
+        raise ICGError(str(exc)) from exc
+    sys.stdout.write(markdown(result))
 
 
 @app.command("generate")

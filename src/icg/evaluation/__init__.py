@@ -1,0 +1,1 @@
+"""Evaluation: paper tables, baselines and reports."""
