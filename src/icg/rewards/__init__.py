@@ -34,6 +34,7 @@ from icg.rewards.base import (
 )
 from icg.rewards.clip_score import CLIPEncoder, CLIPSimilarityReward, load_clip_encoder, load_clip_similarity
 from icg.rewards.hpsv2 import HPSv2Reward, load_hpsv2
+from icg.rewards.personalized import PersonalizedRewardModel, load_personalized_reward
 from icg.rewards.pickscore import PickScoreReward, load_pickscore
 
 RewardLoader = Callable[..., Reward]  # (path, **kw) → Reward
@@ -43,6 +44,7 @@ _LOADERS: dict[str, RewardLoader] = {
     "pickscore": load_pickscore,
     "clip": load_clip_similarity,
     "aesthetic": load_aesthetic,
+    "personalized": load_personalized_reward,
 }
 
 
@@ -70,6 +72,7 @@ __all__ = [
     "CLIPEncoder",
     "CLIPSimilarityReward",
     "HPSv2Reward",
+    "PersonalizedRewardModel",
     "ImageSpec",
     "PickScoreReward",
     "Reward",
