@@ -17,7 +17,15 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPProcessor,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTokenizer,
+)
 
 from icg.training.clip_tokenizer import bytes_to_unicode
 
@@ -111,6 +119,22 @@ def tiny_clip_tokenizer(
         return write(Path(directory))
     with tempfile.TemporaryDirectory() as tmp:
         return write(Path(tmp))
+
+
+def tiny_clip_model(seed: int = 0) -> tuple[CLIPModel, CLIPProcessor]:
+    """A 2-layer CLIPModel (32 px, width 32, projection 16) + processor over the offline tiny tokenizer."""
+    vocab, _ = tiny_clip_vocab()
+    text = {
+        "vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "max_position_embeddings": 16, "bos_token_id": vocab[BOS_TOKEN],
+        "eos_token_id": vocab[EOS_TOKEN], "pad_token_id": vocab[EOS_TOKEN],
+    }  # fmt: skip
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    vision |= {"image_size": 32, "patch_size": 8}
+    torch.manual_seed(seed)
+    clip = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return clip.eval(), CLIPProcessor(image_processor=images, tokenizer=tiny_clip_tokenizer())
 
 
 def tiny_text_encoder(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
 from icg.rewards.base import RewardCheckpointError, preprocess
 from icg.rewards.personalized import (
@@ -13,7 +12,7 @@ from icg.rewards.personalized import (
     PersonalizedRewardModel,
     reward_text,
 )
-from icg.testing import BOS_TOKEN, EOS_TOKEN, tiny_clip_tokenizer, tiny_clip_vocab
+from icg.testing import tiny_clip_model
 
 TEXTS = [reward_text("Toy Story", "an animation movie poster in cyan"), reward_text("Heat", "a crime poster")]
 USERS = ["likes comedy; a 24-year-old male technician", "likes horror; a 53-year-old female writer"]
@@ -28,20 +27,7 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def tiny_clip(seed: int = 0) -> tuple[CLIPModel, CLIPProcessor]:
-    """A 2-layer CLIPModel (32 px, width 32, projection 16) over the offline tiny tokenizer."""
-    vocab, _ = tiny_clip_vocab()
-    text = {
-        "vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-        "num_attention_heads": 2, "max_position_embeddings": 16, "bos_token_id": vocab[BOS_TOKEN],
-        "eos_token_id": vocab[EOS_TOKEN], "pad_token_id": vocab[EOS_TOKEN],
-    }  # fmt: skip
-    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
-    torch.manual_seed(seed)
-    vision |= {"image_size": 32, "patch_size": 8}
-    clip = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
-    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    return clip.eval(), CLIPProcessor(image_processor=images, tokenizer=tiny_clip_tokenizer())
+tiny_clip = tiny_clip_model
 
 
 def make_model(seed: int = 0, **switches: object) -> PersonalizedRewardModel:
