@@ -27,11 +27,8 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-tiny_clip = tiny_clip_model
-
-
 def make_model(seed: int = 0, **switches: object) -> PersonalizedRewardModel:
-    clip, processor = tiny_clip(seed)
+    clip, processor = tiny_clip_model(seed)
     config = PersonalizedRewardConfig(hidden_size=16, num_heads=2, **switches)  # type: ignore[arg-type]
     return PersonalizedRewardModel(config, clip, processor)
 

@@ -37,11 +37,8 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-tiny_clip = tiny_clip_model
-
-
 def make_model(seed: int = 0, **switches: object) -> PersonalizedRewardModel:
-    clip, processor = tiny_clip()
+    clip, processor = tiny_clip_model()
     options = {"hidden_size": 16, "num_heads": 2, "dropout": 0.0} | switches
     config = PersonalizedRewardConfig(**options)  # type: ignore[arg-type]
     with torch.random.fork_rng(devices=[]):
@@ -180,7 +177,7 @@ def test_profiles_count_genres_outside_the_users_pairs_and_captions_follow_the_t
 
 def test_table6_runs_every_row_and_reference(tmp_path) -> None:
     data = _toy_interactions()
-    clip, processor = tiny_clip()
+    clip, processor = tiny_clip_model()
     base = PersonalizedRewardConfig(hidden_size=16, num_heads=2, trainable_clip_layers=0)
     train = RewardTrainConfig(epochs=1, batch_size=64)
     result = run_table6(
