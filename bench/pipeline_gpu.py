@@ -50,7 +50,13 @@ from icg.adapter.attention import (  # noqa: E402
 from icg.adapter.projector import PersonalizedProjector, ProjectorConfig  # noqa: E402
 from icg.modules import DeviceDtypeMixin  # noqa: E402
 from icg.pipeline import CoverItem, CoverPipeline, CoverUser  # noqa: E402
-from icg.testing import BOS_TOKEN, EOS_TOKEN, tiny_clip_tokenizer, tiny_clip_vocab  # noqa: E402
+from icg.testing import (  # noqa: E402  (SD1.5's DDIM config, not tiny-specific)
+    BOS_TOKEN,
+    EOS_TOKEN,
+    tiny_clip_tokenizer,
+    tiny_clip_vocab,
+    tiny_scheduler,
+)
 
 TINY = os.environ.get("TINY") == "1"
 ANCHOR_PUBLISHED = {
@@ -163,19 +169,6 @@ def text_encoder(vocab_size: int, bos: int, eos: int) -> CLIPTextModel:
     return CLIPTextModel(config)
 
 
-def sd15_scheduler() -> DDIMScheduler:
-    """DDIM with SD1.5's scheduler config (what both pipelines use)."""
-    return DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-
-
 def reference_images(n: int) -> list:
     """Random 64² RGB reference covers (the tiny Qwen2.5-VL turns each into 4 image tokens)."""
     import numpy as np
@@ -283,7 +276,7 @@ def main() -> None:
         text_encoder=text,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=sd15_scheduler(),
+        scheduler=tiny_scheduler(),
         context_encoder=contexts,
         projector=projector.eval(),
         user_encoder=users,
@@ -293,7 +286,7 @@ def main() -> None:
         text_encoder=text,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=sd15_scheduler(),
+        scheduler=tiny_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
