@@ -65,6 +65,7 @@ from icg.data.tables import (
     existing_files,
     read_parquet_table,
     read_table,
+    reject_unknown_items,
     require_values,
     to_unix_seconds,
 )
@@ -274,16 +275,8 @@ def load_logs(
             ),
         }
     )
-    unknown = ~table["item_id"].isin(items_table["item_id"])
-    if unknown.any():
-        ids = pd.unique(table.loc[unknown, "item_id"])
-        raise DataError(
-            f"{int(unknown.sum())} interactions name {len(ids)} item ids absent from {items_file.name}, "
-            f"e.g. {list(ids[:5])}",
-            path=inter_file,
-            column="item_id",
-            expected=f"item ids listed in {items_file}",
-        )
+    known = table["item_id"].isin(items_table["item_id"])
+    reject_unknown_items(~known, table["item_id"], inter_file, items_file)
     table, dropped = deduplicate(table)
     if dropped:
         logger.info(

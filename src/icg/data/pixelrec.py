@@ -24,7 +24,14 @@ import numpy as np
 import pandas as pd
 
 from icg.data.records import InteractionData, empty_users
-from icg.data.tables import existing_files, read_table, require_dir, require_values, to_unix_seconds
+from icg.data.tables import (
+    existing_files,
+    read_table,
+    reject_unknown_items,
+    require_dir,
+    require_values,
+    to_unix_seconds,
+)
 from icg.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -152,16 +159,7 @@ def load_pixelrec(
             {"item_id": items["item_id"], "signal": pd.to_numeric(info[signal]).fillna(0.0).astype("float64")}
         )
     interactions = interactions.merge(counts, on="item_id", how="left", validate="many_to_one")
-    unknown = interactions["signal"].isna()
-    if unknown.any():
-        ids = pd.unique(interactions.loc[unknown, "item_id"])
-        raise DataError(
-            f"{int(unknown.sum())} interactions name {len(ids)} items absent from {ITEM_FILE}, "
-            f"e.g. {list(ids[:5])}",
-            path=inter_file,
-            column="item_id",
-            expected=f"item ids listed in {item_file}",
-        )
+    reject_unknown_items(interactions["signal"].isna(), interactions["item_id"], inter_file, item_file)
     interactions = interactions[["user_id", "item_id", "signal", "timestamp"]]
     users = empty_users(interactions["user_id"])
     logger.info(

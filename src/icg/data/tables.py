@@ -190,3 +190,19 @@ def existing_files(paths: pd.Series) -> pd.Series:
             continue
         present[group.index] = group.isin(listed)
     return present
+
+
+def reject_unknown_items(
+    unknown: pd.Series, item_ids: pd.Series, inter_file: str | Path, items_file: str | Path
+) -> None:
+    """DataError if any interaction (where `unknown` is True) names an item the items file does not list."""
+    if not unknown.any():
+        return
+    ids = pd.unique(item_ids[unknown])
+    raise DataError(
+        f"{int(unknown.sum())} interactions name {len(ids)} item ids absent from {Path(items_file).name}, "
+        f"e.g. {list(ids[:5])}",
+        path=inter_file,
+        column="item_id",
+        expected=f"item ids listed in {items_file}",
+    )
