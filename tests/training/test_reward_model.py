@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from icg.context.teacher import template_caption
 from icg.data.records import InteractionData, add_profiles
 from icg.errors import DataError
 from icg.evaluation.table6 import ROWS, run_table6
@@ -20,7 +21,6 @@ from icg.training.reward_model import (
     encode_cache,
     evaluate_pairs,
     reward_data,
-    template_caption,
     train_reward_model,
     user_profiles,
 )

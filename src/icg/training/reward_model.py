@@ -21,7 +21,6 @@ weights are what is saved (`PersonalizedRewardModel.save_pretrained`) and evalua
 
 from __future__ import annotations
 
-import colorsys
 import dataclasses
 import hashlib
 import json
@@ -35,13 +34,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from PIL import ImageColor
 from torch import Tensor
 from transformers import CLIPModel, CLIPProcessor
 
 from icg.atomic import atomic_path, write_text_atomic
+from icg.context.teacher import TEMPLATE_TEACHER, join_words, template_captions
 from icg.data.covers.render import MIN_SIZE, display_title, item_genres
-from icg.data.covers.styles import style_for_genre
 from icg.data.pairs import SPLITS, PairConfig, build_pairs
 from icg.data.records import InteractionData
 from icg.errors import DataError
@@ -49,48 +47,12 @@ from icg.rewards.personalized import Encoded, PersonalizedRewardConfig, Personal
 
 logger = logging.getLogger(__name__)
 
-TEMPLATE_TEACHER = "template-teacher"
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.json"
 _CHECKPOINT_FORMAT = "icg.training.reward_model.checkpoint/1"
 
 
-# --------------------------------------------------------------------------------------- captions, profiles
-def _join(words: list[str]) -> str:
-    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
-
-
-def colour_name(hex_colour: str) -> str:
-    """'#14213a' → 'dark blue': a coarse HSV name, enough for a caption."""
-    r, g, b = (c / 255 for c in ImageColor.getrgb(hex_colour)[:3])
-    h, s, v = colorsys.rgb_to_hsv(r, g, b)
-    if v < 0.18:
-        return "black"
-    if s < 0.15:
-        return "white" if v > 0.85 else "grey"
-    bounds = ((15, "red"), (40, "orange"), (65, "yellow"), (160, "green"), (200, "cyan"), (255, "blue"))
-    bounds += ((290, "purple"), (335, "pink"), (361, "red"))
-    name = next(n for limit, n in bounds if h * 360 < limit)
-    return f"dark {name}" if v < 0.45 else f"pale {name}" if s < 0.4 and v > 0.8 else name
-
-
-def template_caption(genres: tuple[str, ...]) -> str:
-    """The template teacher: 'a {genres} movie poster in {palette words}' (colours of the genre's style)."""
-    genres = genres or ("unknown",)
-    style = style_for_genre(genres[0])
-    colours = list(dict.fromkeys(colour_name(c) for c in (*style.background, style.palette[0])))
-    words = _join([g.lower() for g in genres[:3]])
-    return f"{'an' if words[0] in 'aeiou' else 'a'} {words} movie poster in {_join(colours)}"
-
-
-def template_captions(items: pd.DataFrame) -> dict[str, str]:
-    """Caption per item id from the template teacher (stand-in for the context encoder's explicit prompt)."""
-    return {
-        str(i): template_caption(item_genres(g))
-        for i, g in zip(items["item_id"], items["genres"], strict=True)
-    }
-
-
+# --------------------------------------------------------------------------------------- profiles
 def user_profiles(data: InteractionData, pairs: pd.DataFrame, top_genres: int = 3) -> dict[str, str]:
     """Profile per user id: 'likes drama, comedy and thriller; a 24-year-old male technician'.
 
@@ -115,7 +77,7 @@ def user_profiles(data: InteractionData, pairs: pd.DataFrame, top_genres: int = 
     counts = counts.sort_values(["user_id", "n", "genre"], ascending=[True, False, True])
     top = counts.groupby("user_id").head(top_genres).groupby("user_id")["genre"].agg(list)
     return {
-        u: (f"likes {_join([g.lower() for g in top[u]])}; {p}" if u in top.index else p)
+        u: (f"likes {join_words([g.lower() for g in top[u]])}; {p}" if u in top.index else p)
         for u, p in base.items()
     }
 
