@@ -6,6 +6,9 @@ adapter. Every component is then loaded by the same `from_pretrained` calls (`ic
 
 - `sd15`: Stable Diffusion 1.5 + Qwen2.5-VL-7B-Instruct (hub ids; honour HF_HUB_OFFLINE and local paths).
   The user encoder and the adapter are trained by ICG, so they have no default and must be given.
+- `mini`: the embedded default — the same classes at small sizes, trained by `icg train mini` on
+  MovieLens-100k with rendered covers, shipped in `icg/assets/mini/` (preset.json + one folder per
+  component). It makes 64² covers.
 - `tiny`: random components of the same classes at tiny size, written once to `$ICG_HOME/presets/tiny`
   (default `~/.cache/icg`) by `materialize_tiny_preset` and loaded back like real checkpoints. For tests and
   wiring checks only: its covers are noise.
@@ -39,6 +42,8 @@ class PresetSpec:
     context_encoder: str | None = None
     user_encoder: str | None = None
     adapter: str | None = None
+    clip: str | None = None  # CLIPModel folder: CLIP score, reconstruction target, reward backbone
+    reward_model: str | None = None  # personalized preference reward model folder
     num_meta_tokens: int = 1
     num_context_tokens: int = 4
     num_user_tokens: int = 4
@@ -80,6 +85,26 @@ def tiny_preset(folder: Path | None = None) -> PresetSpec:
     return load_preset_folder(folder)
 
 
+COMPONENT_PATHS = (
+    "base_model", "base_config", "context_encoder", "user_encoder", "adapter", "clip", "reward_model",
+)  # fmt: skip
+
+
+def mini_assets_dir() -> Path:
+    """Where the shipped mini preset lives: `icg/assets/mini` inside the installed package."""
+    return Path(__file__).resolve().parent / "assets" / "mini"
+
+
+def mini_preset(folder: Path | None = None) -> PresetSpec:
+    """The mini preset (default: the shipped one); a clear error when its weights are missing."""
+    folder = Path(folder) if folder is not None else mini_assets_dir()
+    if not (folder / "preset.json").is_file():
+        raise ICGError(
+            f"{folder}: the mini preset's weights are missing; run `icg train mini` to train and package them"
+        )
+    return load_preset_folder(folder)
+
+
 def load_preset_folder(folder: str | Path) -> PresetSpec:
     """A preset saved as `preset.json` in a folder; relative component paths resolve against that folder."""
     folder = Path(folder)
@@ -88,14 +113,14 @@ def load_preset_folder(folder: str | Path) -> PresetSpec:
         raise ICGError(f"{file}: preset file not found")
     spec = PresetSpec.from_json(file.read_text(encoding="utf-8"))
     paths = {}
-    for name in ("base_model", "base_config", "context_encoder", "user_encoder", "adapter"):
+    for name in COMPONENT_PATHS:
         value = getattr(spec, name)
         if value is not None and (folder / value).exists():
             paths[name] = str((folder / value).resolve())
     return spec.replace(**paths)
 
 
-PRESETS = ("sd15", "tiny")
+PRESETS = ("mini", "sd15", "tiny")
 
 
 def get_preset(name: str) -> PresetSpec:
@@ -104,6 +129,8 @@ def get_preset(name: str) -> PresetSpec:
         return SD15
     if name == "tiny":
         return tiny_preset()
+    if name == "mini":
+        return mini_preset()
     if Path(name).is_dir():
         return load_preset_folder(name)
     raise ICGError(f"unknown preset '{name}'; expected one of {list(PRESETS)} or a folder with preset.json")

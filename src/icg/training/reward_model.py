@@ -427,10 +427,10 @@ def reward_model_preset(name: str) -> tuple[PersonalizedRewardConfig, RewardTrai
 
 
 def default_clip_path() -> Path:
-    """Where the mini preset's trained CLIP is looked for: $ICG_HOME/presets/mini/clip."""
-    from icg.presets import icg_home
+    """Where the mini preset's trained CLIP is looked for: the shipped `icg/assets/mini/clip`."""
+    from icg.presets import mini_assets_dir
 
-    return icg_home() / "presets" / "mini" / "clip"
+    return mini_assets_dir() / "clip"
 
 
 def resolve_clip(

@@ -1,0 +1,226 @@
+"""`icg train mini`: train every model of the mini preset in order, then package them like real checkpoints.
+
+Steps (each also runnable alone; each trainer resumes from its own checkpoint and returns at once when its
+output is complete, so a killed run loses at most one epoch of one step):
+
+    clip     mini CLIP (text + vision) — CLIP score, reconstruction target, reward backbone, text encoder
+    vae      AutoencoderKL 64² → 16²×4 on rendered covers
+    unet     UNet2DConditionModel on VAE latents, conditioned on the mini CLIP text encoder
+    context  tiny Qwen2.5-VL: meta tokens + template-teacher explicit prompts
+    users    two-tower user encoder
+    reward   personalized preference reward model on the mini CLIP
+
+`package_mini` then writes the preset folder (default `icg/assets/mini`): `backbone/` is a diffusers
+`StableDiffusionPipeline` folder (unet, vae, text_encoder, tokenizer, scheduler, model_index.json), the other
+components are folders their own `from_pretrained` reads, and `preset.json` names them — so `--preset mini`
+goes through exactly the loaders of `--preset sd15`. Training-only files (checkpoints, caches) stay in the
+work folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from icg.atomic import write_text_atomic
+from icg.data.records import InteractionData
+from icg.errors import ICGError
+from icg.presets import PresetSpec, mini_assets_dir
+
+logger = logging.getLogger(__name__)
+
+STEPS = ("clip", "vae", "unet", "context", "users", "reward")
+RECORD_NAME = "train_mini.json"
+# Files a trainer writes for itself (resume state, caches), never shipped.
+_TRAINING_ONLY = {"checkpoint.pt"}
+
+
+def _cache(work: Path) -> Path:
+    return work / "clip" / "cache"  # the 64² multi-variant covers, rendered once and shared by all steps
+
+
+def _step_clip(data: InteractionData, work: Path, threads: int, progress: bool) -> dict:
+    from icg.training.mini_clip import mini_clip_preset, train_mini_clip
+
+    return train_mini_clip(data, work / "clip", mini_clip_preset("mini"), progress=progress, threads=threads)
+
+
+def _step_vae(data: InteractionData, work: Path, threads: int, progress: bool) -> dict:
+    from icg.training.mini_vae import train_mini_vae
+
+    return train_mini_vae(
+        data.items, work / "vae", cache_dir=_cache(work), threads=threads, progress=progress
+    )
+
+
+def _step_unet(data: InteractionData, work: Path, threads: int, progress: bool) -> dict:
+    from icg.training.mini_unet import train_mini_unet
+
+    return train_mini_unet(
+        data.items, work / "unet", vae_dir=work / "vae", clip_dir=work / "clip", cache_dir=_cache(work),
+        threads=threads, progress=progress,
+    )  # fmt: skip
+
+
+def _step_context(data: InteractionData, work: Path, threads: int, progress: bool) -> dict:
+    from icg.training.mini_context import train_mini_context
+
+    return train_mini_context(
+        data.items, work / "context", clip_dir=work / "clip", cache_dir=_cache(work), threads=threads,
+        progress=progress,
+    )  # fmt: skip
+
+
+def _step_users(data: InteractionData, work: Path, threads: int, progress: bool) -> dict:
+    import torch
+
+    from icg.users.train import train_user_encoder
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return train_user_encoder(data, work / "users", seed=0, progress=progress)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _step_reward(data: InteractionData, work: Path, threads: int, progress: bool) -> dict:
+    import torch
+
+    from icg.training.reward_model import train_from_dataset
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return train_from_dataset(data, work / "reward", "mini", clip=work / "clip", seed=0)
+    finally:
+        torch.set_num_threads(previous)
+
+
+_STEP_FUNCTIONS: dict[str, Callable[[InteractionData, Path, int, bool], dict]] = {
+    "clip": _step_clip,
+    "vae": _step_vae,
+    "unet": _step_unet,
+    "context": _step_context,
+    "users": _step_users,
+    "reward": _step_reward,
+}
+
+
+def check_steps(steps: Sequence[str]) -> list[str]:
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        raise ICGError(f"unknown mini training step(s) {unknown}; expected some of {list(STEPS)}")
+    return [s for s in STEPS if s in steps]  # always in dependency order
+
+
+def machine() -> str:
+    import os
+
+    return f"{platform.machine()} {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
+
+
+def train_mini(
+    data: InteractionData,
+    work_dir: str | Path,
+    steps: Sequence[str] = STEPS,
+    *,
+    threads: int = 1,
+    progress: bool = True,
+) -> dict[str, dict]:
+    """Run `steps` in order into `work_dir/<step>/`; returns {step: metrics}. Records wall time per step in
+    `work_dir/train_mini.json` (a step that was already complete reports its trainer's own total seconds).
+    """
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    record_file = work / RECORD_NAME
+    record = json.loads(record_file.read_text()) if record_file.is_file() else {"steps": {}}
+    results: dict[str, dict] = {}
+    for step in check_steps(steps):
+        logger.info("mini preset: step %s", step)
+        tick = time.perf_counter()
+        metrics = _STEP_FUNCTIONS[step](data, work, threads, progress)
+        metrics = {k: v for k, v in metrics.items() if k != "history"}
+        results[step] = metrics
+        record["steps"][step] = {
+            "seconds_this_call": round(time.perf_counter() - tick, 1),
+            "seconds_total": metrics.get("seconds"),
+            "completed": metrics.get("completed", True),
+        }
+        record.update(machine=machine(), threads=threads, dataset=data.name)
+        write_text_atomic(record_file, json.dumps(record, indent=2, default=str))
+    return results
+
+
+# ------------------------------------------------------------------------------------------------ packaging
+def _copy_files(src: Path, dst: Path) -> None:
+    """Top-level files of a trainer's output folder (weights, configs, metrics), without resume state."""
+    if not src.is_dir():
+        raise ICGError(f"{src}: missing; run its training step first (`icg train mini --step ...`)")
+    dst.mkdir(parents=True, exist_ok=True)
+    for file in sorted(src.iterdir()):
+        if file.is_file() and file.name not in _TRAINING_ONLY:
+            shutil.copy2(file, dst / file.name)
+
+
+def _package_backbone(work: Path, out: Path) -> None:
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    pipe = StableDiffusionPipeline(
+        vae=AutoencoderKL.from_pretrained(work / "vae"),
+        text_encoder=CLIPTextModel.from_pretrained(work / "clip"),
+        tokenizer=CLIPTokenizer.from_pretrained(work / "clip"),
+        unet=UNet2DConditionModel.from_pretrained(work / "unet" / "unet"),
+        scheduler=DDIMScheduler.from_pretrained(work / "unet" / "scheduler"),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out)
+
+
+def _context_meta_tokens(folder: Path) -> int:
+    config = folder / "icg_context.json"
+    if not config.is_file():
+        raise ICGError(f"{config}: missing; the context step has not finished")
+    return int(json.loads(config.read_text())["num_meta_tokens"])
+
+
+def package_mini(work_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Write the preset folder from a finished work folder (a fresh folder, then swapped in)."""
+    work = Path(work_dir)
+    out = Path(out_dir) if out_dir is not None else mini_assets_dir()
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    _package_backbone(work, staging / "backbone")
+    _copy_files(work / "clip", staging / "clip")
+    _copy_files(work / "context", staging / "context_encoder")
+    _copy_files(work / "users", staging / "user_encoder")
+    _copy_files(work / "reward", staging / "reward_model")
+    spec = PresetSpec(
+        name="mini",
+        base_model="backbone",
+        context_encoder="context_encoder",
+        user_encoder="user_encoder",
+        clip="clip",
+        reward_model="reward_model",
+        num_meta_tokens=_context_meta_tokens(work / "context"),
+        explicit_prompt_tokens=48,
+    )
+    (staging / "preset.json").write_text(spec.to_json() + "\n")
+    record = work / RECORD_NAME
+    if record.is_file():
+        shutil.copy2(record, staging / RECORD_NAME)
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    logger.info("mini preset packaged in %s (%.1f MB)", out, size / 1e6)
+    return out
