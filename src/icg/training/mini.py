@@ -196,9 +196,28 @@ def package_mini(work_dir: str | Path, out_dir: str | Path | None = None) -> Pat
     """Write the preset folder from a finished work folder (a fresh folder, then swapped in)."""
     work = Path(work_dir)
     out = Path(out_dir) if out_dir is not None else mini_assets_dir()
+    needed = {"clip": "clip", "vae": "vae", "unet": "unet/unet", "context": "context", "users": "users"}
+    needed["reward"] = "reward"
+    missing = [step for step, sub in needed.items() if not (work / sub).is_dir()]
+    if missing:
+        raise ICGError(f"{work}: no output of step(s) {missing}; run `icg train mini --work {work}` first")
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    try:
+        _package_into(work, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    logger.info("mini preset packaged in %s (%.1f MB)", out, size / 1e6)
+    return out
+
+
+def _package_into(work: Path, staging: Path) -> None:
     _package_backbone(work, staging / "backbone")
     _copy_files(work / "clip", staging / "clip")
     _copy_files(work / "context", staging / "context_encoder")
@@ -218,9 +237,3 @@ def package_mini(work_dir: str | Path, out_dir: str | Path | None = None) -> Pat
     record = work / RECORD_NAME
     if record.is_file():
         shutil.copy2(record, staging / RECORD_NAME)
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
-    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    logger.info("mini preset packaged in %s (%.1f MB)", out, size / 1e6)
-    return out
