@@ -4,9 +4,9 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 # A matching torch/torchvision pair, installed first and pinned together (see README for other CUDA versions).
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
-OUT     ?= outputs/demo
+OUT     ?= out/demo
 
-.PHONY: setup demo test lint format bench-pairs clean
+.PHONY: setup demo test lint format bench-pairs train-mini evaluate-mini clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,10 +24,16 @@ $(VENV)/.icg-installed: pyproject.toml $(VENV)/.torch-installed
 
 setup: $(VENV)/.icg-installed
 
+# The main job on the embedded mini preset: 4 held-out items × 3 contrasting real users, offline, on CPU.
 demo: setup
-	$(BIN)/icg data stats ml-100k
-	$(BIN)/icg covers render ml-100k --size 128 --out $(OUT)/covers
-	@echo "Open $(OUT)/covers/index.html for the contact sheet."
+	$(BIN)/icg demo --out $(OUT)
+
+# Re-train every mini model and re-package src/icg/assets/mini (resumable; see README for the time it takes).
+train-mini: setup
+	$(BIN)/icg train mini --work runs/mini
+
+evaluate-mini: setup
+	$(BIN)/icg evaluate mini --out results
 
 test: setup
 	$(BIN)/ruff check src tests bench

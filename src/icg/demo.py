@@ -6,7 +6,8 @@ so any difference between columns comes from the model, not from the seed.
 
 Users: among the users of the pair split's *training* users with at least `min_positives` ratings ≥ 4, the one
 whose positives lean most towards each genre (share of positives in the genre minus the genre's share of all
-positives). Items: the first held-out item (the mini CLIP's test split) carrying each of `ITEM_GENRES`.
+positives). Items: per genre of `ITEM_GENRES`, the held-out item (the mini CLIP's test split) with that genre
+and the fewest others.
 """
 
 from __future__ import annotations
@@ -73,18 +74,21 @@ def contrasting_users(
 
 
 def held_out_items(items: pd.DataFrame, genres: tuple[str, ...] = ITEM_GENRES) -> pd.DataFrame:
-    """The first item of the mini CLIP's test split carrying each genre (distinct, in `genres` order)."""
+    """Per genre, the test-split item carrying it with the fewest other genres (distinct, in order)."""
     from icg.training.clip_data import split_items
 
     split = split_items(len(items), 0, 0.1, 0.1)
     test = items.iloc[split.test]
     rows = []
     for genre in genres:
-        match = [i for i, g in zip(test.index, test["genres"], strict=True) if genre in item_genres(g)]
-        match = [i for i in match if i not in rows]
+        match = [
+            (len(item_genres(g)), i)
+            for i, g in zip(test.index, test["genres"], strict=True)
+            if genre in item_genres(g) and i not in rows
+        ]
         if not match:
             raise ICGError(f"no held-out item with genre '{genre}'")
-        rows.append(match[0])
+        rows.append(min(match)[1])  # the item most purely of that genre (fewest genres), then first
     return items.loc[rows]
 
 

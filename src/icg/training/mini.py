@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 
 STEPS = ("clip", "vae", "unet", "context", "users", "reward")
 RECORD_NAME = "train_mini.json"
+# The reward model's epochs cost ~2-3 min on a busy 2-core box; it stops between epochs at this budget (it
+# usually early-stops sooner). A later call resumes where it stopped.
+REWARD_MINUTES = 12.0
 # Files a trainer writes for itself (resume state, caches), never shipped.
 _TRAINING_ONLY = {"checkpoint.pt"}
 
@@ -97,7 +100,9 @@ def _step_reward(data: InteractionData, work: Path, threads: int, progress: bool
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return train_from_dataset(data, work / "reward", "mini", clip=work / "clip", seed=0)
+        return train_from_dataset(
+            data, work / "reward", "mini", clip=work / "clip", seed=0, max_minutes=REWARD_MINUTES
+        )
     finally:
         torch.set_num_threads(previous)
 
