@@ -33,15 +33,26 @@ def work(tmp_path_factory: pytest.TempPathFactory):
     (work / "clip" / "checkpoint.pt").write_bytes(b"resume state")  # must not be shipped
     shutil.copytree(tiny / "context_encoder", work / "context")
     shutil.copytree(tiny / "user_encoder", work / "users")
-    (work / "reward").mkdir()
-    (work / "reward" / "config.json").write_text("{}")
+    from icg.rewards.personalized import PersonalizedRewardConfig, PersonalizedRewardModel
+
+    reward = PersonalizedRewardModel(PersonalizedRewardConfig(hidden_size=16, num_heads=2), clip, processor)
+    reward.save_pretrained(work / "reward")
+    (work / "reward" / "cache").mkdir()  # training-only, must not be shipped
     (work / RECORD_NAME).write_text(json.dumps({"steps": {"clip": {"seconds_total": 1.0}}}))
     return work
 
 
 def test_package_loads_through_public_loaders(work, tmp_path):
     out = package_mini(work, tmp_path / "mini")
-    assert not (out / "clip" / "checkpoint.pt").exists()
+    assert not (out / "clip" / "checkpoint.pt").exists() and not (out / "reward_model" / "cache").exists()
+    from icg.rewards import load_reward
+
+    reward = load_reward("personalized", out / "reward_model")
+    from icg.rewards.personalized import reward_text
+
+    texts = [reward_text("Psycho", "a horror movie poster"), reward_text("Heat", "a crime movie poster")]
+    scores = reward.score(torch.rand(2, 3, 32, 32), texts, ["likes horror", "likes comedy"])
+    assert scores.shape == (2,) and torch.isfinite(scores).all()
     assert (out / RECORD_NAME).is_file() and not (tmp_path / "mini.partial").exists()
     # the backbone is a plain diffusers SD folder
     sd = StableDiffusionPipeline.from_pretrained(out / "backbone", safety_checker=None)

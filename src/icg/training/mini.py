@@ -163,14 +163,17 @@ def train_mini(
 
 
 # ------------------------------------------------------------------------------------------------ packaging
-def _copy_files(src: Path, dst: Path) -> None:
-    """Top-level files of a trainer's output folder (weights, configs, metrics), without resume state."""
+def _copy_files(src: Path, dst: Path, folders: tuple[str, ...] = ()) -> None:
+    """A trainer's output folder (weights, configs, metrics) without resume state or caches; subfolders only
+    when named in `folders` (e.g. the reward model's tuned `clip/`)."""
     if not src.is_dir():
         raise ICGError(f"{src}: missing; run its training step first (`icg train mini --step ...`)")
     dst.mkdir(parents=True, exist_ok=True)
-    for file in sorted(src.iterdir()):
-        if file.is_file() and file.name not in _TRAINING_ONLY:
-            shutil.copy2(file, dst / file.name)
+    for path in sorted(src.iterdir()):
+        if path.is_file() and path.name not in _TRAINING_ONLY:
+            shutil.copy2(path, dst / path.name)
+        elif path.is_dir() and path.name in folders:
+            shutil.copytree(path, dst / path.name, ignore=shutil.ignore_patterns(*_TRAINING_ONLY))
 
 
 def _package_backbone(work: Path, out: Path) -> None:
@@ -227,7 +230,7 @@ def _package_into(work: Path, staging: Path) -> None:
     _copy_files(work / "clip", staging / "clip")
     _copy_files(work / "context", staging / "context_encoder")
     _copy_files(work / "users", staging / "user_encoder")
-    _copy_files(work / "reward", staging / "reward_model")
+    _copy_files(work / "reward", staging / "reward_model", folders=("clip",))
     spec = PresetSpec(
         name="mini",
         base_model="backbone",
