@@ -3,9 +3,9 @@
 The real preset's explicit prompt P_exp comes from Qwen2.5-VL reading the reference cover and the title.
 The mini preset has no pretrained MLLM, so its tiny Qwen2.5-VL learns to write a *documented template*:
 
-    "{title}, a {genres} movie poster in {palette words}"
+    "a {genres} movie poster in {palette words}"
 
-built from the item's title, its (first three) genres and colour words of its primary genre's cover style. No
+built from the item's (first three) genres and colour words of its primary genre's cover style. No
 MLLM knowledge is involved; everything that shows a mini prompt says it was learned from this template.
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import pandas as pd
 from PIL import ImageColor
 
-from icg.data.covers.render import display_title, item_genres
+from icg.data.covers.render import item_genres
 from icg.data.covers.styles import style_for_genre
 
 TEMPLATE_TEACHER = "template-teacher"
@@ -53,8 +53,15 @@ def template_caption(genres: tuple[str, ...]) -> str:
 
 
 def explicit_prompt_teacher(title: str, genres: tuple[str, ...]) -> str:
-    """The mini's explicit-prompt target: '{title}, ' + `template_caption` (title as the cover prints it)."""
-    return f"{display_title(title) or 'untitled'}, {template_caption(genres)}"
+    """The mini's explicit-prompt target: `template_caption(genres)`.
+
+    `title` is accepted (the real MLLM reads it) but not written into the target: a first mini trained on
+    '{title}, ' + caption memorised training titles instead of copying them (0 of 50 held-out titles right,
+    e.g. "Dead Man Walking" → "Pil a, …"), so the prompt carried a garbled title. The pipeline has the title
+    anyway; the mini's prompt describes what the cover shows: genres and palette.
+    """
+    del title
+    return template_caption(genres)
 
 
 def template_captions(items: pd.DataFrame) -> dict[str, str]:

@@ -1,0 +1,607 @@
+"""The mini preset's UNet: a small SD1.5-shaped `UNet2DConditionModel` trained on VAE latents of covers.
+
+Conditioning is exactly the generation pipeline's: captions tokenized to `model_max_length` (padded,
+truncated), the mini CLIP text tower's last hidden state, "" as the unconditional caption (drawn with
+probability `caption_dropout`, so classifier-free guidance works). Captions mix the explicit-prompt teacher
+(what the mini's context encoder writes at generation time) with the mini CLIP's templates. Noise schedule,
+ε-prediction and `add_noise` are SD1.5's; a matching `DDIMScheduler` is saved for inference.
+
+Speed: the VAE posterior (mean, std; × scaling_factor) of every (item, variant) cover and the hidden states of
+every distinct caption are computed once and cached (fp16, atomic files); the loop only runs the UNet. Latents
+are *sampled* from the cached posterior (mean + std·ε, like `latent_dist.sample()` in diffusers'
+train_text_to_image): free once both are cached, and a little augmentation; held-out numbers use the mean.
+
+Resume: `checkpoint.pt` (model, EMA, optimizer, lr schedule, RNG states, history) is replaced atomically after
+every epoch; a re-run with the same items, config, VAE and CLIP ends bit-identical to a straight run (same
+machine and thread count). `max_minutes` stops between epochs. Output: unet/ (EMA weights), scheduler/
+(DDIM), mini_unet.json, metrics.json (train loss per epoch, held-out ε-MSE at fixed timesteps and noise),
+checkpoint.pt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import transformers
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from icg.atomic import atomic_path, write_text_atomic
+from icg.context.teacher import explicit_prompt_teacher
+from icg.errors import DataError, ICGError
+from icg.training import clip_data as cd
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.json"
+CONFIG_NAME = "mini_unet.json"
+_CHECKPOINT_FORMAT = "icg.training.mini_unet.checkpoint/1"
+_DOWN_TYPES = {"CrossAttnDownBlock2D", "DownBlock2D"}
+_UP_TYPES = {"CrossAttnUpBlock2D", "UpBlock2D"}
+N_TEMPLATES = len(cd.TEXT_TEMPLATES)  # caption columns 0..N-1 are templates, column N the teacher prompt
+
+
+@dataclasses.dataclass(frozen=True)
+class MiniUnetConfig:
+    """Architecture, captions and optimisation of one mini-UNet run (mini_unet.json beside the weights)."""
+
+    sample_size: int = 16  # latent side: 64 px covers through the VAE's factor 4
+    in_channels: int = 4
+    out_channels: int = 4
+    # Timed on the shared 2-core box, 1 thread: (64, 128, 128) with 8 heads costs ~3x (32, 64, 128) with
+    # 32-wide heads (most of it 16x16 self-attention with 8-wide heads), so the small one gets 3x the steps:
+    # ~22 ms per sample under load 6, a 169-step epoch ~2 min + 7 s validation; 12 epochs fit 30 minutes.
+    block_out_channels: tuple[int, ...] = (32, 64, 128)
+    down_block_types: tuple[str, ...] = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
+    up_block_types: tuple[str, ...] = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
+    layers_per_block: int = 1
+    attention_head_dim: int | tuple[int, ...] = (1, 2, 4)  # heads per block (diffusers' historical name)
+    norm_num_groups: int = 32
+    cross_attention_dim: int | None = None  # None: the text encoder's hidden size (checked when given)
+    caption_dropout: float = 0.1  # P(caption = "") for classifier-free guidance
+    teacher_fraction: float = 0.5  # P(teacher prompt | kept); otherwise a uniform caption template
+    sample_latents: bool = True
+    variants: int = 4
+    epochs: int = 12
+    batch_size: int = 32
+    lr: float = 5e-4
+    weight_decay: float = 1e-2
+    warmup_fraction: float = 0.05
+    grad_clip: float = 1.0
+    ema_decay: float = 0.995
+    val_timesteps: tuple[int, ...] = (50, 200, 400, 600, 800, 950)
+    seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    max_items: int | None = None  # the first N items only (tests, quick looks)
+
+    def __post_init__(self) -> None:
+        positive = ("sample_size", "in_channels", "out_channels", "layers_per_block", "norm_num_groups")
+        for name in (*positive, "variants", "epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        depth = len(self.block_out_channels)
+        if depth < 2 or len(self.down_block_types) != depth or len(self.up_block_types) != depth:
+            raise ValueError(
+                f"block_out_channels, down_block_types and up_block_types need the same length >= 2, got "
+                f"{self.block_out_channels}, {self.down_block_types}, {self.up_block_types}"
+            )
+        if set(self.down_block_types) - _DOWN_TYPES or set(self.up_block_types) - _UP_TYPES:
+            raise ValueError(f"block types must be among {sorted(_DOWN_TYPES | _UP_TYPES)}")
+        if self.sample_size % 2 ** (depth - 1):
+            raise ValueError(f"sample_size {self.sample_size} must divide by 2^{depth - 1} (the down blocks)")
+        heads = self.heads_per_block()
+        for channels, n_heads in zip(self.block_out_channels, heads, strict=True):
+            if n_heads < 1 or channels % self.norm_num_groups or channels % n_heads:
+                raise ValueError(
+                    f"block width {channels} must divide by norm_num_groups {self.norm_num_groups} and by "
+                    f"its heads {n_heads}"
+                )
+        if self.cross_attention_dim is not None and self.cross_attention_dim < 1:
+            raise ValueError(f"cross_attention_dim must be None or positive, got {self.cross_attention_dim}")
+        if not (0.0 <= self.caption_dropout < 1.0 and 0.0 <= self.teacher_fraction <= 1.0):
+            raise ValueError("caption_dropout must be in [0, 1) and teacher_fraction in [0, 1]")
+        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip <= 0 or not 0 <= self.warmup_fraction < 1:
+            raise ValueError("lr and grad_clip must be > 0, weight_decay >= 0, warmup_fraction in [0, 1)")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not self.val_timesteps or any(not 0 <= t < 1000 for t in self.val_timesteps):
+            raise ValueError(
+                f"val_timesteps must be a non-empty tuple in [0, 1000), got {self.val_timesteps}"
+            )
+        if self.max_items is not None and self.max_items < 6:
+            raise ValueError(f"max_items must be None or >= 6, got {self.max_items}")
+
+    def heads_per_block(self) -> tuple[int, ...]:
+        if isinstance(self.attention_head_dim, int):
+            return (self.attention_head_dim,) * len(self.block_out_channels)
+        if len(self.attention_head_dim) != len(self.block_out_channels):
+            raise ValueError("attention_head_dim must be an int or one entry per block")
+        return tuple(self.attention_head_dim)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> MiniUnetConfig:
+        values = json.loads(text)
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown MiniUnetConfig fields {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def build_unet(config: MiniUnetConfig, cross_attention_dim: int) -> UNet2DConditionModel:
+    """A randomly initialised SD1.5-shaped UNet of the config's size (mid block: cross-attention)."""
+    heads = config.heads_per_block()
+    return UNet2DConditionModel(
+        sample_size=config.sample_size,
+        in_channels=config.in_channels,
+        out_channels=config.out_channels,
+        down_block_types=config.down_block_types,
+        up_block_types=config.up_block_types,
+        block_out_channels=config.block_out_channels,
+        layers_per_block=config.layers_per_block,
+        attention_head_dim=heads[0] if len(set(heads)) == 1 else heads,
+        norm_num_groups=config.norm_num_groups,
+        cross_attention_dim=cross_attention_dim,
+    )
+
+
+def noise_schedulers() -> tuple[DDPMScheduler, DDIMScheduler]:
+    """SD1.5's training schedule (scaled_linear 0.00085 → 0.012, 1000 steps, ε) and its inference DDIM."""
+    train = DDPMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
+    )
+    ddim = DDIMScheduler.from_config(train.config, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return train, ddim
+
+
+# ------------------------------------------------------------------------------------------------- captions
+def caption_table(items: pd.DataFrame) -> tuple[list[str], torch.Tensor]:
+    """Distinct captions ("" first) and an (N, N_TEMPLATES + 1) index into them: templates, then teacher."""
+    texts: dict[str, int] = {"": 0}
+    rows = []
+    for title, genres in zip(items["title"], cd.items_genres(items), strict=True):
+        title = "" if pd.isna(title) else str(title)
+        row = [cd.item_text(title, genres, k) for k in range(N_TEMPLATES)]
+        row.append(explicit_prompt_teacher(title, genres))
+        rows.append([texts.setdefault(t, len(texts)) for t in row])
+    return list(texts), torch.tensor(rows, dtype=torch.long).reshape(len(items), N_TEMPLATES + 1)
+
+
+def sample_caption_ids(
+    table: torch.Tensor, rows: torch.Tensor, config: MiniUnetConfig, generator: torch.Generator
+) -> torch.Tensor:
+    """(B,) caption ids for items `rows`: "" (id 0) with P = caption_dropout, else teacher or a template."""
+    n = len(rows)
+    dropped = torch.rand(n, generator=generator) < config.caption_dropout
+    teacher = torch.rand(n, generator=generator) < config.teacher_fraction
+    template = torch.randint(0, N_TEMPLATES, (n,), generator=generator)
+    ids = table[rows, torch.where(teacher, N_TEMPLATES, template)]
+    return ids.masked_fill(dropped, 0)
+
+
+# ------------------------------------------------------------------------------------- frozen parts + cache
+def _folder_digest(folder: Path, names: tuple[str, ...]) -> str:
+    digest = hashlib.sha256()
+    for name in names:
+        for file in sorted(folder.glob(name)):
+            digest.update(file.name.encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def load_text_encoder(clip_dir: Path) -> tuple[CLIPTextModel, CLIPTokenizer]:
+    """The text tower of a saved `CLIPModel` folder, refusing any newly initialised weight.
+
+    The vision tower's weights are reported as unexpected keys by transformers; that report is silenced here
+    because the check that matters (no missing text weight) is made explicitly.
+    """
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        encoder, info = CLIPTextModel.from_pretrained(clip_dir, output_loading_info=True)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    if info["missing_keys"] or info["mismatched_keys"]:
+        missing = sorted(info["missing_keys"]) + [str(k) for k in info["mismatched_keys"]]
+        raise DataError(f"text weights missing or mis-shaped: {missing[:5]}", path=clip_dir)
+    tokenizer = CLIPTokenizer.from_pretrained(clip_dir)
+    if tokenizer.model_max_length > encoder.config.max_position_embeddings:
+        raise DataError(
+            f"tokenizer model_max_length {tokenizer.model_max_length} exceeds the text encoder's "
+            f"{encoder.config.max_position_embeddings} positions",
+            path=clip_dir,
+        )
+    return encoder.eval().requires_grad_(False), tokenizer
+
+
+@torch.no_grad()
+def _encode_latents(vae: AutoencoderKL, covers: torch.Tensor, progress: bool) -> dict[str, torch.Tensor]:
+    """(N, V, 3, P, P) uint8 → posterior mean and std × scaling_factor, each (N, V, C, S, S) fp16."""
+    flat = covers.flatten(0, 1)
+    means, stds = [], []
+    for start in tqdm(range(0, len(flat), 64), desc="vae latents", unit="batch", disable=not progress):
+        pixels = flat[start : start + 64].float() / 127.5 - 1.0  # [-1, 1], as VaeImageProcessor gives
+        posterior = vae.encode(pixels).latent_dist
+        means.append(posterior.mean * vae.config.scaling_factor)
+        stds.append(posterior.std * vae.config.scaling_factor)
+    shape = (*covers.shape[:2], *means[0].shape[1:])
+    return {"mean": torch.cat(means).reshape(shape).half(), "std": torch.cat(stds).reshape(shape).half()}
+
+
+@torch.no_grad()
+def encode_captions(
+    encoder: CLIPTextModel, tokenizer: CLIPTokenizer, captions: list[str], batch: int = 256
+) -> torch.Tensor:
+    """The pipeline's `encode_text`: max-length padding, truncation, last hidden state → (N, L, W)."""
+    out = []
+    for start in range(0, len(captions), batch):
+        ids = tokenizer(
+            captions[start : start + batch],
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        out.append(encoder(ids)[0])
+    return torch.cat(out)
+
+
+def _cached(path: Path, compute) -> dict:
+    if path.is_file():
+        logger.info("from cache %s", path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    value = compute()
+    with atomic_path(path) as tmp:
+        torch.save(value, tmp)
+    return value
+
+
+# ------------------------------------------------------------------------------------------ frozen features
+@dataclasses.dataclass(frozen=True)
+class FrozenFeatures:
+    """Everything the UNet loop needs from the frozen VAE and text encoder, computed once per items table."""
+
+    latent_mean: torch.Tensor  # (N, V, C, S, S) fp16, × scaling_factor
+    latent_std: torch.Tensor  # (N, V, C, S, S) fp16, × scaling_factor
+    captions: list[str]  # distinct captions, "" first
+    table: torch.Tensor  # (N, N_TEMPLATES + 1) caption ids per item
+    hidden: torch.Tensor  # (N_captions, L, W) fp16 last hidden states
+    pixels: int  # cover side the VAE encodes
+    scaling_factor: float
+    text_max_length: int
+    digest: str  # of the VAE and CLIP files: part of the run's fingerprint
+
+
+def frozen_features(
+    items: pd.DataFrame,
+    config: MiniUnetConfig,
+    vae_dir: Path,
+    clip_dir: Path,
+    cache_dir: Path,
+    progress: bool,
+) -> FrozenFeatures:
+    """Load the VAE and text tower, check them against the config, encode (or read cached) features."""
+    for folder, what in ((vae_dir, "VAE"), (clip_dir, "CLIP")):
+        if not (folder / "config.json").is_file():
+            raise DataError(f"no saved {what} here (config.json missing); train it first", path=folder)
+    vae = AutoencoderKL.from_pretrained(vae_dir).eval().requires_grad_(False)
+    encoder, tokenizer = load_text_encoder(clip_dir)
+    width = encoder.config.hidden_size
+    if config.cross_attention_dim is not None and config.cross_attention_dim != width:
+        raise ICGError(
+            f"cross_attention_dim {config.cross_attention_dim} does not match the text encoder's hidden "
+            f"size {width} ({clip_dir}); set it to {width} or None"
+        )
+    if vae.config.latent_channels != config.in_channels:
+        raise ICGError(
+            f"the VAE has {vae.config.latent_channels} latent channels, in_channels is {config.in_channels}"
+        )
+    pixels = config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1)
+    vae_digest = _folder_digest(vae_dir, ("config.json", "*.safetensors"))
+    clip_digest = _folder_digest(
+        clip_dir, ("config.json", "*.safetensors", "*.txt", "vocab.json", "tok*.json")
+    )
+
+    covers = cd.render_cover_cache(items, cache_dir, pixels, config.variants, progress)  # (N, V, 3, P, P)
+    key = hashlib.sha256(covers.numpy().tobytes() + vae_digest.encode()).hexdigest()[:16]
+    latents = _cached(cache_dir / f"unet_latents_{key}.pt", lambda: _encode_latents(vae, covers, progress))
+    if latents["mean"].shape[-2:] != (config.sample_size, config.sample_size):
+        raise ICGError(
+            f"VAE latents of {pixels} px covers are {tuple(latents['mean'].shape[-2:])}, sample_size is "
+            f"{config.sample_size}"
+        )
+    captions, table = caption_table(items)
+    key = hashlib.sha256(json.dumps([captions, clip_digest]).encode()).hexdigest()[:16]
+    text = _cached(
+        cache_dir / f"unet_text_{key}.pt",
+        lambda: {"captions": captions, "hidden": encode_captions(encoder, tokenizer, captions).half()},
+    )
+    if text["captions"] != captions:
+        raise DataError("caption cache does not match these items; delete it", path=cache_dir)
+    return FrozenFeatures(
+        latent_mean=latents["mean"],
+        latent_std=latents["std"],
+        captions=captions,
+        table=table,
+        hidden=text["hidden"],
+        pixels=pixels,
+        scaling_factor=float(vae.config.scaling_factor),
+        text_max_length=tokenizer.model_max_length,
+        digest=hashlib.sha256((vae_digest + clip_digest).encode()).hexdigest(),
+    )
+
+
+# ----------------------------------------------------------------------------------------------- training
+def _fingerprint(items: pd.DataFrame, config: MiniUnetConfig, digest: str) -> str:
+    payload = [list(map(str, items["item_id"])), list(map(str, items["title"])), cd.items_genres(items)]
+    return hashlib.sha256(json.dumps([payload, dataclasses.asdict(config), digest]).encode()).hexdigest()
+
+
+@torch.no_grad()
+def eps_mse(
+    unet: UNet2DConditionModel,
+    latents: torch.Tensor,
+    hidden: torch.Tensor,
+    timesteps: tuple[int, ...],
+    scheduler: DDPMScheduler,
+    seed: int,
+) -> dict[str, object]:
+    """Held-out ε-prediction MSE at fixed timesteps with fixed noise (same seed → same noise every call)."""
+    generator = torch.Generator().manual_seed(seed)
+    by_t = {}
+    for t in timesteps:
+        noise = torch.randn(latents.shape, generator=generator)  # (N, C, S, S)
+        total = 0.0
+        for start in range(0, len(latents), 64):
+            x, eps, cond = (v[start : start + 64] for v in (latents, noise, hidden))
+            step = torch.full((len(x),), t, dtype=torch.long)
+            pred = unet(scheduler.add_noise(x, eps, step), step, encoder_hidden_states=cond).sample
+            total += torch.nn.functional.mse_loss(pred, eps, reduction="sum").item()
+        by_t[str(t)] = round(total / noise.numel(), 5)
+    return {"mean": round(sum(by_t.values()) / len(by_t), 5), "by_t": by_t}
+
+
+def train_mini_unet(
+    items: pd.DataFrame,
+    out_dir: str | Path,
+    config: MiniUnetConfig | None = None,
+    *,
+    vae_dir: str | Path,
+    clip_dir: str | Path,
+    cache_dir: str | Path | None = None,
+    resume: bool = True,
+    max_minutes: float | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+) -> dict[str, object]:
+    """Train the mini UNet on `items`' covers through the saved VAE and CLIP text tower; returns the metrics.
+
+    `threads` sets torch's intra-op threads for this call (restored afterwards); a resumed run must use the
+    same count as the first for bit-identical weights.
+    """
+    config = config or MiniUnetConfig()
+    if max_minutes is not None and max_minutes <= 0:
+        raise ValueError(f"max_minutes must be positive, got {max_minutes}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+    out = Path(out_dir)
+    cache = Path(cache_dir) if cache_dir is not None else out / "cache"
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        with torch.random.fork_rng(devices=[]):  # the caller's global RNG is left as it was
+            return _train(
+                items, out, config, Path(vae_dir), Path(clip_dir), cache, resume, max_minutes, progress
+            )
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train(
+    items: pd.DataFrame,
+    out: Path,
+    config: MiniUnetConfig,
+    vae_dir: Path,
+    clip_dir: Path,
+    cache_dir: Path,
+    resume: bool,
+    max_minutes: float | None,
+    progress: bool,
+) -> dict[str, object]:
+    started, load_start = time.perf_counter(), os.getloadavg()
+    items = (items if config.max_items is None else items.iloc[: config.max_items]).reset_index(drop=True)
+    split = cd.split_items(len(items), config.seed, config.val_fraction, config.test_fraction)
+    feats = frozen_features(items, config, vae_dir, clip_dir, cache_dir, progress)
+    precompute_seconds = time.perf_counter() - started
+    fingerprint = _fingerprint(items, config, feats.digest)
+    metrics_file = out / METRICS_NAME
+    if resume and metrics_file.is_file() and (out / "unet").is_dir():
+        done = json.loads(metrics_file.read_text())
+        if done.get("completed") and done.get("fingerprint") == fingerprint:
+            logger.info("mini UNet in %s is complete; nothing to do", out)
+            return done
+    latent_std = float(feats.latent_mean[split.train].float().std())
+    if not 0.5 < latent_std < 2.0:
+        logger.warning("scaled latents have std %.3f; is the VAE's scaling_factor set for it?", latent_std)
+
+    # model, EMA, optimizer, schedule, RNG: fresh, or from the checkpoint
+    pairs = torch.cartesian_prod(torch.from_numpy(split.train), torch.arange(config.variants))  # (P, 2)
+    steps_per_epoch = -(-len(pairs) // config.batch_size)
+    total_steps = config.epochs * steps_per_epoch
+    noise_scheduler, ddim = noise_schedulers()
+    torch.manual_seed(config.seed)
+    unet = build_unet(config, feats.hidden.shape[-1])
+    ema = EMAModel(unet.parameters(), decay=config.ema_decay)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    warmup = round(config.warmup_fraction * total_steps)
+    lr_schedule = get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    val_latents = feats.latent_mean[split.val, 0].float()  # (N_val, C, S, S): reference covers
+    val_hidden = feats.hidden[
+        feats.table[split.val, N_TEMPLATES]
+    ].float()  # teacher prompts, as at generation
+
+    def evaluate(hidden: torch.Tensor = val_hidden) -> dict[str, object]:
+        """ε-MSE of the EMA weights (the ones saved) on the validation covers."""
+        ema.store(unet.parameters())
+        ema.copy_to(unet.parameters())
+        unet.eval()
+        result = eps_mse(unet, val_latents, hidden, config.val_timesteps, noise_scheduler, config.seed + 2)
+        ema.restore(unet.parameters())
+        return result
+
+    checkpoint = out / CHECKPOINT_NAME
+    start_epoch, history, seconds_before = 0, [], 0.0
+    if resume and checkpoint.is_file():
+        state = _load_checkpoint(checkpoint, fingerprint)
+        unet.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        lr_schedule.load_state_dict(state["lr_schedule"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch, history, seconds_before = state["epoch"], list(state["history"]), state["seconds"]
+        logger.info("resuming %s from epoch %d of %d", out, start_epoch, config.epochs)
+    else:
+        history.append({"epoch": 0, "val_eps_mse": evaluate()})  # the untrained model: where the curve starts
+
+    epoch_seconds: list[float] = []
+    for epoch in range(start_epoch, config.epochs):
+        elapsed = time.perf_counter() - started
+        if max_minutes is not None and epoch_seconds and elapsed + max(epoch_seconds) > 60 * max_minutes:
+            logger.warning(
+                "time budget %.1f min reached at epoch %d/%d; resumable", max_minutes, epoch, config.epochs
+            )
+            break
+        tick = time.perf_counter()
+        batches = pairs[torch.randperm(len(pairs), generator=generator)].split(config.batch_size)
+        bar = tqdm(batches, desc=f"unet epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+        loss = _train_epoch(unet, ema, optimizer, lr_schedule, noise_scheduler, feats, bar, config, generator)
+        val = evaluate()
+        history.append({"epoch": epoch + 1, "loss": round(loss, 5), "val_eps_mse": val,
+                        "lr": lr_schedule.get_last_lr()[0]})  # fmt: skip
+        epoch_seconds.append(time.perf_counter() - tick)
+        logger.info(
+            "mini-UNet epoch %d/%d (%.0fs): loss %.4f, val ε-MSE %.4f",
+            epoch + 1, config.epochs, epoch_seconds[-1], loss, val["mean"],
+        )  # fmt: skip
+        state = {
+            "format": _CHECKPOINT_FORMAT, "fingerprint": fingerprint, "epoch": epoch + 1,
+            "model": unet.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+            "lr_schedule": lr_schedule.state_dict(), "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state(), "history": history,
+            "seconds": seconds_before + time.perf_counter() - started,
+        }  # fmt: skip
+        with atomic_path(checkpoint) as tmp:
+            torch.save(state, tmp)
+
+    # the EMA weights + the inference scheduler; held-out ε-MSE with and without the text, and on test items
+    empty_caption = evaluate(feats.hidden[:1].float().expand_as(val_hidden))
+    ema.copy_to(unet.parameters())
+    unet.eval()
+    _save_folder(unet, out / "unet")
+    _save_folder(ddim, out / "scheduler")
+    write_text_atomic(out / CONFIG_NAME, config.to_json())
+    test_latents = feats.latent_mean[split.test, 0].float()
+    test_hidden = feats.hidden[feats.table[split.test, N_TEMPLATES]].float()
+    test = eps_mse(unet, test_latents, test_hidden, config.val_timesteps, noise_scheduler, config.seed + 3)
+    epochs_done = history[-1]["epoch"]
+    metrics = {
+        "n_items": len(items), "n_train": len(split.train), "n_val": len(split.val),
+        "n_test": len(split.test), "train_pairs": len(pairs), "steps_per_epoch": steps_per_epoch,
+        "epochs": config.epochs,
+        "epochs_completed": epochs_done, "completed": epochs_done == config.epochs,
+        "val_eps_mse": history[-1]["val_eps_mse"], "val_eps_mse_empty_caption": empty_caption,
+        "test_eps_mse": test, "cross_attention_dim": unet.config.cross_attention_dim,
+        "text_max_length": feats.text_max_length, "n_captions": len(feats.captions),
+        "pixels": feats.pixels, "scaling_factor": feats.scaling_factor, "latent_std": round(latent_std, 4),
+        "parameters": sum(p.numel() for p in unet.parameters()),
+        "ema": {k: v for k, v in ema.state_dict().items() if k != "shadow_params"},
+        "precompute_seconds": round(precompute_seconds, 1),
+        "seconds": round(seconds_before + time.perf_counter() - started, 1),
+        "seconds_this_call": round(time.perf_counter() - started, 1),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
+        "fingerprint": fingerprint, "history": history, "config": dataclasses.asdict(config),
+    }  # fmt: skip
+    text = json.dumps(metrics, indent=2)
+    write_text_atomic(metrics_file, text)
+    return json.loads(text)  # what a later call that finds the run complete returns
+
+
+def _train_epoch(
+    unet: UNet2DConditionModel,
+    ema: EMAModel,
+    optimizer: torch.optim.Optimizer,
+    lr_schedule: torch.optim.lr_scheduler.LRScheduler,
+    noise_scheduler: DDPMScheduler,
+    feats: FrozenFeatures,
+    batches,
+    config: MiniUnetConfig,
+    generator: torch.Generator,
+) -> float:
+    """One pass over the (item, variant) pairs: ε-prediction MSE at uniform timesteps; the mean loss."""
+    unet.train()
+    total, steps = 0.0, 0
+    for pair in batches:  # (B, 2): item row, variant
+        rows, variants = pair[:, 0], pair[:, 1]
+        x0 = feats.latent_mean[rows, variants].float()  # (B, C, S, S)
+        if config.sample_latents:
+            x0 = x0 + feats.latent_std[rows, variants].float() * torch.randn(x0.shape, generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(x0),), generator=generator)
+        cond = feats.hidden[sample_caption_ids(feats.table, rows, config, generator)].float()  # (B, L, W)
+        pred = unet(noise_scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
+        loss = torch.nn.functional.mse_loss(pred, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip)
+        optimizer.step()
+        lr_schedule.step()
+        ema.step(unet.parameters())
+        total, steps = total + loss.item(), steps + 1
+        if hasattr(batches, "set_postfix"):
+            batches.set_postfix(loss=f"{total / steps:.4f}")
+    return total / max(1, steps)
+
+
+def _load_checkpoint(path: Path, fingerprint: str) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise DataError(f"cannot read checkpoint ({exc}); delete it or pass resume=False", path=path) from exc
+    if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
+        raise DataError("not a mini-UNet checkpoint; delete it or pass resume=False", path=path)
+    if state["fingerprint"] != fingerprint:
+        raise ValueError(
+            f"{path} belongs to a run with other items, config, VAE or CLIP; use another out_dir or "
+            "resume=False"
+        )
+    return state
+
+
+def _save_folder(component: UNet2DConditionModel | DDIMScheduler, folder: Path) -> None:
+    """`save_pretrained` into a sibling staging folder, then swap it in: never a half-written folder."""
+    staging = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    component.save_pretrained(staging)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(staging, folder)

@@ -1,0 +1,472 @@
+"""The mini preset's VAE: a small diffusers `AutoencoderKL` trained to reconstruct rendered covers.
+
+Stable Diffusion's KL-f8 autoencoder, scaled down: `len(block_out_channels) - 1` downsamples (64² px →
+16² × 4 latents by default), trained on every variant of the train items' rendered covers in [-1, 1].
+Loss: per-pixel L1 (+ MSE, which is what PSNR measures) of the reconstruction from a *sampled* latent, plus
+`kl_weight` × the posterior's KL to N(0, I) with SD's weighting (1e-6 against the rec loss summed over
+pixels; here both are divided by the pixel count). SD's VAE also had an LPIPS and a patch-GAN term; the mini
+preset has no pretrained perceptual network to measure LPIPS with, so both are left out: reconstructions are
+blurrier than a GAN-trained VAE's, and the PSNR/SSIM reported beside a bicubic baseline say by how much.
+No augmentation: the covers are the whole distribution the mini UNet will see. AdamW, linear warmup, cosine
+decay; convolutions run under bf16 autocast by default (≈1.4× faster on a CPU with AVX512-BF16; weights,
+norms and the loss stay fp32). Defaults: 5 epochs of 85 steps × 16 covers, about 9 minutes on one thread of
+a 2-core CPU shared with other jobs (90-110 s an epoch, ≈70 ms a cover).
+
+After training, `scaling_factor = 1 / std` of the posterior means of (a seeded sample of) the training covers
+is written into the model config, as SD's 0.18215 came about, so `AutoencoderKL.from_pretrained(out_dir)` is
+ready for latent diffusion: `latent_dist.mean * vae.config.scaling_factor` has unit variance.
+
+Resume: after every epoch `checkpoint.pt` (model, optimizer, lr schedule, RNG states, history) is replaced
+atomically; a later call with the same items and config continues from the last finished epoch and ends with
+bit-identical weights to an uninterrupted run (same machine and thread count). `max_minutes` stops between
+epochs. Output (`out_dir`): config.json + diffusion_pytorch_model.safetensors, mini_vae.json, metrics.json,
+checkpoint.pt, cache/ (rendered covers, unless `cache_dir` is given).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from tqdm.auto import tqdm
+
+from icg.atomic import atomic_path, write_text_atomic
+from icg.errors import DataError
+from icg.training import clip_data as cd
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.json"
+CONFIG_NAME = "mini_vae.json"
+_CHECKPOINT_FORMAT = "icg.training.mini_vae.checkpoint/1"
+_EVAL_BATCH = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class MiniVaeConfig:
+    """Architecture, data and optimisation of one mini-VAE run (mini_vae.json beside the weights)."""
+
+    image_size: int = 64
+    block_out_channels: tuple[int, ...] = (32, 64, 64)  # len - 1 downsamples: 64 px → 16² latents
+    layers_per_block: int = 1
+    latent_channels: int = 4
+    norm_num_groups: int = 16  # must divide every entry of block_out_channels
+    variants: int = 4  # rendered compositions per item (0 = reference cover); training uses all
+    epochs: int = 10  # an epoch visits every train item once, at a random variant
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_fraction: float = 0.05
+    grad_clip: float = 1.0
+    kl_weight: float = 1e-6  # SD KL-f8's, relative to the reconstruction loss summed over pixels
+    l1_weight: float = 1.0  # the per-pixel L1 term beside the MSE term
+    bf16_autocast: bool = True
+    scale_images: int = 1024  # (item, variant) training covers the scaling factor is measured on
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    max_items: int | None = None  # train on the first N items of the table only (tests, quick looks)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        channels = tuple(self.block_out_channels)
+        object.__setattr__(self, "block_out_channels", channels)  # JSON gives a list
+        positive = ("layers_per_block", "latent_channels", "norm_num_groups", "variants", "epochs")
+        positive += ("batch_size", "scale_images")
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        cd.check_size(self.image_size)  # the renderer's range, 64-512 px
+        if not channels or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in channels):
+            raise ValueError(f"block_out_channels must be positive integers, got {channels!r}")
+        factor = 2 ** (len(channels) - 1)
+        if self.image_size % factor:
+            raise ValueError(f"image_size {self.image_size} does not divide by the VAE's factor {factor}")
+        if any(c % self.norm_num_groups for c in channels):
+            raise ValueError(
+                f"norm_num_groups {self.norm_num_groups} must divide every block_out_channels {channels}"
+            )
+        if (
+            self.lr <= 0
+            or self.weight_decay < 0
+            or not 0.0 <= self.warmup_fraction < 1.0
+            or self.grad_clip <= 0
+            or self.kl_weight < 0
+            or self.l1_weight < 0
+        ):
+            raise ValueError(
+                "lr and grad_clip must be > 0, weight_decay, kl_weight and l1_weight >= 0, "
+                "warmup_fraction in [0, 1)"
+            )
+        if self.max_items is not None and self.max_items < 6:
+            raise ValueError(f"max_items must be None or >= 6, got {self.max_items}")
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // 2 ** (len(self.block_out_channels) - 1)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> MiniVaeConfig:
+        values = json.loads(text)
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown MiniVaeConfig fields {sorted(unknown)}")
+        return cls(**values)
+
+
+def build_vae(config: MiniVaeConfig) -> AutoencoderKL:
+    """A randomly initialised `AutoencoderKL` of the config's size (SD's block types, scaling_factor 1)."""
+    n = len(config.block_out_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=config.block_out_channels,
+        layers_per_block=config.layers_per_block,
+        latent_channels=config.latent_channels,
+        norm_num_groups=config.norm_num_groups,
+        sample_size=config.image_size,
+        scaling_factor=1.0,
+    )
+
+
+def to_pixels(covers: torch.Tensor) -> torch.Tensor:
+    """(B, 3, S, S) uint8 → float in [-1, 1], what diffusers' VaeImageProcessor hands a VAE."""
+    return covers.float() / 127.5 - 1.0
+
+
+@torch.no_grad()
+def evaluate_vae(vae: AutoencoderKL, covers: torch.Tensor) -> dict[str, float | int]:
+    """Reconstruction PSNR (dB) and SSIM of (N, 3, S, S) uint8 covers, beside a bicubic baseline.
+
+    The VAE decodes the posterior mean; the baseline shrinks the RGB cover bicubically (antialiased) to the
+    latent side and back up, i.e. the same spatial compression with 3 instead of latent_channels numbers
+    per position. Both on [0, 1] with data_range 1.0; PSNR is the mean of per-image PSNRs (> 100 dB for an
+    exact copy), SSIM torchmetrics' mean over the images.
+    """
+    if covers.dtype != torch.uint8 or covers.ndim != 4 or covers.shape[1] != 3 or len(covers) < 1:
+        raise ValueError(
+            f"covers must be (N, 3, S, S) uint8 with N >= 1, got {tuple(covers.shape)} {covers.dtype}"
+        )
+    was_training = vae.training
+    vae.eval()
+    dtype = next(vae.parameters()).dtype
+    recs, lows = [], []
+    try:
+        for start in range(0, len(covers), _EVAL_BATCH):
+            pixels = to_pixels(covers[start : start + _EVAL_BATCH])  # (b, 3, S, S)
+            latents = vae.encode(pixels.to(dtype)).latent_dist.mean  # (b, C, S/f, S/f)
+            recs.append(((vae.decode(latents).sample.float() + 1.0) / 2.0).clamp(0.0, 1.0))
+            side = tuple(latents.shape[-2:])
+            small = F.interpolate((pixels + 1.0) / 2.0, size=side, mode="bicubic", antialias=True)
+            lows.append(F.interpolate(small, size=pixels.shape[-2:], mode="bicubic").clamp(0.0, 1.0))
+    finally:
+        vae.train(was_training)
+    target = covers.float() / 255.0
+    rec, low = torch.cat(recs), torch.cat(lows)
+
+    def psnr(pred: torch.Tensor) -> float:
+        return round(float(peak_signal_noise_ratio(pred, target, data_range=1.0, dim=(1, 2, 3))), 3)
+
+    def ssim(pred: torch.Tensor) -> float:
+        return round(float(structural_similarity_index_measure(pred, target, data_range=1.0)), 4)
+
+    return {
+        "psnr": psnr(rec),
+        "ssim": ssim(rec),
+        "baseline_psnr": psnr(low),
+        "baseline_ssim": ssim(low),
+        "n_items": len(covers),
+    }
+
+
+@torch.no_grad()
+def latent_statistics(vae: AutoencoderKL, covers: torch.Tensor) -> dict[str, object]:
+    """Std (all elements) and per-channel mean/std of the posterior means of (N, 3, S, S) uint8 covers."""
+    vae.eval()
+    means = torch.cat(
+        [
+            vae.encode(to_pixels(covers[s : s + _EVAL_BATCH])).latent_dist.mean
+            for s in range(0, len(covers), _EVAL_BATCH)
+        ]
+    )  # (N, C, h, w)
+    per_channel = means.transpose(0, 1).flatten(1)  # (C, N·h·w)
+    return {
+        "std": float(means.std()),
+        "mean": float(means.mean()),
+        "channel_mean": [round(float(v), 4) for v in per_channel.mean(1)],
+        "channel_std": [round(float(v), 4) for v in per_channel.std(1)],
+    }
+
+
+def _fingerprint(items: pd.DataFrame, config: MiniVaeConfig) -> str:
+    payload = [list(map(str, items["item_id"])), list(map(str, items["title"])), cd.items_genres(items)]
+    return hashlib.sha256(json.dumps([payload, dataclasses.asdict(config)]).encode()).hexdigest()
+
+
+def _optimizer(model: AutoencoderKL, config: MiniVaeConfig, total_steps: int):
+    """AdamW (decay on ≥2-D weights only), linear warmup, then cosine decay to 0."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+    )
+    warmup = max(1, round(config.warmup_fraction * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _load_checkpoint(path: Path, fingerprint: str) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise DataError(f"cannot read checkpoint ({exc}); delete it or pass resume=False", path=path) from exc
+    if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
+        raise DataError("not a mini-VAE checkpoint; delete it or pass resume=False", path=path)
+    if state["fingerprint"] != fingerprint:
+        raise ValueError(
+            f"{path} belongs to a run with other items or config; use another out_dir or resume=False"
+        )
+    return state
+
+
+def vae_loss(vae: AutoencoderKL, pixels: torch.Tensor, config: MiniVaeConfig) -> dict[str, torch.Tensor]:
+    """Loss of one batch of (B, 3, S, S) pixels in [-1, 1]: L1 + MSE per pixel + KL at SD's weighting."""
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16_autocast)
+    with autocast:
+        moments = vae.encode(pixels).latent_dist.parameters  # (B, 2C, h, w)
+    posterior = DiagonalGaussianDistribution(moments.float())  # sample and KL in fp32
+    with autocast:
+        rec = vae.decode(posterior.sample()).sample  # (B, 3, S, S)
+    err = rec.float() - pixels
+    l1, mse = err.abs().mean(), err.square().mean()
+    kl = posterior.kl().mean()  # summed over the latent per image, as SD's
+    loss = config.l1_weight * l1 + mse + config.kl_weight * kl / pixels[0].numel()
+    return {"loss": loss, "l1": l1, "mse": mse, "kl": kl}
+
+
+def _train_epoch(
+    vae: AutoencoderKL,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    sampler: torch.Generator,
+    covers: torch.Tensor,
+    train_rows: np.ndarray,
+    config: MiniVaeConfig,
+    epoch: int,
+    progress: bool,
+) -> dict[str, float]:
+    """Every train item once, at a random variant, in batches (the last may be short); mean losses."""
+    vae.train()
+    order = torch.randperm(len(train_rows), generator=sampler)  # (N_train,)
+    variant = torch.randint(0, config.variants, (len(train_rows),), generator=sampler)
+    sums = {"loss": 0.0, "l1": 0.0, "mse": 0.0, "kl": 0.0}
+    starts = range(0, len(train_rows), config.batch_size)
+    bar = tqdm(
+        starts, desc=f"vae epoch {epoch + 1}/{config.epochs}", unit="step", disable=not progress, leave=False
+    )
+    for step, start in enumerate(bar):
+        pos = order[start : start + config.batch_size]
+        pixels = to_pixels(covers[torch.from_numpy(train_rows[pos.numpy()]), variant[pos]])  # (B, 3, S, S)
+        parts = vae_loss(vae, pixels, config)
+        optimizer.zero_grad(set_to_none=True)
+        parts["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        for key, value in parts.items():
+            sums[key] += float(value.detach())
+        bar.set_postfix(loss=f"{sums['loss'] / (step + 1):.4f}")
+    return {key: round(value / len(starts), 5) for key, value in sums.items()}
+
+
+def train_mini_vae(
+    items: pd.DataFrame,
+    out_dir: str | Path,
+    config: MiniVaeConfig | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+    resume: bool = True,
+    max_minutes: float | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+) -> dict[str, object]:
+    """Train the mini VAE on `items`' rendered covers, measure it on held-out items, save it; returns metrics.
+
+    `cache_dir` holds the rendered covers (default out_dir/cache; share the mini CLIP's to skip rendering).
+    `threads` sets torch's intra-op threads for this call (restored afterwards); a resumed run must use the
+    same count as the first one for bit-identical weights. A complete run with the same items and config is
+    not redone (its metrics are returned).
+    """
+    config = config or MiniVaeConfig()
+    if max_minutes is not None and max_minutes <= 0:
+        raise ValueError(f"max_minutes must be positive, got {max_minutes}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+    out = Path(out_dir)
+    cache = Path(cache_dir) if cache_dir is not None else out / "cache"
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _train(items, out, config, cache, resume, progress, max_minutes)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train(
+    items: pd.DataFrame,
+    out: Path,
+    config: MiniVaeConfig,
+    cache: Path,
+    resume: bool,
+    progress: bool,
+    max_minutes: float | None,
+) -> dict[str, object]:
+    started, load_start = time.perf_counter(), os.getloadavg()
+    items = items if config.max_items is None else items.iloc[: config.max_items]
+    items = items.reset_index(drop=True)
+    split = cd.split_items(len(items), config.seed, config.val_fraction, config.test_fraction)
+    n_train = len(split.train)
+    if n_train < config.batch_size:
+        raise ValueError(f"{n_train} training items are fewer than batch_size {config.batch_size}")
+    fingerprint = _fingerprint(items, config)
+    metrics_file = out / METRICS_NAME
+    if resume and metrics_file.is_file() and (out / "config.json").is_file():
+        done = json.loads(metrics_file.read_text())
+        if done.get("completed") and done.get("fingerprint") == fingerprint:
+            logger.info("%s is complete; nothing to do", out)
+            return done
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = out / CHECKPOINT_NAME
+    state = _load_checkpoint(checkpoint, fingerprint) if resume and checkpoint.is_file() else None
+
+    covers = cd.render_cover_cache(
+        items, cache, config.image_size, config.variants, progress
+    )  # (N, V, 3, S, S)
+    val_covers = covers[split.val, 0]
+    steps_per_epoch = math.ceil(n_train / config.batch_size)
+
+    with torch.random.fork_rng(devices=[]):  # the caller's global RNG is left as it was
+        torch.manual_seed(config.seed)
+        vae = build_vae(config)
+        optimizer, scheduler = _optimizer(vae, config, config.epochs * steps_per_epoch)
+        sampler = torch.Generator().manual_seed(config.seed + 1)
+        start_epoch, history, seconds_before = 0, [], 0.0
+        if state is not None:
+            vae.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            sampler.set_state(state["sampler_rng"])
+            torch.set_rng_state(state["torch_rng"])
+            start_epoch, history, seconds_before = state["epoch"], list(state["history"]), state["seconds"]
+            logger.info("resuming %s from epoch %d of %d", out, start_epoch, config.epochs)
+        epoch_seconds: list[float] = []
+        for epoch in range(start_epoch, config.epochs):
+            elapsed = time.perf_counter() - started
+            if max_minutes is not None and epoch_seconds and elapsed + max(epoch_seconds) > 60 * max_minutes:
+                logger.warning(
+                    "time budget %.1f min reached at epoch %d/%d; resumable",
+                    max_minutes,
+                    epoch,
+                    config.epochs,
+                )
+                break
+            tick = time.perf_counter()
+            losses = _train_epoch(
+                vae, optimizer, scheduler, sampler, covers, split.train, config, epoch, progress
+            )
+            val = evaluate_vae(vae, val_covers)
+            history.append({"epoch": epoch + 1, **losses, "val_psnr": val["psnr"], "val_ssim": val["ssim"]})
+            epoch_seconds.append(time.perf_counter() - tick)
+            logger.info(
+                "mini-VAE epoch %d/%d (%.0fs): %s", epoch + 1, config.epochs, epoch_seconds[-1], history[-1]
+            )
+            state = {
+                "format": _CHECKPOINT_FORMAT,
+                "fingerprint": fingerprint,
+                "epoch": epoch + 1,
+                "model": vae.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "sampler_rng": sampler.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "history": history,
+                "seconds": seconds_before + time.perf_counter() - started,
+            }
+            with atomic_path(checkpoint) as tmp:
+                torch.save(state, tmp)
+        # the scaling factor's sample: seeded, so a resumed run measures the same covers
+        pairs = torch.randperm(
+            n_train * config.variants, generator=torch.Generator().manual_seed(config.seed)
+        )
+        pairs = pairs[: config.scale_images]
+        scale_covers = covers[
+            torch.from_numpy(split.train)[pairs // config.variants], pairs % config.variants
+        ]
+
+    stats = latent_statistics(vae, scale_covers)
+    scaling_factor = 1.0 / stats["std"]
+    vae.register_to_config(scaling_factor=scaling_factor)
+    test = evaluate_vae(vae, covers[split.test, 0])
+    val = evaluate_vae(vae, val_covers)
+    vae.save_pretrained(out)
+    write_text_atomic(out / CONFIG_NAME, config.to_json())
+    epochs_done = history[-1]["epoch"] if history else 0
+    metrics = {
+        "n_items": len(items),
+        "n_train": n_train,
+        "n_val": len(split.val),
+        "n_test": len(split.test),
+        "epochs": config.epochs,
+        "epochs_completed": epochs_done,
+        "completed": epochs_done == config.epochs,
+        "test": test,
+        "val": val,
+        "scaling_factor": round(scaling_factor, 6),
+        "latent_statistics": {**stats, "n_covers": len(scale_covers)},
+        "latent_shape": [config.latent_channels, config.latent_size, config.latent_size],
+        "parameters": sum(p.numel() for p in vae.parameters()),
+        "seconds": round(seconds_before + time.perf_counter() - started, 1),
+        "seconds_this_call": round(time.perf_counter() - started, 1),
+        "threads": torch.get_num_threads(),
+        "load_average_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
+        "fingerprint": fingerprint,
+        "history": history,
+        "config": dataclasses.asdict(config),
+    }
+    write_text_atomic(metrics_file, json.dumps(metrics, indent=2))
+    logger.info(
+        "mini-VAE test: PSNR %.2f dB, SSIM %.3f (bicubic to %d² and back: %.2f dB, %.3f); scaling %.4f",
+        test["psnr"],
+        test["ssim"],
+        config.latent_size,
+        test["baseline_psnr"],
+        test["baseline_ssim"],
+        scaling_factor,
+    )
+    return metrics
