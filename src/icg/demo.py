@@ -112,7 +112,8 @@ def run_demo(data: InteractionData, out_dir: Path, preset: str = "mini", seed: i
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     images, metadata, rows = [], [], []
     for n, (_, row) in enumerate(items.iterrows()):
-        item = CoverItem(title=str(row["title"]), image=_reference(row, size), item_id=str(row["item_id"]))
+        title = display_title(str(row["title"])) or str(row["title"])  # as the cover prints it
+        item = CoverItem(title=title, image=_reference(row, size), item_id=str(row["item_id"]))
         common = {
             "num_inference_steps": spec.num_inference_steps,
             "guidance_scale": spec.guidance_scale,
