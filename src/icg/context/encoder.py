@@ -248,8 +248,9 @@ class ContextEncoder(DeviceDtypeMixin, nn.Module):
             },
         ]
 
-    def _processor_batch(self, images: list[Image.Image], titles: list[str]) -> dict[str, torch.Tensor]:
-        """Chat template + processor, left-padded (the layout both generation and meta splicing need)."""
+    def processor_batch(self, images: list[Image.Image], titles: list[str]) -> dict[str, torch.Tensor]:
+        """Chat template + processor, left-padded (the layout generation, meta splicing and the explicit
+        prompt's training loss all use)."""
         texts = [
             self.processor.apply_chat_template(
                 self.conversation(t), tokenize=False, add_generation_prompt=True
@@ -286,7 +287,7 @@ class ContextEncoder(DeviceDtypeMixin, nn.Module):
             answers = [
                 tok(t.strip() + tok.eos_token, add_special_tokens=False)["input_ids"] for t in text_targets
             ]
-        batch = self._processor_batch(pil, titles)
+        batch = self.processor_batch(pil, titles)
         seq = append_meta_placeholders(
             batch["input_ids"],
             batch["attention_mask"],
@@ -350,7 +351,7 @@ class ContextEncoder(DeviceDtypeMixin, nn.Module):
     ) -> list[str]:
         """P_exp = MLLM(I_ref, T_title, T_sys): batched (left-padded) generation; only the new text."""
         pil = self.check_inputs(images, titles)
-        batch = self._processor_batch(pil, titles)
+        batch = self.processor_batch(pil, titles)
         generated = self.model.generate(
             **batch,
             max_new_tokens=max_new_tokens,

@@ -1,4 +1,5 @@
-"""Trainers of ICG's components that live outside their own package (the mini preset's CLIP, …)."""
+"""Trainers of the mini preset's models: mini_clip (re-exported here), mini_vae, mini_unet, mini_context;
+`icg.training.mini` runs them in order and packages the preset."""
 
 from icg.training.mini_clip import (
     MINI_CLIP_PRESETS,

@@ -177,7 +177,7 @@ def prompt_lm_loss(encoder: ContextEncoder, images: list[Image.Image], titles: l
 
     Uses the encoder's own chat template + processor batch (left-padded): the layout is `explicit_prompt`'s.
     """
-    batch = encoder._processor_batch(encoder.check_inputs(images, titles), titles)
+    batch = encoder.processor_batch(encoder.check_inputs(images, titles), titles)
     tok = encoder.processor.tokenizer
     answers = [tok(t.strip() + tok.eos_token, add_special_tokens=False)["input_ids"] for t in texts]
     pad = encoder.placeholder_id
