@@ -1,0 +1,633 @@
+"""Adapter training (paper §3.4.2): Stage 1 initialization, Stage 2 reward feedback learning; accelerate.
+
+No ground-truth covers: the dual-path K/V projections (`to_k_p`, `to_v_p` of every attn2) and the projector
+learn from rewards on *generated* images. One step, for a batch of (item, user) samples:
+  c_t = text encoder(P_exp) (frozen, no graph); c_p = projector(C_ref, U_pre) (trainable);
+  Gaussian noise → DDIM (`num_inference_steps`, guidance `guidance_scale`, paper 1.0) without gradients down
+  to a stop step drawn from the last `stop_window` steps, with gradients through the last `grad_steps` = K
+  steps before it (ReFL / DRaFT-K; UNet gradient checkpointing when enabled); the DDIM x̂0 of the stop step
+  (ReFL's image; at the final step it is the pipeline's output up to ᾱ_final) → frozen VAE decoder (the
+  gradient flows through it) → images in [0, 1];
+  L = Σ λ_r · loss_r(reward_r(images)) over the enabled rewards (each with its `default_loss`), plus the
+  optional denoising regularizer λ_d · ε-MSE on the VAE latents of the reference covers.
+Stage "init" is the same loop with only the weak CLIP reconstruction term (generated image ↔ caption, λ_rec).
+
+Engineering: `Accelerator(mixed_precision, gradient_accumulation_steps, project_dir)`; the trainable module's
+forward runs the whole step, so DDP (`accelerate launch`) and autocast see it. `save_state` every
+`checkpoint_every` steps into `checkpoints/step-N` (staged, renamed into place, config and trainer state
+beside it); a re-run loads the latest with `load_state` and continues exactly: sample order, noise and stop
+steps are pure functions of (seed, position) (`SampleStream`, per-sample generators), so nothing but the
+step count is needed to skip what was consumed. The caller's `pipe` is trained in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from icg.adapter.attention import get_adapter_layers, personalized_unet_inputs
+from icg.adapter.checkpoint import save_adapter
+from icg.atomic import atomic_path, write_text_atomic
+from icg.rewards.base import Reward, RewardTerm, WeightedRewards
+from icg.rewards.personalized import reward_text
+from icg.training.adapter_data import (
+    AdapterData,
+    ItemFeatures,
+    SampleStream,
+    _mix_seed,
+    frozen_latents,
+    item_features,
+)
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("init", "reward")
+PRECISIONS = ("no", "fp16", "bf16")
+# reward name in the `rewards` mapping → the config field holding its λ
+REWARD_WEIGHTS = {
+    "hpsv2": "lambda_hps", "personalized": "lambda_per", "pickscore": "lambda_pick", "clip": "lambda_rec",
+}  # fmt: skip
+# fields that may differ between a checkpoint and the run resuming it (they change no trained value)
+RESUMABLE_CHANGES = ("steps", "checkpoint_every", "sample_every", "keep_checkpoints", "num_sample_covers")
+CONFIG_NAME = "adapter_train_config.json"
+STATE_NAME = "trainer_state.json"
+METRICS_NAME = "metrics.json"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+@dataclass(frozen=True)
+class AdapterTrainConfig:
+    """One adapter training run (saved as adapter_train_config.json beside every checkpoint)."""
+
+    stage: str = "reward"  # "init": CLIP reconstruction only; "reward": the weighted rewards
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 4  # per process and micro-step
+    lr: float = 1e-4  # AdamW
+    weight_decay: float = 1e-2
+    warmup_steps: int = 0  # linear warm-up, then constant
+    grad_clip: float = 1.0  # max grad norm; 0 = off
+    num_inference_steps: int = 15  # DDIM steps of a training rollout
+    guidance_scale: float = 1.0  # paper: 1.0 (no classifier-free guidance while training)
+    grad_steps: int = 1  # K: denoising steps with gradients (ReFL/DRaFT-K)
+    stop_window: int = 4  # the stop step is drawn from the last `stop_window` steps (ReFL: the last quarter)
+    lambda_hps: float = 0.25
+    lambda_per: float = 0.25
+    lambda_pick: float = 0.25
+    lambda_rec: float = 0.25  # CLIP reconstruction (image ↔ caption); the only term of stage "init"
+    denoise_weight: float = 0.0  # ε-MSE on reference-cover latents (ReFL's pre-training loss); 0 = off
+    max_prompt_tokens: int = 77  # explicit prompt length (the preset's explicit_prompt_tokens)
+    mixed_precision: str = "no"
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = True
+    checkpoint_every: int = 100
+    sample_every: int = 100  # grid of sample covers every M steps; 0 = never
+    keep_checkpoints: int = 2
+    num_sample_covers: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.mixed_precision not in PRECISIONS:
+            raise ValueError(f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}")
+        positive = ("steps", "batch_size", "num_inference_steps", "grad_steps", "stop_window")
+        positive += ("max_prompt_tokens", "gradient_accumulation_steps", "checkpoint_every")
+        positive += ("keep_checkpoints", "num_sample_covers")
+        for name in (*positive, "warmup_steps", "sample_every", "seed"):
+            value, low = getattr(self, name), int(name in positive)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise ValueError(f"gradient_checkpointing must be a bool, got {self.gradient_checkpointing!r}")
+        numbers = ("lr", "weight_decay", "grad_clip", "guidance_scale", "denoise_weight")
+        for name in (*numbers, *REWARD_WEIGHTS.values()):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.lr == 0:
+            raise ValueError("lr must be > 0")
+        n = self.num_inference_steps
+        if self.stop_window > n:
+            raise ValueError(f"stop_window {self.stop_window} exceeds num_inference_steps {n}")
+        if self.grad_steps > n - self.stop_window + 1:
+            raise ValueError(
+                f"grad_steps {self.grad_steps} do not fit before the earliest stop step: need grad_steps <= "
+                f"num_inference_steps - stop_window + 1 = {n - self.stop_window + 1}"
+            )
+        if not self.reward_weights():
+            what = "lambda_rec" if self.stage == "init" else f"one of {list(REWARD_WEIGHTS.values())}"
+            raise ValueError(f"stage {self.stage!r} has no reward to optimise: set {what} > 0")
+
+    def reward_weights(self) -> dict[str, float]:
+        """λ of every enabled reward (name as in the `rewards` mapping); stage "init": CLIP only."""
+        if self.stage == "init":
+            return {"clip": float(self.lambda_rec)} if self.lambda_rec > 0 else {}
+        return {n: float(getattr(self, f)) for n, f in REWARD_WEIGHTS.items() if getattr(self, f) > 0}
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> AdapterTrainConfig:
+        values = json.loads(text)
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown AdapterTrainConfig fields {sorted(unknown)}")
+        return cls(**values)
+
+    def run_key(self) -> str:
+        """Hash of the fields a resumed run must share with its checkpoint."""
+        core = {k: v for k, v in dataclasses.asdict(self).items() if k not in RESUMABLE_CHANGES}
+        return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
+
+
+class TrainableAdapter(nn.Module):
+    """The parameters that train (dual-path K/V + projector). `forward(step)` runs the whole step closure,
+    so the wrappers `accelerator.prepare` adds (DDP's gradient sync, autocast) cover the generation."""
+
+    def __init__(self, adapter: nn.Module, projector: nn.Module) -> None:
+        super().__init__()
+        self.adapter = adapter
+        self.projector = projector
+
+    def forward(self, step) -> dict:
+        return step()
+
+
+# ------------------------------------------------------------------------------------------- the step
+class _Step:
+    """Rollout, decoding and losses for one micro-batch; everything random is seeded by stream position."""
+
+    def __init__(
+        self,
+        pipe,
+        data: AdapterData,
+        feats: ItemFeatures,
+        objective: WeightedRewards,
+        config: AdapterTrainConfig,
+        device: torch.device,
+        ref_latents: Tensor | None,
+    ) -> None:
+        from diffusers import DDIMScheduler
+
+        self.pipe, self.data, self.feats, self.objective, self.config = pipe, data, feats, objective, config
+        self.device, self.ref_latents = device, ref_latents
+        self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)  # the paper's sampler, never shared
+        self.pixels = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        self.unet_dtype = pipe.unet.dtype
+
+    def conditioning(self, rows: Tensor) -> tuple[list[str], Tensor, Tensor, Tensor]:
+        """(prompts, c_t (B, T, W) without graph, c_p and its unconditional twin (B, M, W) with graph)."""
+        users, items = self.data.samples[rows].unbind(1)
+        prompts = [self.feats.prompts[i] for i in items.tolist()]
+        with torch.no_grad():
+            text = self.pipe.encode_text(prompts)  # (B, T, W)
+        context = self.feats.context[items].to(self.device)  # (B, N, D)
+        user = self.feats.users[users].to(self.device) if self.feats.users is not None else None  # (B, D_u)
+        cond_p, uncond_p = self.pipe.personal_tokens(context, user)  # (B, M, W) each
+        return prompts, text, cond_p, uncond_p
+
+    def rollout(
+        self, text: Tensor, cond_p: Tensor, uncond_p: Tensor, seeds: list[int], stop: int, grad: bool
+    ) -> Tensor:
+        """DDIM from noise to step `stop`; gradients through the last K steps when `grad` → images [0, 1].
+
+        Training (`grad`) decodes the stop step's x̂0; sampling (stop = last step) decodes its x_{t-1},
+        exactly as `CoverPipeline.__call__`."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        cfg, k = self.config.guidance_scale > 1.0, self.config.grad_steps
+        if cfg:
+            with torch.no_grad():
+                empty = self.pipe.encode_text([""]).expand_as(text)
+            text, personal = torch.cat([empty, text]), torch.cat([uncond_p, cond_p])
+        else:
+            personal = cond_p
+        inputs = personalized_unet_inputs(text.to(self.unet_dtype), personal.to(self.unet_dtype))
+        generators = [torch.Generator().manual_seed(s) for s in seeds]
+        side = self.pixels // self.pipe.vae_scale_factor
+        shape = (len(seeds), self.pipe.unet.config.in_channels, side, side)
+        latents = randn_tensor(shape, generator=generators, device=self.device, dtype=torch.float32)
+        latents = latents * self.scheduler.init_noise_sigma  # (B, C, h, w) float32
+        self.scheduler.set_timesteps(self.config.num_inference_steps, device=self.device)
+        for i, t in enumerate(self.scheduler.timesteps[: stop + 1]):
+            with torch.set_grad_enabled(grad and i > stop - k):
+                model_input = torch.cat([latents] * 2) if cfg else latents
+                model_input = self.scheduler.scale_model_input(model_input, t).to(self.unet_dtype)
+                noise = self.pipe.unet(model_input, t, **inputs).sample.float()
+                if cfg:
+                    noise_uncond, noise_cond = noise.chunk(2)
+                    noise = noise_uncond + self.config.guidance_scale * (noise_cond - noise_uncond)
+                out = self.scheduler.step(noise, t, latents)
+                latents = out.prev_sample
+        final = out.pred_original_sample if grad else latents
+        vae = self.pipe.vae
+        images = vae.decode((final / vae.config.scaling_factor).to(vae.dtype)).sample.float()
+        return (images / 2 + 0.5).clamp(0, 1)  # (B, 3, H, W)
+
+    def denoise_loss(self, rows: Tensor, text: Tensor, cond_p: Tensor, first: int) -> Tensor:
+        """ε-MSE (or v-MSE) of the adapted UNet on noised reference-cover latents: keeps it a denoiser."""
+        assert self.ref_latents is not None
+        items = self.data.samples[rows, 1]
+        z0 = self.ref_latents[items].to(self.device)  # (B, C, h, w)
+        seed = self.config.seed
+        gens = [
+            torch.Generator().manual_seed(_mix_seed(seed, "denoise", first + b)) for b in range(len(rows))
+        ]
+        noise = torch.stack([torch.randn(z0.shape[1:], generator=g) for g in gens]).to(self.device)
+        t_max = self.scheduler.config.num_train_timesteps
+        t = torch.tensor([int(torch.randint(0, t_max, (1,), generator=g)) for g in gens], device=self.device)
+        noisy = self.scheduler.add_noise(z0, noise, t).to(self.unet_dtype)
+        inputs = personalized_unet_inputs(text.to(self.unet_dtype), cond_p.to(self.unet_dtype))
+        pred = self.pipe.unet(noisy, t, **inputs).sample.float()
+        epsilon = self.scheduler.config.prediction_type == "epsilon"
+        target = noise if epsilon else self.scheduler.get_velocity(z0, noise, t)
+        return F.mse_loss(pred, target)
+
+    def __call__(self, rows: Tensor, first: int, micro: int) -> dict:
+        """Loss and log values of the micro-batch `rows` (stream positions first … first + B − 1)."""
+        cfg = self.config
+        prompts, text, cond_p, uncond_p = self.conditioning(rows)
+        seeds = [_mix_seed(cfg.seed, "noise", first + b) for b in range(len(rows))]
+        stop_gen = torch.Generator().manual_seed(_mix_seed(cfg.seed, "stop", micro))
+        stop = cfg.num_inference_steps - 1 - int(torch.randint(0, cfg.stop_window, (1,), generator=stop_gen))
+        images = self.rollout(text, cond_p, uncond_p, seeds, stop, grad=True)
+        users, items = self.data.samples[rows].unbind(1)
+        titles = [self.data.titles[i] for i in items.tolist()]
+        profiles = [self.data.profiles[u] for u in users.tolist()]
+        texts = {
+            name: [reward_text(t, p) for t, p in zip(titles, prompts, strict=True)]
+            if name == "personalized"
+            else prompts
+            for name in self.objective.enabled
+        }
+        breakdown = self.objective(images, texts, profiles)
+        loss, log = breakdown.total, breakdown.log_values()
+        log["loss/rewards"] = log.pop("loss/total")
+        if cfg.denoise_weight > 0:
+            reg = self.denoise_loss(rows, text, cond_p, first)
+            loss = loss + cfg.denoise_weight * reg
+            log["loss/denoise"] = float(reg.detach())
+        log |= {"loss/total": float(loss.detach()), "stop_index": stop}
+        return {"loss": loss, "log": log}
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+def checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints (step, folder) of a run, oldest first."""
+    folder = Path(out_dir) / "checkpoints"
+    found = []
+    for path in folder.iterdir() if folder.is_dir() else ():
+        match = _STEP_DIR.match(path.name)
+        if match and (path / STATE_NAME).is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def _check_resumable(path: Path, config: AdapterTrainConfig, fingerprint: str) -> dict:
+    state = json.loads((path / STATE_NAME).read_text(encoding="utf-8"))
+    saved = AdapterTrainConfig.from_json((path / CONFIG_NAME).read_text(encoding="utf-8"))
+    if saved.run_key() != config.run_key():
+        differ = [
+            f.name
+            for f in dataclasses.fields(config)
+            if f.name not in RESUMABLE_CHANGES and getattr(saved, f.name) != getattr(config, f.name)
+        ]
+        raise ValueError(
+            f"{path} was trained with other settings ({differ}); use another out_dir or resume=False"
+        )
+    if state.get("data_fingerprint") != fingerprint:
+        raise ValueError(f"{path} was trained on other samples; use another out_dir or resume=False")
+    return state
+
+
+def _save_checkpoint(accelerator, out: Path, step: int, config: AdapterTrainConfig, state: dict) -> None:
+    """save_state into a staging folder, add config + trainer state, rename into place, prune old ones."""
+    root = out / "checkpoints"
+    staging, final = root / f".step-{step}.partial", root / f"step-{step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_text_atomic(staging / CONFIG_NAME, config.to_json())
+        write_text_atomic(staging / STATE_NAME, json.dumps(state))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging, final)
+        for _, old in checkpoints(out)[: -config.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _save_grid(step_fn: _Step, out: Path, step: int) -> None:
+    """Sample covers of fixed (item, user) samples and noise, full DDIM, no gradients → samples/step-N.png."""
+    from diffusers.utils import make_image_grid
+    from PIL import Image
+
+    cfg, data = step_fn.config, step_fn.data
+    rows = torch.linspace(0, len(data) - 1, min(cfg.num_sample_covers, len(data))).long().unique()
+    with torch.no_grad():
+        _, text, cond_p, uncond_p = step_fn.conditioning(rows)
+        seeds = [_mix_seed(cfg.seed, "grid", j) for j in range(len(rows))]
+        images = step_fn.rollout(text, cond_p, uncond_p, seeds, cfg.num_inference_steps - 1, grad=False)
+    arrays = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype("uint8")
+    grid = make_image_grid([Image.fromarray(a) for a in arrays], rows=1, cols=len(arrays))
+    with atomic_path(out / "samples" / f"step-{step:06d}.png") as tmp:
+        grid.save(tmp, format="PNG")
+
+
+# ------------------------------------------------------------------------------------------- training
+def _build_objective(rewards: Mapping[str, Reward], config: AdapterTrainConfig) -> WeightedRewards:
+    """Only the enabled rewards (λ > 0) enter: a switched-off reward is never evaluated, not even moved."""
+    unknown = sorted(set(rewards) - set(REWARD_WEIGHTS))
+    if unknown:
+        raise ValueError(f"unknown reward names {unknown}; expected some of {sorted(REWARD_WEIGHTS)}")
+    weights = config.reward_weights()
+    missing = sorted(set(weights) - set(rewards))
+    if missing:
+        fields = [REWARD_WEIGHTS[m] for m in missing]
+        raise ValueError(f"rewards {missing} are enabled but not given; pass them or set {fields} to 0")
+    terms = {n: RewardTerm(rewards[n], w, rewards[n].default_loss) for n, w in weights.items()}
+    return WeightedRewards(terms)
+
+
+def train_adapter(
+    pipe,
+    rewards: Mapping[str, Reward],
+    samples: AdapterData,
+    out_dir: str | Path,
+    config: AdapterTrainConfig | None = None,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+    max_minutes: float | None = None,
+    max_steps: int | None = None,
+    threads: int | None = None,
+    cache_dir: str | Path | None = None,
+) -> dict[str, object]:
+    """Train `pipe`'s adapter + projector on `samples` with `rewards` (name → Reward); returns the metrics.
+
+    `rewards` keys: "personalized", "clip", "hpsv2", "pickscore" (λ from the config; a λ = 0 reward may be
+    absent). `max_minutes` / `max_steps` stop this call early between steps (a checkpoint is saved; a re-run
+    continues). Output: checkpoints/step-N, samples/step-N.png, adapter/ (`save_adapter`, on completion),
+    metrics.json, and TensorBoard logs when tensorboard is installed. `threads` sets torch's intra-op threads
+    for this call; a resumed run must use the same count for bit-identical weights. `pipe` is trained in
+    place (its other modules are frozen); a run already complete in `out_dir` returns its metrics at once
+    and leaves `pipe` as it is (load `out_dir/adapter` instead).
+    """
+    config = config or AdapterTrainConfig()
+    if not isinstance(samples, AdapterData):
+        raise ValueError(
+            f"samples must be an AdapterData (see prepare_adapter_data), got {type(samples).__name__}"
+        )
+    if max_minutes is not None and max_minutes <= 0:
+        raise ValueError(f"max_minutes must be positive, got {max_minutes}")
+    for name, value in (("max_steps", max_steps), ("threads", threads)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+    objective = _build_objective(rewards, config)
+    out = Path(out_dir)
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        with torch.random.fork_rng(devices=[]):  # the caller's global RNG is left as it was
+            cache = Path(cache_dir) if cache_dir is not None else out / "cache" / "context"
+            budget = (max_minutes, max_steps)
+            return _train(pipe, objective, samples, out, config, resume, progress, budget, cache)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train(
+    pipe,
+    objective: WeightedRewards,
+    data: AdapterData,
+    out: Path,
+    config: AdapterTrainConfig,
+    resume: bool,
+    progress: bool,
+    budget: tuple[float | None, int | None],
+    cache_dir: Path,
+) -> dict[str, object]:
+    max_minutes, max_steps = budget
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate.utils import is_tensorboard_available
+    from diffusers.optimization import get_scheduler
+
+    started = time.perf_counter()
+    fingerprint = data.fingerprint()
+    full_key = hashlib.sha256((fingerprint + config.to_json()).encode()).hexdigest()
+    metrics_file = out / METRICS_NAME
+    if resume and metrics_file.is_file() and (out / "adapter").is_dir():
+        done = json.loads(metrics_file.read_text(encoding="utf-8"))
+        if done.get("completed") and done.get("fingerprint") == full_key:
+            logger.info("adapter training in %s is complete; nothing to do", out)
+            return done
+    tensorboard = bool(is_tensorboard_available())
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        project_dir=str(out),
+        log_with="tensorboard" if tensorboard else None,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    device = accelerator.device
+    main = accelerator.is_main_process
+    if not resume and main and (out / "checkpoints").exists():
+        logger.warning("resume=False: removing the old checkpoints in %s", out / "checkpoints")
+        shutil.rmtree(out / "checkpoints")
+
+    # frozen: everything but the dual-path K/V and the projector
+    frozen = [pipe.unet, pipe.vae, pipe.text_encoder, pipe.context_encoder, pipe.user_encoder, objective]
+    for module in frozen:
+        if module is not None:
+            module.requires_grad_(False).eval()
+    adapter = get_adapter_layers(pipe.unet)
+    module = TrainableAdapter(adapter, pipe.projector)
+    pipe.to(device)
+    objective.to(device)
+    if config.mixed_precision != "no" and device.type == "cuda":  # frozen weights in the compute dtype
+        dtype = torch.float16 if config.mixed_precision == "fp16" else torch.bfloat16
+        for frozen_module in (pipe.unet, pipe.vae, pipe.text_encoder):
+            frozen_module.to(dtype)
+    module.float().requires_grad_(True).train()
+    if config.gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+
+    with accelerator.main_process_first():  # the first process fills the disk cache, the others read it
+        feats = item_features(pipe, data, cache_dir, config.max_prompt_tokens, progress=progress and main)
+    pixels = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    ref_latents = frozen_latents(pipe, data.covers, pixels) if config.denoise_weight > 0 else None
+
+    optimizer = torch.optim.AdamW(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = get_scheduler(
+        "constant_with_warmup", optimizer, num_warmup_steps=config.warmup_steps * accelerator.num_processes
+    )
+    module, optimizer, schedule = accelerator.prepare(module, optimizer, schedule)
+    step_fn = _Step(pipe, data, feats, objective, config, device, ref_latents)
+    stream = SampleStream(len(data), config.seed)
+    if tensorboard:
+        accelerator.init_trackers(f"adapter_{config.stage}", config=dataclasses.asdict(config))
+
+    start, history, seconds_before = 0, [], 0.0
+    found = checkpoints(out) if resume else []
+    if found:
+        state = _check_resumable(found[-1][1], config, fingerprint)
+        accelerator.load_state(str(found[-1][1]))
+        start, history, seconds_before = state["step"], state["history"], state["seconds"]
+        if state.get("num_processes") != accelerator.num_processes:
+            logger.warning(
+                "resuming on %d processes, checkpoint from %s: the sample order differs",
+                accelerator.num_processes,
+                state.get("num_processes"),
+            )
+        logger.info("resuming %s from step %d of %d", out, start, config.steps)
+    elif config.sample_every and main:
+        _save_grid(step_fn, out, 0)
+
+    batch, procs, gas = config.batch_size, accelerator.num_processes, config.gradient_accumulation_steps
+    step, step_seconds, saved = start, [], start
+    bar = tqdm(
+        total=config.steps, initial=start, desc=f"adapter {config.stage}", disable=not (progress and main)
+    )
+    while step < config.steps:
+        elapsed = time.perf_counter() - started
+        over_time = (
+            max_minutes is not None and step_seconds and elapsed + max(step_seconds) > 60 * max_minutes
+        )
+        if over_time or (max_steps is not None and step - start >= max_steps):
+            logger.warning("stopping %s at step %d/%d (budget); resumable", out, step, config.steps)
+            break
+        tick, logs = time.perf_counter(), []
+        for micro in range(gas):
+            m = step * gas + micro  # global micro-step
+            first = (m * procs + accelerator.process_index) * batch  # this process's stream position
+            rows = stream.take(first, batch)
+            with accelerator.accumulate(module):
+                result = module(lambda r=rows, f=first, m=m: step_fn(r, f, m))
+                accelerator.backward(result["loss"])
+                if accelerator.sync_gradients and config.grad_clip > 0:
+                    accelerator.clip_grad_norm_(module.parameters(), config.grad_clip)
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+            logs.append(result["log"])
+        step += 1
+        record = {k: sum(log[k] for log in logs) / len(logs) for k in logs[0]}
+        record |= {"step": step, "lr": schedule.get_last_lr()[0]}
+        history.append(record)
+        accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+        step_seconds.append(time.perf_counter() - tick)
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss/total']:.4f}")
+        seconds = seconds_before + time.perf_counter() - started
+        trainer_state = {"step": step, "history": history, "data_fingerprint": fingerprint,
+                         "num_processes": procs, "seconds": seconds}  # fmt: skip
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            _save_checkpoint(accelerator, out, step, config, trainer_state)
+            saved = step
+        if config.sample_every and step % config.sample_every == 0 and main:
+            _save_grid(step_fn, out, step)
+    bar.close()
+    if step != saved:  # stopped by the budget between checkpoints
+        _save_checkpoint(accelerator, out, step, config, trainer_state)
+
+    completed = step == config.steps
+    unwrapped = accelerator.unwrap_model(module)
+    if completed and main:
+        staging = out / ".adapter.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        save_adapter(staging, unwrapped.adapter, unwrapped.projector)
+        shutil.rmtree(out / "adapter", ignore_errors=True)
+        os.replace(staging, out / "adapter")
+    seconds = round(seconds_before + time.perf_counter() - started, 1)
+    metrics = {
+        "stage": config.stage, "completed": completed, "steps_completed": step, "steps": config.steps,
+        "adapter": str(out / "adapter") if completed else None, "rewards": config.reward_weights(),
+        "denoise_weight": config.denoise_weight, "n_samples": len(data), "n_items": len(data.item_ids),
+        "n_users": len(data.user_ids), "data": data.info, "device": str(device), "num_processes": procs,
+        "tensorboard": tensorboard, "trainable_parameters": sum(p.numel() for p in unwrapped.parameters()),
+        "seconds": seconds, "seconds_this_call": round(time.perf_counter() - started, 1),
+        "seconds_per_step": round(sum(step_seconds) / len(step_seconds), 3) if step_seconds else None,
+        "torch_threads": torch.get_num_threads(), "fingerprint": full_key,
+        "config": dataclasses.asdict(config), "history": history,
+    }  # fmt: skip
+    text = json.dumps(metrics, indent=2)
+    if main:
+        write_text_atomic(metrics_file, text)
+    accelerator.wait_for_everyone()
+    for tracker in accelerator.trackers:  # not end_training(): it destroys the process group, and a
+        tracker.finish()  # second stage may run in the same `accelerate launch` process
+    if config.gradient_checkpointing:
+        pipe.unet.disable_gradient_checkpointing()
+    unwrapped.eval()
+    return json.loads(text)
+
+
+def train_adapter_from_preset(
+    spec,
+    data,
+    out_dir: str | Path,
+    config: AdapterTrainConfig | None = None,
+    *,
+    hpsv2: str | Path | None = None,
+    pickscore: str | Path | None = None,
+    pickscore_processor: str | Path | None = None,
+    max_users: int | None = None,
+    **options: object,
+) -> dict[str, object]:
+    """Load the preset's pipeline and rewards, build the samples, train (`options` go to `train_adapter`).
+
+    `data`: an `InteractionData` (samples by `prepare_adapter_data`, covers at the pipeline's size) or a
+    ready `AdapterData`. Rewards: personalized from `spec.reward_model`, CLIP from `spec.clip`, HPSv2 and
+    PickScore only from the paths given; an enabled reward with no source is switched off with a warning
+    (the mini preset has neither HPSv2 nor PickScore). Stage 2 starts from the adapter of `spec` (e.g.
+    `spec.replace(adapter=<stage 1 out>/adapter)`); with none, from a zero-initialised one.
+    """
+    from icg.errors import ICGError
+    from icg.loading import load_cover_pipeline
+    from icg.rewards import load_reward
+    from icg.training.adapter_data import prepare_adapter_data
+
+    config = config or AdapterTrainConfig()
+    sources = {"personalized": spec.reward_model, "clip": spec.clip, "hpsv2": hpsv2, "pickscore": pickscore}
+    off = {n: 0.0 for n in config.reward_weights() if sources[n] is None}
+    if off:
+        logger.warning("no checkpoint for rewards %s: switched off", sorted(off))
+        try:
+            config = dataclasses.replace(config, **{REWARD_WEIGHTS[n]: v for n, v in off.items()})
+        except ValueError as exc:
+            raise ICGError(f"preset '{spec.name}' has no checkpoint for any enabled reward: {exc}") from exc
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)  # a fresh (zero-init) adapter's projector is drawn from torch's RNG
+        pipe = load_cover_pipeline(spec)
+    rewards: dict[str, Reward] = {}
+    for name in config.reward_weights():
+        kwargs = (
+            {"processor_path": pickscore_processor} if name == "pickscore" and pickscore_processor else {}
+        )
+        rewards[name] = load_reward(name, sources[name], **kwargs)
+    if not isinstance(data, AdapterData):
+        pixels = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        data = prepare_adapter_data(data, pixels, Path(out_dir) / "cache", max_users=max_users)
+    config = dataclasses.replace(
+        config, max_prompt_tokens=min(config.max_prompt_tokens, spec.explicit_prompt_tokens)
+    )
+    return train_adapter(pipe, rewards, data, out_dir, config, **options)  # type: ignore[arg-type]
