@@ -209,6 +209,10 @@ def test_interrupted_and_budgeted_runs_resume_to_identical_weights(
     reference, resumed = load_file(trained[0] / "model.safetensors"), load_file(out / "model.safetensors")
     assert reference.keys() == resumed.keys()
     assert all(torch.equal(reference[k], resumed[k]) for k in reference), "resumed weights differ"
+    # a finished folder is left byte for byte as it is (later steps fingerprint these files)
+    before = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()}
+    again = train_mini_clip(ml100k, out, MICRO, progress=False, threads=1)
+    assert again["completed"] and {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()} == before
     # other settings in the same folder are refused rather than mixed
     with pytest.raises(ValueError, match="other items or config"):
         train_mini_clip(ml100k, out, dataclasses.replace(MICRO, lr=1e-3), progress=False, threads=1)

@@ -284,6 +284,12 @@ def _train(
     fingerprint = _fingerprint(items, config)
     checkpoint = out / CHECKPOINT_NAME
     state = _load_checkpoint(checkpoint, fingerprint) if resume and checkpoint.is_file() else None
+    done = out / METRICS_NAME
+    if state is not None and state["epoch"] == config.epochs and done.is_file():
+        metrics = json.loads(done.read_text())
+        if metrics.get("completed"):  # nothing to do: leave the saved files (and their bytes) as they are
+            logger.info("%s: mini CLIP already trained (%d epochs)", out, config.epochs)
+            return metrics
 
     all_genres = sorted({g for t in cd.items_genres(items) for g in t})
     corpus = cd.tokenizer_corpus(items.iloc[split.train], all_genres)
