@@ -38,7 +38,7 @@ def test_demo_writes_contact_sheet(data, tmp_path):
     sheet = run_demo(data, tmp_path / "demo", preset=str(preset_dir))
     assert sheet.is_file()
     image = Image.open(tmp_path / "demo" / "contact_sheet.png")
-    assert image.width == 150 + 5 * CELL and image.height == 28 + 4 * CELL  # ref, rule-based, 3 users
+    assert image.width == 150 + 5 * CELL and image.height == 30 + 4 * CELL  # ref, rule-based, 3 users
     assert len(list((tmp_path / "demo" / "covers").glob("*.png"))) == 4 * 4
     meta = json.loads((tmp_path / "demo" / "demo.json").read_text())
     assert [u["genre"] for u in meta["users"]] == list(USER_GENRES)

@@ -42,7 +42,7 @@ class DemoUser:
 
     @property
     def label(self) -> str:
-        return f"user {self.user_id}: {self.lift:+.0%} {self.genre.lower()}"
+        return f"user {self.user_id}: {self.genre.lower()} {self.lift:+.0%}"
 
 
 def contrasting_users(
@@ -152,22 +152,15 @@ def contact_sheet_image(
     rows: list[tuple[pd.Series, str, list[Image.Image]]], columns: list[str]
 ) -> Image.Image:
     """One PNG: a header row of column names, then per item its reference + generated covers and its title."""
-    label_h, title_w = 28, 150
+    label_h, title_w = 30, 150
     sheet = Image.new("RGB", (title_w + CELL * len(columns), label_h + CELL * len(rows)), "white")
     draw = ImageDraw.Draw(sheet)
     for c, name in enumerate(columns):
-        draw.text((title_w + c * CELL + 4, 4), name[:22], fill="black")
-        if len(name) > 22:
-            draw.text((title_w + c * CELL + 4, 15), name[22:44], fill="black")
+        for k, text in enumerate(_wrap(name, 20)[:2]):
+            draw.text((title_w + c * CELL + 4, 3 + 13 * k), text, fill="black")
     for r, (row, _, covers) in enumerate(rows):
         y = label_h + r * CELL
-        words, line, lines = display_title(str(row["title"])).split(), "", []
-        for word in words:  # wrap the title into the left margin
-            if len(line) + len(word) > 22:
-                lines.append(line)
-                line = ""
-            line = f"{line} {word}".strip()
-        for k, text in enumerate([*lines, line][:6]):
+        for k, text in enumerate(_wrap(display_title(str(row["title"])), 22)[:6]):
             draw.text((4, y + 6 + 13 * k), text, fill="black")
         reference = _reference(row, CELL)
         for c, cover in enumerate([reference, *covers]):
@@ -175,6 +168,17 @@ def contact_sheet_image(
                 cover.convert("RGB").resize((CELL, CELL), Image.Resampling.NEAREST), (title_w + c * CELL, y)
             )
     return sheet
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """Greedy word wrap (Pillow's default font has no layout engine)."""
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = ""
+        line = f"{line} {word}".strip()
+    return [*lines, line] if line else lines
 
 
 def _sheet_html(
