@@ -69,6 +69,20 @@ def test_package_loads_through_public_loaders(work, tmp_path):
     assert len(output.images) == 1 and output.metadata[0]["user_id"] == "1"
 
 
+def test_trained_adapter_is_packaged_and_loaded(work, tmp_path):
+    tiny = work.parent / "tiny"
+    shutil.copytree(tiny / "adapter", work / "adapter" / "adapter", dirs_exist_ok=True)
+    try:
+        spec = mini_preset(package_mini(work, tmp_path / "with"))
+        assert spec.adapter == str((tmp_path / "with" / "adapter").resolve())
+        pipe = load_cover_pipeline(spec)  # loads the adapter weights into the backbone (widths checked)
+        assert pipe.projector is not None
+        bare = mini_preset(package_mini(work, tmp_path / "without", with_adapter=False))
+        assert bare.adapter is None
+    finally:
+        shutil.rmtree(work / "adapter")
+
+
 def test_repackaging_replaces_the_folder(work, tmp_path):
     out = package_mini(work, tmp_path / "mini")
     (out / "stale.txt").write_text("old")

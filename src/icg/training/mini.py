@@ -9,6 +9,10 @@ output is complete, so a killed run loses at most one epoch of one step):
     context  tiny Qwen2.5-VL: meta tokens + template-teacher explicit prompts
     users    two-tower user encoder
     reward   personalized preference reward model on the mini CLIP
+    adapter-init / adapter
+             the dual-path adapter + projectors: stage 1 (CLIP reconstruction), then stage 2 (reward feedback
+             from the personalized reward and CLIP score); they train on a preset packaged from the steps
+             above into `work/preset`, since they drive the whole cover pipeline
 
 `package_mini` then writes the preset folder (default `icg/assets/mini`): `backbone/` is a diffusers
 `StableDiffusionPipeline` folder (unet, vae, text_encoder, tokenizer, scheduler, model_index.json), the other
@@ -34,7 +38,7 @@ from icg.presets import PresetSpec, mini_assets_dir
 
 logger = logging.getLogger(__name__)
 
-STEPS = ("clip", "vae", "unet", "context", "users", "reward")
+STEPS = ("clip", "vae", "unet", "context", "users", "reward", "adapter-init", "adapter")
 RECORD_NAME = "train_mini.json"
 # The reward model's epochs (last CLIP layer + new modules, 18.8k train pairs) cost ~1.5-2.5 min on a busy
 # 2-core box, so the mini recipe fixes 8 epochs (a fixed count, not a time budget, keeps the result the
@@ -108,6 +112,35 @@ def _step_reward(data: InteractionData, work: Path, threads: int, progress: bool
         torch.set_num_threads(previous)
 
 
+# The mini's adapter recipe (paper §3.4.2 at mini scale): a short stage 1, then reward feedback; lr above the
+# paper's 1e-4 because the run is ~1,000 steps on CPU rather than a GPU-scale schedule.
+ADAPTER_INIT = {"stage": "init", "steps": 300, "lr": 1e-3}
+ADAPTER_REWARD = {"stage": "reward", "steps": 600, "lr": 5e-4}
+
+
+def _adapter(work: Path, data: InteractionData, threads: int, progress: bool, stage: str) -> dict:
+    from icg.presets import mini_preset
+    from icg.training.adapter import AdapterTrainConfig, train_adapter_from_preset
+
+    if not (work / "preset" / "preset.json").is_file() or stage == "init":
+        package_mini(work, work / "preset", with_adapter=False)
+    spec = mini_preset(work / "preset")
+    if stage == "init":
+        config, out = AdapterTrainConfig(**ADAPTER_INIT), work / "adapter_init"
+    else:
+        config, out = AdapterTrainConfig(**ADAPTER_REWARD), work / "adapter"
+        spec = spec.replace(adapter=str(work / "adapter_init" / "adapter"))
+    return train_adapter_from_preset(spec, data, out, config, threads=threads, progress=progress)
+
+
+def _step_adapter_init(data: InteractionData, work: Path, threads: int, progress: bool) -> dict:
+    return _adapter(work, data, threads, progress, "init")
+
+
+def _step_adapter(data: InteractionData, work: Path, threads: int, progress: bool) -> dict:
+    return _adapter(work, data, threads, progress, "reward")
+
+
 _STEP_FUNCTIONS: dict[str, Callable[[InteractionData, Path, int, bool], dict]] = {
     "clip": _step_clip,
     "vae": _step_vae,
@@ -115,6 +148,8 @@ _STEP_FUNCTIONS: dict[str, Callable[[InteractionData, Path, int, bool], dict]] =
     "context": _step_context,
     "users": _step_users,
     "reward": _step_reward,
+    "adapter-init": _step_adapter_init,
+    "adapter": _step_adapter,
 }
 
 
@@ -201,8 +236,9 @@ def _context_meta_tokens(folder: Path) -> int:
     return int(json.loads(config.read_text())["num_meta_tokens"])
 
 
-def package_mini(work_dir: str | Path, out_dir: str | Path | None = None) -> Path:
-    """Write the preset folder from a finished work folder (a fresh folder, then swapped in)."""
+def package_mini(work_dir: str | Path, out_dir: str | Path | None = None, with_adapter: bool = True) -> Path:
+    """Write the preset folder from a finished work folder (a fresh folder, then swapped in); the trained
+    adapter (`work/adapter/adapter`) goes in when present and `with_adapter`."""
     work = Path(work_dir)
     out = Path(out_dir) if out_dir is not None else mini_assets_dir()
     needed = {"clip": "clip", "vae": "vae", "unet": "unet/unet", "context": "context", "users": "users"}
@@ -214,7 +250,7 @@ def package_mini(work_dir: str | Path, out_dir: str | Path | None = None) -> Pat
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        _package_into(work, staging)
+        _package_into(work, staging, with_adapter)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -226,8 +262,11 @@ def package_mini(work_dir: str | Path, out_dir: str | Path | None = None) -> Pat
     return out
 
 
-def _package_into(work: Path, staging: Path) -> None:
+def _package_into(work: Path, staging: Path, with_adapter: bool) -> None:
     _package_backbone(work, staging / "backbone")
+    adapter = work / "adapter" / "adapter"
+    if with_adapter and adapter.is_dir():
+        _copy_files(adapter, staging / "adapter")
     _copy_files(work / "clip", staging / "clip")
     _copy_files(work / "context", staging / "context_encoder")
     _copy_files(work / "users", staging / "user_encoder")
@@ -239,6 +278,7 @@ def _package_into(work: Path, staging: Path) -> None:
         user_encoder="user_encoder",
         clip="clip",
         reward_model="reward_model",
+        adapter="adapter" if (staging / "adapter").is_dir() else None,
         num_meta_tokens=_context_meta_tokens(work / "context"),
         explicit_prompt_tokens=48,
     )
