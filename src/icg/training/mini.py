@@ -112,10 +112,12 @@ def _step_reward(data: InteractionData, work: Path, threads: int, progress: bool
         torch.set_num_threads(previous)
 
 
-# The mini's adapter recipe (paper §3.4.2 at mini scale): a short stage 1, then reward feedback; lr above the
-# paper's 1e-4 because the run is ~1,000 steps on CPU rather than a GPU-scale schedule.
-ADAPTER_INIT = {"stage": "init", "steps": 300, "lr": 1e-3}
-ADAPTER_REWARD = {"stage": "reward", "steps": 600, "lr": 5e-4}
+# The mini's adapter recipe (paper §3.4.2 at mini scale): a short stage 1, then reward feedback, both with
+# ReFL's denoising regularizer. Measured on the first mini: lr 1e-3 without the regularizer raised the CLIP
+# reward 0.19 → 0.47 in 300 steps while the covers dissolved into colour blobs (reward hacking of a small
+# CLIP); lr 1e-4 with it barely moved anything (0.16 → 0.22). 3e-4 with the regularizer sits between.
+ADAPTER_INIT = {"stage": "init", "steps": 300, "lr": 3e-4, "denoise_weight": 1.0}
+ADAPTER_REWARD = {"stage": "reward", "steps": 600, "lr": 3e-4, "denoise_weight": 1.0}
 
 
 def _adapter(work: Path, data: InteractionData, threads: int, progress: bool, stage: str) -> dict:
