@@ -45,6 +45,7 @@ from icg.adapter.checkpoint import save_adapter
 from icg.atomic import atomic_path, write_text_atomic
 from icg.rewards.base import Reward, RewardTerm, WeightedRewards
 from icg.rewards.personalized import reward_text
+from icg.training import loop
 from icg.training.adapter_data import (
     AdapterData,
     ItemFeatures,
@@ -71,7 +72,7 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 @dataclass(frozen=True)
-class AdapterTrainConfig:
+class AdapterTrainConfig(loop.JsonConfig):
     """One adapter training run (saved as adapter_train_config.json beside every checkpoint)."""
 
     stage: str = "reward"  # "init": CLIP reconstruction only; "reward": the weighted rewards
@@ -138,17 +139,6 @@ class AdapterTrainConfig:
         if self.stage == "init":
             return {"clip": float(self.lambda_rec)} if self.lambda_rec > 0 else {}
         return {n: float(getattr(self, f)) for n, f in REWARD_WEIGHTS.items() if getattr(self, f) > 0}
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> AdapterTrainConfig:
-        values = json.loads(text)
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown AdapterTrainConfig fields {sorted(unknown)}")
-        return cls(**values)
 
     def run_key(self) -> str:
         """Hash of the fields a resumed run must share with its checkpoint."""
@@ -396,23 +386,14 @@ def train_adapter(
         raise ValueError(
             f"samples must be an AdapterData (see prepare_adapter_data), got {type(samples).__name__}"
         )
-    if max_minutes is not None and max_minutes <= 0:
-        raise ValueError(f"max_minutes must be positive, got {max_minutes}")
-    for name, value in (("max_steps", max_steps), ("threads", threads)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+    loop.check_run_options(max_minutes, max_steps=max_steps, threads=threads)
     objective = _build_objective(rewards, config)
     out = Path(out_dir)
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        with torch.random.fork_rng(devices=[]):  # the caller's global RNG is left as it was
-            cache = Path(cache_dir) if cache_dir is not None else out / "cache" / "context"
-            budget = (max_minutes, max_steps)
-            return _train(pipe, objective, samples, out, config, resume, progress, budget, cache)
-    finally:
-        torch.set_num_threads(previous)
+    # the caller's global RNG is left as it was
+    with loop.torch_threads(threads), torch.random.fork_rng(devices=[]):
+        cache = Path(cache_dir) if cache_dir is not None else out / "cache" / "context"
+        budget = (max_minutes, max_steps)
+        return _train(pipe, objective, samples, out, config, resume, progress, budget, cache)
 
 
 def _train(
@@ -435,11 +416,10 @@ def _train(
     fingerprint = data.fingerprint()
     full_key = hashlib.sha256((fingerprint + config.to_json()).encode()).hexdigest()
     metrics_file = out / METRICS_NAME
-    if resume and metrics_file.is_file() and (out / "adapter").is_dir():
-        done = json.loads(metrics_file.read_text(encoding="utf-8"))
-        if done.get("completed") and done.get("fingerprint") == full_key:
-            logger.info("adapter training in %s is complete; nothing to do", out)
-            return done
+    done = loop.finished_metrics(metrics_file, full_key, resume and (out / "adapter").is_dir())
+    if done is not None:
+        logger.info("adapter training in %s is complete; nothing to do", out)
+        return done
     tensorboard = bool(is_tensorboard_available())
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
@@ -508,10 +488,7 @@ def _train(
         total=config.steps, initial=start, desc=f"adapter {config.stage}", disable=not (progress and main)
     )
     while step < config.steps:
-        elapsed = time.perf_counter() - started
-        over_time = (
-            max_minutes is not None and step_seconds and elapsed + max(step_seconds) > 60 * max_minutes
-        )
+        over_time = loop.time_is_up(started, step_seconds, max_minutes)
         if over_time or (max_steps is not None and step - start >= max_steps):
             logger.warning("stopping %s at step %d/%d (budget); resumable", out, step, config.steps)
             break
@@ -552,11 +529,9 @@ def _train(
     completed = step == config.steps
     unwrapped = accelerator.unwrap_model(module)
     if completed and main:
-        staging = out / ".adapter.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        save_adapter(staging, unwrapped.adapter, unwrapped.projector)
-        shutil.rmtree(out / "adapter", ignore_errors=True)
-        os.replace(staging, out / "adapter")
+        loop.replace_folder(
+            out / "adapter", lambda staging: save_adapter(staging, unwrapped.adapter, unwrapped.projector)
+        )
     seconds = round(seconds_before + time.perf_counter() - started, 1)
     metrics = {
         "stage": config.stage, "completed": completed, "steps_completed": step, "steps": config.steps,

@@ -20,7 +20,6 @@ cache/ (rendered covers).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -28,15 +27,14 @@ import os
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
-from icg.atomic import atomic_path, write_text_atomic
+from icg.atomic import write_text_atomic
 from icg.data.records import InteractionData
-from icg.errors import DataError
 from icg.training import clip_data as cd
+from icg.training import loop
 from icg.training.clip_data import evaluate_clip
 from icg.training.clip_tokenizer import BOS_TOKEN, EOS_TOKEN, train_clip_tokenizer
 
@@ -49,7 +47,7 @@ _CHECKPOINT_FORMAT = "icg.training.mini_clip.checkpoint/1"
 
 
 @dataclasses.dataclass(frozen=True)
-class MiniClipConfig:
+class MiniClipConfig(loop.JsonConfig):
     """Architecture, data and optimisation of one mini-CLIP run (mini_clip.json beside the weights)."""
 
     image_size: int = 64
@@ -81,10 +79,7 @@ class MiniClipConfig:
     def __post_init__(self) -> None:
         positive = ("patch_size", "vision_width", "vision_layers", "text_width", "text_layers", "heads")
         positive += ("projection_dim", "variants", "epochs", "batch_size")
-        for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        loop.check_positive_ints(self, positive)
         cd.check_size(self.image_size)  # the renderer's range, 64-512 px
         if self.image_size % self.patch_size:
             raise ValueError(
@@ -105,17 +100,6 @@ class MiniClipConfig:
             raise ValueError("lr and grad_clip must be > 0, weight_decay >= 0, warmup_fraction in [0, 1)")
         if self.max_items is not None and self.max_items < 6:
             raise ValueError(f"max_items must be None or >= 6, got {self.max_items}")
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> MiniClipConfig:
-        values = json.loads(text)
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown MiniClipConfig fields {sorted(unknown)}")
-        return cls(**values)
 
 
 MINI_CLIP_PRESETS: dict[str, MiniClipConfig] = {"mini": MiniClipConfig()}
@@ -163,43 +147,9 @@ def build_clip_model(config: MiniClipConfig, tokenizer: CLIPTokenizer) -> CLIPMo
     return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=config.projection_dim))
 
 
-def _fingerprint(items: pd.DataFrame, config: MiniClipConfig) -> str:
-    payload = [list(map(str, items["item_id"])), list(map(str, items["title"])), cd.items_genres(items)]
-    return hashlib.sha256(json.dumps([payload, dataclasses.asdict(config)]).encode()).hexdigest()
-
-
 def _optimizer(model: CLIPModel, config: MiniClipConfig, total_steps: int):
     """AdamW without decay on biases, norms, embeddings' 1-D vectors and the temperature; warmup + cosine."""
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-        betas=(0.9, 0.98),
-        eps=1e-6,
-    )
-    warmup = max(1, round(config.warmup_fraction * total_steps))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def _load_checkpoint(path: Path, fingerprint: str) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged file
-        raise DataError(f"cannot read checkpoint ({exc}); delete it or pass resume=False", path=path) from exc
-    if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
-        raise DataError("not a mini-CLIP checkpoint; delete it or pass resume=False", path=path)
-    if state["fingerprint"] != fingerprint:
-        raise ValueError(
-            f"{path} belongs to a run with other items or config; use another out_dir or resume=False"
-        )
-    return state
+    return loop.adamw_warmup_cosine(model.parameters(), config, total_steps, betas=(0.9, 0.98), eps=1e-6)
 
 
 def _train_epoch(
@@ -222,11 +172,7 @@ def _train_epoch(
     for step, batch in enumerate(bar):
         pixels, tokens = batches.batch(*batch)  # (B, 3, S, S), input_ids/attention_mask (B, L)
         loss = model(**tokens, pixel_values=pixels, return_loss=True).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        loop.optimizer_step(loss, optimizer, scheduler, model.parameters(), config.grad_clip)
         with torch.no_grad():  # OpenAI's cap on the temperature
             model.logit_scale.clamp_(0.0, math.log(100.0))
         total += loss.item()
@@ -251,17 +197,9 @@ def train_mini_clip(
     count as the first one for bit-identical weights.
     """
     config = config or mini_clip_preset("mini")
-    if max_minutes is not None and max_minutes <= 0:
-        raise ValueError(f"max_minutes must be positive, got {max_minutes}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    loop.check_run_options(max_minutes, threads=threads)
+    with loop.torch_threads(threads):
         return _train(data, Path(out_dir), config, resume, progress, max_minutes)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _train(
@@ -274,16 +212,14 @@ def _train(
 ) -> dict[str, object]:
     started, load_start = time.perf_counter(), os.getloadavg()
     out.mkdir(parents=True, exist_ok=True)
-    items = data.items if config.max_items is None else data.items.iloc[: config.max_items]
-    items = items.reset_index(drop=True)
-    split = cd.split_items(len(items), config.seed, config.val_fraction, config.test_fraction)
+    items, split = loop.run_items(data.items, config, min_train=config.batch_size)
     n_train = len(split.train)
-    if n_train < config.batch_size:
-        raise ValueError(f"{n_train} training items are fewer than batch_size {config.batch_size}")
     steps_per_epoch = n_train // config.batch_size  # full batches only: every step sees B negatives
-    fingerprint = _fingerprint(items, config)
+    fingerprint = loop.items_fingerprint(items, config)
     checkpoint = out / CHECKPOINT_NAME
-    state = _load_checkpoint(checkpoint, fingerprint) if resume and checkpoint.is_file() else None
+    state = loop.load_checkpoint(
+        checkpoint, fingerprint, _CHECKPOINT_FORMAT, "mini-CLIP", "items or config", resume=resume
+    )
     done = out / METRICS_NAME
     if state is not None and state["epoch"] == config.epochs and done.is_file():
         metrics = json.loads(done.read_text())
@@ -310,25 +246,14 @@ def _train(
         model = build_clip_model(config, tokenizer)
         optimizer, scheduler = _optimizer(model, config, total_steps)
         sampler = torch.Generator().manual_seed(config.seed + 1)
-        start_epoch, history, seconds_before = 0, [], 0.0
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            sampler.set_state(state["sampler_rng"])
-            torch.set_rng_state(state["torch_rng"])
-            start_epoch, history, seconds_before = state["epoch"], list(state["history"]), state["seconds"]
-            logger.info("resuming %s from epoch %d of %d", out, start_epoch, config.epochs)
+        modules = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
+        generators = {"sampler_rng": sampler}
+        start_epoch, history, seconds_before = loop.restore(
+            state, modules, generators, logger, out, config.epochs
+        )
         epoch_seconds: list[float] = []
         for epoch in range(start_epoch, config.epochs):
-            elapsed = time.perf_counter() - started
-            if max_minutes is not None and epoch_seconds and elapsed + max(epoch_seconds) > 60 * max_minutes:
-                logger.warning(
-                    "time budget %.1f min reached at epoch %d/%d; resumable",
-                    max_minutes,
-                    epoch,
-                    config.epochs,
-                )
+            if loop.stop_for_time(logger, started, epoch_seconds, max_minutes, epoch, config.epochs):
                 break
             tick = time.perf_counter()
             loss = _train_epoch(model, optimizer, scheduler, sampler, batches, config, epoch, progress)
@@ -348,20 +273,11 @@ def _train(
             logger.info(
                 "mini-CLIP epoch %d/%d (%.0fs): %s", epoch + 1, config.epochs, epoch_seconds[-1], history[-1]
             )
-            state = {
-                "format": _CHECKPOINT_FORMAT,
-                "fingerprint": fingerprint,
-                "epoch": epoch + 1,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "sampler_rng": sampler.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "history": history,
-                "seconds": seconds_before + time.perf_counter() - started,
-            }
-            with atomic_path(checkpoint) as tmp:
-                torch.save(state, tmp)
+            seconds = seconds_before + time.perf_counter() - started
+            state = loop.epoch_checkpoint(
+                _CHECKPOINT_FORMAT, fingerprint, epoch + 1, modules, generators, history, seconds
+            )
+            loop.torch_save_atomic(checkpoint, state)
 
     test_items = items.iloc[split.test]
     test = evaluate_clip(
@@ -371,24 +287,15 @@ def _train(
     model.save_pretrained(out)
     processor.save_pretrained(out)
     write_text_atomic(out / CONFIG_NAME, config.to_json())
-    epochs_done = history[-1]["epoch"] if history else 0
     metrics = {
         "dataset": data.name,
-        "n_items": len(items),
-        "n_train": n_train,
-        "n_val": len(split.val),
-        "n_test": len(split.test),
-        "epochs": config.epochs,
-        "epochs_completed": epochs_done,
-        "completed": epochs_done == config.epochs,
+        **loop.split_sizes(items, split),
+        **loop.epoch_counts(history, config.epochs),
         "test": test,
         "val": val,
         "parameters": sum(p.numel() for p in model.parameters()),
         "vocab_size": len(tokenizer),
-        "seconds": round(seconds_before + time.perf_counter() - started, 1),
-        "seconds_this_call": round(time.perf_counter() - started, 1),
-        "torch_threads": torch.get_num_threads(),
-        "load_average_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
+        **loop.run_seconds(started, seconds_before, load_start),
         "history": history,
         "config": dataclasses.asdict(config),
     }

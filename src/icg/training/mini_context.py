@@ -26,7 +26,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import time
@@ -56,6 +55,7 @@ from icg.context.teacher import explicit_prompt_teacher
 from icg.data.covers.render import display_title
 from icg.errors import DataError
 from icg.training import clip_data as cd
+from icg.training import loop
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ _CHAT_WORDS = ("system", "user", "assistant", "Title:", "You are a helpful assis
 
 
 @dataclasses.dataclass(frozen=True)
-class MiniContextConfig:
+class MiniContextConfig(loop.JsonConfig):
     """Architecture, data and optimisation of one mini context-encoder run (mini_context.json)."""
 
     hidden_size: int = 128
@@ -104,10 +104,7 @@ class MiniContextConfig:
         positive = ("hidden_size", "num_layers", "num_heads", "vision_hidden_size", "vision_depth")
         positive += ("vocab_size", "num_meta_tokens", "variants", "input_variants", "epochs", "batch_size")
         positive += ("eval_generate", "val_generate")
-        for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        loop.check_positive_ints(self, positive)
         if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 2:
             raise ValueError(
                 f"hidden_size {self.hidden_size} / num_heads {self.num_heads} must be an even int"
@@ -129,17 +126,6 @@ class MiniContextConfig:
             raise ValueError("lr and grad_clip must be > 0, weight_decay >= 0, warmup_fraction in [0, 1)")
         if self.max_items is not None and (isinstance(self.max_items, bool) or self.max_items < 6):
             raise ValueError(f"max_items must be None or >= 6, got {self.max_items}")
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> MiniContextConfig:
-        values = json.loads(text)
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown MiniContextConfig fields {sorted(unknown)}")
-        return cls(**values)
 
 
 # ------------------------------------------------------------------------------------------------ pieces
@@ -321,41 +307,9 @@ def target_baselines(data: _Data, train: np.ndarray, test: np.ndarray) -> dict[s
 
 
 # ------------------------------------------------------------------------------------------------ training
-def _fingerprint(items: pd.DataFrame, config: MiniContextConfig, clip: str) -> str:
-    payload = [list(map(str, items["item_id"])), list(map(str, items["title"])), cd.items_genres(items)]
-    return hashlib.sha256(json.dumps([payload, dataclasses.asdict(config), clip]).encode()).hexdigest()
-
-
 def _optimizer(params: list[nn.Parameter], config: MiniContextConfig, total_steps: int):
     """AdamW (no decay on 1-D weights: norms, biases), linear warmup then cosine decay to 0."""
-    decay, no_decay = [p for p in params if p.ndim >= 2], [p for p in params if p.ndim < 2]
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
-    warmup = max(1, round(config.warmup_fraction * total_steps))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def _load_checkpoint(path: Path, fingerprint: str) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged file
-        raise DataError(f"cannot read checkpoint ({exc}); delete it or pass resume=False", path=path) from exc
-    if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
-        raise DataError("not a mini context-encoder checkpoint; delete it or pass resume=False", path=path)
-    if state["fingerprint"] != fingerprint:
-        raise ValueError(
-            f"{path} belongs to a run with other items, config or CLIP; use another out_dir or resume=False"
-        )
-    return state
+    return loop.adamw_warmup_cosine(params, config, total_steps, betas=(0.9, 0.98), eps=1e-6)
 
 
 def _build_base(
@@ -406,11 +360,7 @@ def _train_epoch(encoder, head, optimizer, scheduler, sampler, data, train, conf
         if config.prompt_lm_weight > 0:
             prompt_loss = prompt_lm_loss(encoder, images, titles, texts)
             loss = loss + config.prompt_lm_weight * prompt_loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        loop.optimizer_step(loss, optimizer, scheduler, params, config.grad_clip)
         for key, value in (("loss", loss), ("meta_loss", out["meta_loss"]), ("prompt_lm_loss", prompt_loss)):
             sums[key] += value.item()
         sums["lm_loss"] += out["lm_loss"].item() if out["lm_loss"] is not None else 0.0
@@ -436,39 +386,27 @@ def train_mini_context(
     intra-op threads for this call; a resumed run must use the same count for bit-identical weights.
     """
     config = config or MiniContextConfig()
-    if max_minutes is not None and max_minutes <= 0:
-        raise ValueError(f"max_minutes must be positive, got {max_minutes}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    loop.check_run_options(max_minutes, threads=threads)
+    with loop.torch_threads(threads):
         out = Path(out_dir)
         cache = Path(cache_dir) if cache_dir is not None else out / "cache"
         return _train(items, out, config, Path(clip_dir), cache, resume, progress, max_minutes)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _train(items, out: Path, config, clip_dir: Path, cache: Path, resume, progress, max_minutes) -> dict:
     started, load_start = time.perf_counter(), os.getloadavg()
-    items = items if config.max_items is None else items.iloc[: config.max_items]
-    items = items.reset_index(drop=True)
-    split = cd.split_items(len(items), config.seed, config.val_fraction, config.test_fraction)
+    items, split = loop.run_items(items, config, min_train=config.batch_size)
     train, n_train = split.train, len(split.train)
-    if n_train < config.batch_size:
-        raise ValueError(f"{n_train} training items are fewer than batch_size {config.batch_size}")
-    fingerprint = _fingerprint(items, config, clip_fingerprint(clip_dir))
+    fingerprint = loop.items_fingerprint(items, config, clip_fingerprint(clip_dir))
     metrics_file = out / METRICS_NAME
-    if resume and metrics_file.is_file():
-        done = json.loads(metrics_file.read_text())
-        if done.get("completed") and done.get("fingerprint") == fingerprint:
-            logger.info("%s is complete; nothing to do", out)
-            return done
+    done = loop.finished_metrics(metrics_file, fingerprint, resume)
+    if done is not None:
+        logger.info("%s is complete; nothing to do", out)
+        return done
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / CHECKPOINT_NAME
-    state = _load_checkpoint(checkpoint, fingerprint) if resume and checkpoint.is_file() else None
+    what, inputs = "mini context-encoder", "items, config or CLIP"
+    state = loop.load_checkpoint(checkpoint, fingerprint, _CHECKPOINT_FORMAT, what, inputs, resume=resume)
 
     covers = cd.render_cover_cache(items, cache, config.cover_size, config.variants, progress)
     data = _Data(items, covers, clip_targets(clip_dir, covers[:, 0]))
@@ -484,22 +422,17 @@ def _train(items, out: Path, config, clip_dir: Path, cache: Path, resume, progre
         optimizer, scheduler = _optimizer(params, config, config.epochs * steps_per_epoch)
         sampler = torch.Generator().manual_seed(config.seed + 1)
         stateful = {"encoder": encoder, "head": head, "optimizer": optimizer, "scheduler": scheduler}
-        start_epoch, history, seconds_before, step_seconds = 0, [], 0.0, []
+        generators = {"sampler_rng": sampler}
+        start_epoch, history, seconds_before = loop.restore(
+            state, stateful, generators, logger, out, config.epochs
+        )
         if state is None:  # the untrained model's scores, the baseline metrics.json shows beside the trained
-            untrained = evaluate_meta(encoder, head, data, split.test, config.batch_size)
+            untrained, step_seconds = evaluate_meta(encoder, head, data, split.test, config.batch_size), []
         else:
-            for name, obj in stateful.items():
-                obj.load_state_dict(state[name])
-            sampler.set_state(state["sampler_rng"])
-            torch.set_rng_state(state["torch_rng"])
-            start_epoch, history, seconds_before = state["epoch"], list(state["history"]), state["seconds"]
             untrained, step_seconds = state["untrained"], list(state["step_seconds"])
-            logger.info("resuming %s from epoch %d of %d", out, start_epoch, config.epochs)
         epoch_seconds: list[float] = []
         for epoch in range(start_epoch, config.epochs):
-            elapsed = time.perf_counter() - started
-            if max_minutes is not None and epoch_seconds and elapsed + max(epoch_seconds) > 60 * max_minutes:
-                logger.warning("time budget %.1f min reached at epoch %d; resumable", max_minutes, epoch)
+            if loop.stop_for_time(logger, started, epoch_seconds, max_minutes, epoch):
                 break
             tick = time.perf_counter()
             losses = _train_epoch(
@@ -508,34 +441,22 @@ def _train(items, out: Path, config, clip_dir: Path, cache: Path, resume, progre
             step_seconds.append((time.perf_counter() - tick) / max(1, steps_per_epoch))
             val = evaluate_meta(encoder, head, data, split.val[:VAL_ITEMS], config.batch_size)
             gen = evaluate_generation(encoder, data, split.val[: config.val_generate])
-            history.append(
-                {"epoch": epoch + 1, **losses, "val_meta_cosine": val["meta_cosine"]}
-                | {
-                    "val_lm_loss_prompt_path": val["lm_loss_prompt_path"],
-                    "val_exact_match": gen["exact_match"],
-                }
-                | {
-                    "val_title_correct": gen["title_correct"],
-                    "val_genre_correct": gen["primary_genre_correct"],
-                }
-            )
+            history.append({
+                "epoch": epoch + 1, **losses, "val_meta_cosine": val["meta_cosine"],
+                "val_lm_loss_prompt_path": val["lm_loss_prompt_path"], "val_exact_match": gen["exact_match"],
+                "val_title_correct": gen["title_correct"], "val_genre_correct": gen["primary_genre_correct"],
+            })  # fmt: skip
             epoch_seconds.append(time.perf_counter() - tick)
             logger.info(
                 "context epoch %d/%d (%.0fs): %s", epoch + 1, config.epochs, epoch_seconds[-1], history[-1]
             )
-            state = {name: obj.state_dict() for name, obj in stateful.items()} | {
-                "format": _CHECKPOINT_FORMAT,
-                "fingerprint": fingerprint,
-                "epoch": epoch + 1,
-                "sampler_rng": sampler.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "history": history,
-                "untrained": untrained,
-                "step_seconds": step_seconds,
-                "seconds": seconds_before + time.perf_counter() - started,
-            }
-            with atomic_path(checkpoint) as tmp:
-                torch.save(state, tmp)
+            # the module states first, where this checkpoint format has always had them
+            seconds = seconds_before + time.perf_counter() - started
+            state = {name: obj.state_dict() for name, obj in stateful.items()} | loop.epoch_checkpoint(
+                _CHECKPOINT_FORMAT, fingerprint, epoch + 1, {}, generators, history, seconds,
+                untrained=untrained, step_seconds=step_seconds,
+            )  # fmt: skip
+            loop.torch_save_atomic(checkpoint, state)
 
         test = evaluate_meta(encoder, head, data, split.test, config.batch_size)
         degraded = evaluate_meta(encoder, head, data, split.test, config.batch_size, image="degraded")
@@ -549,16 +470,10 @@ def _train(items, out: Path, config, clip_dir: Path, cache: Path, resume, progre
     with atomic_path(out / HEAD_NAME) as tmp:
         save_file(weights, str(tmp))
     write_text_atomic(out / CONFIG_NAME, config.to_json())
-    epochs_done = history[-1]["epoch"] if history else 0
     n_test = len(split.test)
     metrics = {
-        "n_items": len(items),
-        "n_train": n_train,
-        "n_val": len(split.val),
-        "n_test": n_test,
-        "epochs": config.epochs,
-        "epochs_completed": epochs_done,
-        "completed": epochs_done == config.epochs,
+        **loop.split_sizes(items, split),
+        **loop.epoch_counts(history, config.epochs),
         "fingerprint": fingerprint,
         "teacher": "template-teacher: '{title}, a {genres} movie poster in {palette words}'",
         "test": {
@@ -580,10 +495,7 @@ def _train(items, out: Path, config, clip_dir: Path, cache: Path, resume, progre
         "vocab_size": len(encoder.processor.tokenizer),
         "seconds_per_step": round(float(np.mean(step_seconds)), 3) if step_seconds else None,
         "steps_per_epoch": steps_per_epoch,
-        "seconds": round(seconds_before + time.perf_counter() - started, 1),
-        "seconds_this_call": round(time.perf_counter() - started, 1),
-        "torch_threads": torch.get_num_threads(),
-        "load_average_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
+        **loop.run_seconds(started, seconds_before, load_start),
         "history": history,
         "config": dataclasses.asdict(config),
     }

@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -38,10 +37,11 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from icg.atomic import atomic_path, write_text_atomic
+from icg.atomic import write_text_atomic
 from icg.context.teacher import explicit_prompt_teacher
 from icg.errors import DataError, ICGError
 from icg.training import clip_data as cd
+from icg.training import loop
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ N_TEMPLATES = len(cd.TEXT_TEMPLATES)  # caption columns 0..N-1 are templates, co
 
 
 @dataclasses.dataclass(frozen=True)
-class MiniUnetConfig:
+class MiniUnetConfig(loop.JsonConfig):
     """Architecture, captions and optimisation of one mini-UNet run (mini_unet.json beside the weights)."""
 
     sample_size: int = 16  # latent side: 64 px covers through the VAE's factor 4
@@ -90,10 +90,7 @@ class MiniUnetConfig:
 
     def __post_init__(self) -> None:
         positive = ("sample_size", "in_channels", "out_channels", "layers_per_block", "norm_num_groups")
-        for name in (*positive, "variants", "epochs", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        loop.check_positive_ints(self, (*positive, "variants", "epochs", "batch_size"))
         depth = len(self.block_out_channels)
         if depth < 2 or len(self.down_block_types) != depth or len(self.up_block_types) != depth:
             raise ValueError(
@@ -133,16 +130,9 @@ class MiniUnetConfig:
             raise ValueError("attention_head_dim must be an int or one entry per block")
         return tuple(self.attention_head_dim)
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2)
-
     @classmethod
-    def from_json(cls, text: str) -> MiniUnetConfig:
-        values = json.loads(text)
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown MiniUnetConfig fields {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    def _json_values(cls, values: dict[str, object]) -> dict[str, object]:
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
 
 
 def build_unet(config: MiniUnetConfig, cross_attention_dim: int) -> UNet2DConditionModel:
@@ -268,8 +258,7 @@ def _cached(path: Path, compute) -> dict:
         logger.info("from cache %s", path)
         return torch.load(path, map_location="cpu", weights_only=True)
     value = compute()
-    with atomic_path(path) as tmp:
-        torch.save(value, tmp)
+    loop.torch_save_atomic(path, value)
     return value
 
 
@@ -349,11 +338,6 @@ def frozen_features(
 
 
 # ----------------------------------------------------------------------------------------------- training
-def _fingerprint(items: pd.DataFrame, config: MiniUnetConfig, digest: str) -> str:
-    payload = [list(map(str, items["item_id"])), list(map(str, items["title"])), cd.items_genres(items)]
-    return hashlib.sha256(json.dumps([payload, dataclasses.asdict(config), digest]).encode()).hexdigest()
-
-
 @torch.no_grad()
 def eps_mse(
     unet: UNet2DConditionModel,
@@ -397,22 +381,12 @@ def train_mini_unet(
     same count as the first for bit-identical weights.
     """
     config = config or MiniUnetConfig()
-    if max_minutes is not None and max_minutes <= 0:
-        raise ValueError(f"max_minutes must be positive, got {max_minutes}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+    loop.check_run_options(max_minutes, threads=threads)
     out = Path(out_dir)
     cache = Path(cache_dir) if cache_dir is not None else out / "cache"
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        with torch.random.fork_rng(devices=[]):  # the caller's global RNG is left as it was
-            return _train(
-                items, out, config, Path(vae_dir), Path(clip_dir), cache, resume, max_minutes, progress
-            )
-    finally:
-        torch.set_num_threads(previous)
+    # the caller's global RNG is left as it was
+    with loop.torch_threads(threads), torch.random.fork_rng(devices=[]):
+        return _train(items, out, config, Path(vae_dir), Path(clip_dir), cache, resume, max_minutes, progress)
 
 
 def _train(
@@ -427,17 +401,15 @@ def _train(
     progress: bool,
 ) -> dict[str, object]:
     started, load_start = time.perf_counter(), os.getloadavg()
-    items = (items if config.max_items is None else items.iloc[: config.max_items]).reset_index(drop=True)
-    split = cd.split_items(len(items), config.seed, config.val_fraction, config.test_fraction)
+    items, split = loop.run_items(items, config)
     feats = frozen_features(items, config, vae_dir, clip_dir, cache_dir, progress)
     precompute_seconds = time.perf_counter() - started
-    fingerprint = _fingerprint(items, config, feats.digest)
+    fingerprint = loop.items_fingerprint(items, config, feats.digest)
     metrics_file = out / METRICS_NAME
-    if resume and metrics_file.is_file() and (out / "unet").is_dir():
-        done = json.loads(metrics_file.read_text())
-        if done.get("completed") and done.get("fingerprint") == fingerprint:
-            logger.info("mini UNet in %s is complete; nothing to do", out)
-            return done
+    done = loop.finished_metrics(metrics_file, fingerprint, resume and (out / "unet").is_dir())
+    if done is not None:
+        logger.info("mini UNet in %s is complete; nothing to do", out)
+        return done
     latent_std = float(feats.latent_mean[split.train].float().std())
     if not 0.5 < latent_std < 2.0:
         logger.warning("scaled latents have std %.3f; is the VAE's scaling_factor set for it?", latent_std)
@@ -455,9 +427,7 @@ def _train(
     lr_schedule = get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
     generator = torch.Generator().manual_seed(config.seed + 1)
     val_latents = feats.latent_mean[split.val, 0].float()  # (N_val, C, S, S): reference covers
-    val_hidden = feats.hidden[
-        feats.table[split.val, N_TEMPLATES]
-    ].float()  # teacher prompts, as at generation
+    val_hidden = feats.hidden[feats.table[split.val, N_TEMPLATES]].float()  # teacher prompts, as generated
 
     def evaluate(hidden: torch.Tensor = val_hidden) -> dict[str, object]:
         """ε-MSE of the EMA weights (the ones saved) on the validation covers."""
@@ -469,27 +439,21 @@ def _train(
         return result
 
     checkpoint = out / CHECKPOINT_NAME
-    start_epoch, history, seconds_before = 0, [], 0.0
-    if resume and checkpoint.is_file():
-        state = _load_checkpoint(checkpoint, fingerprint)
-        unet.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        lr_schedule.load_state_dict(state["lr_schedule"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        start_epoch, history, seconds_before = state["epoch"], list(state["history"]), state["seconds"]
-        logger.info("resuming %s from epoch %d of %d", out, start_epoch, config.epochs)
-    else:
+    modules = {"model": unet, "ema": ema, "optimizer": optimizer, "lr_schedule": lr_schedule}
+    generators = {"generator": generator}
+    inputs = "items, config, VAE or CLIP"
+    state = loop.load_checkpoint(
+        checkpoint, fingerprint, _CHECKPOINT_FORMAT, "mini-UNet", inputs, resume=resume
+    )
+    start_epoch, history, seconds_before = loop.restore(
+        state, modules, generators, logger, out, config.epochs
+    )
+    if state is None:
         history.append({"epoch": 0, "val_eps_mse": evaluate()})  # the untrained model: where the curve starts
 
     epoch_seconds: list[float] = []
     for epoch in range(start_epoch, config.epochs):
-        elapsed = time.perf_counter() - started
-        if max_minutes is not None and epoch_seconds and elapsed + max(epoch_seconds) > 60 * max_minutes:
-            logger.warning(
-                "time budget %.1f min reached at epoch %d/%d; resumable", max_minutes, epoch, config.epochs
-            )
+        if loop.stop_for_time(logger, started, epoch_seconds, max_minutes, epoch, config.epochs):
             break
         tick = time.perf_counter()
         batches = pairs[torch.randperm(len(pairs), generator=generator)].split(config.batch_size)
@@ -503,32 +467,25 @@ def _train(
             "mini-UNet epoch %d/%d (%.0fs): loss %.4f, val ε-MSE %.4f",
             epoch + 1, config.epochs, epoch_seconds[-1], loss, val["mean"],
         )  # fmt: skip
-        state = {
-            "format": _CHECKPOINT_FORMAT, "fingerprint": fingerprint, "epoch": epoch + 1,
-            "model": unet.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-            "lr_schedule": lr_schedule.state_dict(), "generator": generator.get_state(),
-            "torch_rng": torch.get_rng_state(), "history": history,
-            "seconds": seconds_before + time.perf_counter() - started,
-        }  # fmt: skip
-        with atomic_path(checkpoint) as tmp:
-            torch.save(state, tmp)
+        seconds = seconds_before + time.perf_counter() - started
+        state = loop.epoch_checkpoint(
+            _CHECKPOINT_FORMAT, fingerprint, epoch + 1, modules, generators, history, seconds
+        )
+        loop.torch_save_atomic(checkpoint, state)
 
     # the EMA weights + the inference scheduler; held-out ε-MSE with and without the text, and on test items
     empty_caption = evaluate(feats.hidden[:1].float().expand_as(val_hidden))
     ema.copy_to(unet.parameters())
     unet.eval()
-    _save_folder(unet, out / "unet")
-    _save_folder(ddim, out / "scheduler")
+    loop.replace_folder(out / "unet", unet.save_pretrained)
+    loop.replace_folder(out / "scheduler", ddim.save_pretrained)
     write_text_atomic(out / CONFIG_NAME, config.to_json())
     test_latents = feats.latent_mean[split.test, 0].float()
     test_hidden = feats.hidden[feats.table[split.test, N_TEMPLATES]].float()
     test = eps_mse(unet, test_latents, test_hidden, config.val_timesteps, noise_scheduler, config.seed + 3)
-    epochs_done = history[-1]["epoch"]
     metrics = {
-        "n_items": len(items), "n_train": len(split.train), "n_val": len(split.val),
-        "n_test": len(split.test), "train_pairs": len(pairs), "steps_per_epoch": steps_per_epoch,
-        "epochs": config.epochs,
-        "epochs_completed": epochs_done, "completed": epochs_done == config.epochs,
+        **loop.split_sizes(items, split), "train_pairs": len(pairs), "steps_per_epoch": steps_per_epoch,
+        **loop.epoch_counts(history, config.epochs),
         "val_eps_mse": history[-1]["val_eps_mse"], "val_eps_mse_empty_caption": empty_caption,
         "test_eps_mse": test, "cross_attention_dim": unet.config.cross_attention_dim,
         "text_max_length": feats.text_max_length, "n_captions": len(feats.captions),
@@ -536,10 +493,7 @@ def _train(
         "parameters": sum(p.numel() for p in unet.parameters()),
         "ema": {k: v for k, v in ema.state_dict().items() if k != "shadow_params"},
         "precompute_seconds": round(precompute_seconds, 1),
-        "seconds": round(seconds_before + time.perf_counter() - started, 1),
-        "seconds_this_call": round(time.perf_counter() - started, 1),
-        "torch_threads": torch.get_num_threads(),
-        "load_average_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
+        **loop.run_seconds(started, seconds_before, load_start),
         "fingerprint": fingerprint, "history": history, "config": dataclasses.asdict(config),
     }  # fmt: skip
     text = json.dumps(metrics, indent=2)
@@ -571,37 +525,9 @@ def _train_epoch(
         cond = feats.hidden[sample_caption_ids(feats.table, rows, config, generator)].float()  # (B, L, W)
         pred = unet(noise_scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
         loss = torch.nn.functional.mse_loss(pred, noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip)
-        optimizer.step()
-        lr_schedule.step()
+        loop.optimizer_step(loss, optimizer, lr_schedule, unet.parameters(), config.grad_clip)
         ema.step(unet.parameters())
         total, steps = total + loss.item(), steps + 1
         if hasattr(batches, "set_postfix"):
             batches.set_postfix(loss=f"{total / steps:.4f}")
     return total / max(1, steps)
-
-
-def _load_checkpoint(path: Path, fingerprint: str) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged file
-        raise DataError(f"cannot read checkpoint ({exc}); delete it or pass resume=False", path=path) from exc
-    if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
-        raise DataError("not a mini-UNet checkpoint; delete it or pass resume=False", path=path)
-    if state["fingerprint"] != fingerprint:
-        raise ValueError(
-            f"{path} belongs to a run with other items, config, VAE or CLIP; use another out_dir or "
-            "resume=False"
-        )
-    return state
-
-
-def _save_folder(component: UNet2DConditionModel | DDIMScheduler, folder: Path) -> None:
-    """`save_pretrained` into a sibling staging folder, then swap it in: never a half-written folder."""
-    staging = folder.with_name(f".{folder.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    component.save_pretrained(staging)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(staging, folder)

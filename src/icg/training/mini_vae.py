@@ -26,7 +26,6 @@ checkpoint.pt, cache/ (rendered covers, unless `cache_dir` is given).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -43,9 +42,9 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from tqdm.auto import tqdm
 
-from icg.atomic import atomic_path, write_text_atomic
-from icg.errors import DataError
+from icg.atomic import write_text_atomic
 from icg.training import clip_data as cd
+from icg.training import loop
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +56,7 @@ _EVAL_BATCH = 64
 
 
 @dataclasses.dataclass(frozen=True)
-class MiniVaeConfig:
+class MiniVaeConfig(loop.JsonConfig):
     """Architecture, data and optimisation of one mini-VAE run (mini_vae.json beside the weights)."""
 
     image_size: int = 64
@@ -86,10 +85,7 @@ class MiniVaeConfig:
         object.__setattr__(self, "block_out_channels", channels)  # JSON gives a list
         positive = ("layers_per_block", "latent_channels", "norm_num_groups", "variants", "epochs")
         positive += ("batch_size", "scale_images")
-        for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        loop.check_positive_ints(self, positive)
         cd.check_size(self.image_size)  # the renderer's range, 64-512 px
         if not channels or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in channels):
             raise ValueError(f"block_out_channels must be positive integers, got {channels!r}")
@@ -118,17 +114,6 @@ class MiniVaeConfig:
     @property
     def latent_size(self) -> int:
         return self.image_size // 2 ** (len(self.block_out_channels) - 1)
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> MiniVaeConfig:
-        values = json.loads(text)
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown MiniVaeConfig fields {sorted(unknown)}")
-        return cls(**values)
 
 
 def build_vae(config: MiniVaeConfig) -> AutoencoderKL:
@@ -217,41 +202,9 @@ def latent_statistics(vae: AutoencoderKL, covers: torch.Tensor) -> dict[str, obj
     }
 
 
-def _fingerprint(items: pd.DataFrame, config: MiniVaeConfig) -> str:
-    payload = [list(map(str, items["item_id"])), list(map(str, items["title"])), cd.items_genres(items)]
-    return hashlib.sha256(json.dumps([payload, dataclasses.asdict(config)]).encode()).hexdigest()
-
-
 def _optimizer(model: AutoencoderKL, config: MiniVaeConfig, total_steps: int):
     """AdamW (decay on ≥2-D weights only), linear warmup, then cosine decay to 0."""
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-    )
-    warmup = max(1, round(config.warmup_fraction * total_steps))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def _load_checkpoint(path: Path, fingerprint: str) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged file
-        raise DataError(f"cannot read checkpoint ({exc}); delete it or pass resume=False", path=path) from exc
-    if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
-        raise DataError("not a mini-VAE checkpoint; delete it or pass resume=False", path=path)
-    if state["fingerprint"] != fingerprint:
-        raise ValueError(
-            f"{path} belongs to a run with other items or config; use another out_dir or resume=False"
-        )
-    return state
+    return loop.adamw_warmup_cosine(model.parameters(), config, total_steps)
 
 
 def vae_loss(vae: AutoencoderKL, pixels: torch.Tensor, config: MiniVaeConfig) -> dict[str, torch.Tensor]:
@@ -293,11 +246,7 @@ def _train_epoch(
         pos = order[start : start + config.batch_size]
         pixels = to_pixels(covers[torch.from_numpy(train_rows[pos.numpy()]), variant[pos]])  # (B, 3, S, S)
         parts = vae_loss(vae, pixels, config)
-        optimizer.zero_grad(set_to_none=True)
-        parts["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), config.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        loop.optimizer_step(parts["loss"], optimizer, scheduler, vae.parameters(), config.grad_clip)
         for key, value in parts.items():
             sums[key] += float(value.detach())
         bar.set_postfix(loss=f"{sums['loss'] / (step + 1):.4f}")
@@ -323,19 +272,11 @@ def train_mini_vae(
     not redone (its metrics are returned).
     """
     config = config or MiniVaeConfig()
-    if max_minutes is not None and max_minutes <= 0:
-        raise ValueError(f"max_minutes must be positive, got {max_minutes}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+    loop.check_run_options(max_minutes, threads=threads)
     out = Path(out_dir)
     cache = Path(cache_dir) if cache_dir is not None else out / "cache"
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with loop.torch_threads(threads):
         return _train(items, out, config, cache, resume, progress, max_minutes)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _train(
@@ -348,22 +289,19 @@ def _train(
     max_minutes: float | None,
 ) -> dict[str, object]:
     started, load_start = time.perf_counter(), os.getloadavg()
-    items = items if config.max_items is None else items.iloc[: config.max_items]
-    items = items.reset_index(drop=True)
-    split = cd.split_items(len(items), config.seed, config.val_fraction, config.test_fraction)
+    items, split = loop.run_items(items, config, min_train=config.batch_size)
     n_train = len(split.train)
-    if n_train < config.batch_size:
-        raise ValueError(f"{n_train} training items are fewer than batch_size {config.batch_size}")
-    fingerprint = _fingerprint(items, config)
+    fingerprint = loop.items_fingerprint(items, config)
     metrics_file = out / METRICS_NAME
-    if resume and metrics_file.is_file() and (out / "config.json").is_file():
-        done = json.loads(metrics_file.read_text())
-        if done.get("completed") and done.get("fingerprint") == fingerprint:
-            logger.info("%s is complete; nothing to do", out)
-            return done
+    done = loop.finished_metrics(metrics_file, fingerprint, resume and (out / "config.json").is_file())
+    if done is not None:
+        logger.info("%s is complete; nothing to do", out)
+        return done
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / CHECKPOINT_NAME
-    state = _load_checkpoint(checkpoint, fingerprint) if resume and checkpoint.is_file() else None
+    state = loop.load_checkpoint(
+        checkpoint, fingerprint, _CHECKPOINT_FORMAT, "mini-VAE", "items or config", resume=resume
+    )
 
     covers = cd.render_cover_cache(
         items, cache, config.image_size, config.variants, progress
@@ -376,25 +314,14 @@ def _train(
         vae = build_vae(config)
         optimizer, scheduler = _optimizer(vae, config, config.epochs * steps_per_epoch)
         sampler = torch.Generator().manual_seed(config.seed + 1)
-        start_epoch, history, seconds_before = 0, [], 0.0
-        if state is not None:
-            vae.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            sampler.set_state(state["sampler_rng"])
-            torch.set_rng_state(state["torch_rng"])
-            start_epoch, history, seconds_before = state["epoch"], list(state["history"]), state["seconds"]
-            logger.info("resuming %s from epoch %d of %d", out, start_epoch, config.epochs)
+        modules = {"model": vae, "optimizer": optimizer, "scheduler": scheduler}
+        generators = {"sampler_rng": sampler}
+        start_epoch, history, seconds_before = loop.restore(
+            state, modules, generators, logger, out, config.epochs
+        )
         epoch_seconds: list[float] = []
         for epoch in range(start_epoch, config.epochs):
-            elapsed = time.perf_counter() - started
-            if max_minutes is not None and epoch_seconds and elapsed + max(epoch_seconds) > 60 * max_minutes:
-                logger.warning(
-                    "time budget %.1f min reached at epoch %d/%d; resumable",
-                    max_minutes,
-                    epoch,
-                    config.epochs,
-                )
+            if loop.stop_for_time(logger, started, epoch_seconds, max_minutes, epoch, config.epochs):
                 break
             tick = time.perf_counter()
             losses = _train_epoch(
@@ -406,20 +333,11 @@ def _train(
             logger.info(
                 "mini-VAE epoch %d/%d (%.0fs): %s", epoch + 1, config.epochs, epoch_seconds[-1], history[-1]
             )
-            state = {
-                "format": _CHECKPOINT_FORMAT,
-                "fingerprint": fingerprint,
-                "epoch": epoch + 1,
-                "model": vae.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "sampler_rng": sampler.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "history": history,
-                "seconds": seconds_before + time.perf_counter() - started,
-            }
-            with atomic_path(checkpoint) as tmp:
-                torch.save(state, tmp)
+            seconds = seconds_before + time.perf_counter() - started
+            state = loop.epoch_checkpoint(
+                _CHECKPOINT_FORMAT, fingerprint, epoch + 1, modules, generators, history, seconds
+            )
+            loop.torch_save_atomic(checkpoint, state)
         # the scaling factor's sample: seeded, so a resumed run measures the same covers
         pairs = torch.randperm(
             n_train * config.variants, generator=torch.Generator().manual_seed(config.seed)
@@ -436,25 +354,16 @@ def _train(
     val = evaluate_vae(vae, val_covers)
     vae.save_pretrained(out)
     write_text_atomic(out / CONFIG_NAME, config.to_json())
-    epochs_done = history[-1]["epoch"] if history else 0
     metrics = {
-        "n_items": len(items),
-        "n_train": n_train,
-        "n_val": len(split.val),
-        "n_test": len(split.test),
-        "epochs": config.epochs,
-        "epochs_completed": epochs_done,
-        "completed": epochs_done == config.epochs,
+        **loop.split_sizes(items, split),
+        **loop.epoch_counts(history, config.epochs),
         "test": test,
         "val": val,
         "scaling_factor": round(scaling_factor, 6),
         "latent_statistics": {**stats, "n_covers": len(scale_covers)},
         "latent_shape": [config.latent_channels, config.latent_size, config.latent_size],
         "parameters": sum(p.numel() for p in vae.parameters()),
-        "seconds": round(seconds_before + time.perf_counter() - started, 1),
-        "seconds_this_call": round(time.perf_counter() - started, 1),
-        "threads": torch.get_num_threads(),
-        "load_average_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
+        **loop.run_seconds(started, seconds_before, load_start, threads_key="threads"),
         "fingerprint": fingerprint,
         "history": history,
         "config": dataclasses.asdict(config),

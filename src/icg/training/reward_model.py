@@ -37,13 +37,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import CLIPModel, CLIPProcessor
 
-from icg.atomic import atomic_path, write_text_atomic
+from icg.atomic import write_text_atomic
 from icg.context.teacher import TEMPLATE_TEACHER, join_words, template_captions
 from icg.data.covers.render import MIN_SIZE, display_title, item_genres
 from icg.data.pairs import SPLITS, PairConfig, build_pairs
 from icg.data.records import InteractionData
 from icg.errors import DataError
 from icg.rewards.personalized import Encoded, PersonalizedRewardConfig, PersonalizedRewardModel, load_clip
+from icg.training import loop
 
 logger = logging.getLogger(__name__)
 
@@ -222,10 +223,7 @@ class RewardTrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "patience"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        loop.check_positive_ints(self, ("epochs", "batch_size", "patience"))
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr}")
 
@@ -307,8 +305,7 @@ def train_reward_model(
     with each epoch's record after its checkpoint is written; `info` is copied into the metrics.
     """
     config = config or RewardTrainConfig()
-    if max_minutes is not None and max_minutes <= 0:
-        raise ValueError(f"max_minutes must be positive, got {max_minutes}")
+    loop.check_run_options(max_minutes)
     if any(len(data.pairs.get(s, ())) == 0 for s in SPLITS):
         raise ValueError(
             f"every split needs pairs; got { ({s: len(data.pairs.get(s, ())) for s in SPLITS}) }"
@@ -347,8 +344,7 @@ def train_reward_model(
         for epoch in range(start_epoch, config.epochs):
             if stopper.should_stop:
                 break
-            elapsed = time.perf_counter() - started
-            if max_minutes is not None and epoch_seconds and elapsed + max(epoch_seconds) > 60 * max_minutes:
+            if loop.time_is_up(started, epoch_seconds, max_minutes):
                 logger.warning("time budget of %.1f min reached at epoch %d; resumable", max_minutes, epoch)
                 break
             tick = time.perf_counter()
@@ -374,8 +370,7 @@ def train_reward_model(
                 "history": history,
                 "best_model": best_state,
             }
-            with atomic_path(checkpoint) as tmp:
-                torch.save(state, tmp)
+            loop.torch_save_atomic(checkpoint, state)
             if on_epoch_end is not None:
                 on_epoch_end(record)
     _load_trainable(model, best_state)
