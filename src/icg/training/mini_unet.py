@@ -75,9 +75,9 @@ class MiniUnetConfig(loop.JsonConfig):
     teacher_fraction: float = 0.5  # P(teacher prompt | kept); otherwise a uniform caption template
     sample_latents: bool = True
     variants: int = 4
-    epochs: int = 12
+    epochs: int = 24
     batch_size: int = 32
-    lr: float = 5e-4
+    lr: float = 1e-3
     weight_decay: float = 1e-2
     warmup_fraction: float = 0.05
     grad_clip: float = 1.0
