@@ -155,7 +155,8 @@ def test_interrupted_run_resumes_to_identical_weights(
         assert train_mini_unet(items, out, TINY, **frozen, threads=1, progress=False) == final
     assert "nothing to do" in caplog.text
     with pytest.raises(ValueError, match="other items, config"):
-        train_mini_unet(items, out, dataclasses.replace(TINY, lr=1e-3), **frozen, threads=1, progress=False)
+        other = dataclasses.replace(TINY, lr=TINY.lr * 2)
+        train_mini_unet(items, out, other, **frozen, threads=1, progress=False)
 
 
 def test_caption_sampler_drops_to_empty_at_the_configured_rate(items: pd.DataFrame) -> None:
