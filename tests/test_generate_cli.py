@@ -79,3 +79,9 @@ def test_bad_input_is_one_line_and_writes_nothing(
     assert code == 2, err
     assert needle in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_dataset_items_carry_the_title_as_the_cover_prints_it():
+    from icg.generate import dataset_item
+
+    assert dataset_item("ml-100k", "12", size=64).title == "The Usual Suspects"

@@ -38,7 +38,7 @@ def read_image(path: str | Path) -> PIL.Image.Image:
 
 def dataset_item(dataset: str, item_id: str, size: int = 256) -> CoverItem:
     """A dataset item as a CoverItem: its cover file if it has one, else its rendered reference cover."""
-    from icg.data.covers.render import render_cover
+    from icg.data.covers.render import display_title, render_cover
     from icg.data.registry import load_dataset
 
     row = load_dataset(dataset).item_by_id(item_id)
@@ -47,7 +47,10 @@ def dataset_item(dataset: str, item_id: str, size: int = 256) -> CoverItem:
     else:
         year = None if row["year"] is None or str(row["year"]) == "<NA>" else int(row["year"])
         image = render_cover(str(row["item_id"]), row["title"], row["genres"], year=year, size=size)
-    return CoverItem(title=row["title"], image=image, item_id=str(row["item_id"]))
+    # the title as a cover prints it ("Usual Suspects, The" → "The Usual Suspects"): what an MLLM reads best
+    # and what the mini context encoder was trained on
+    title = display_title(str(row["title"])) or str(row["title"])
+    return CoverItem(title=title, image=image, item_id=str(row["item_id"]))
 
 
 def slug(text: str, limit: int = 40) -> str:
