@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -34,7 +33,9 @@ from pathlib import Path
 from icg.atomic import write_text_atomic
 from icg.data.records import InteractionData
 from icg.errors import ICGError
+from icg.evaluation.table6 import machine
 from icg.presets import PresetSpec, mini_assets_dir
+from icg.training.loop import torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -85,31 +86,19 @@ def _step_context(data: InteractionData, work: Path, threads: int, progress: boo
 
 
 def _step_users(data: InteractionData, work: Path, threads: int, progress: bool) -> dict:
-    import torch
-
     from icg.users.train import train_user_encoder
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return train_user_encoder(data, work / "users", seed=0, progress=progress)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _step_reward(data: InteractionData, work: Path, threads: int, progress: bool) -> dict:
-    import torch
-
     from icg.training.reward_model import train_from_dataset
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return train_from_dataset(
             data, work / "reward", "mini", clip=work / "clip", seed=0, epochs=REWARD_EPOCHS
         )
-    finally:
-        torch.set_num_threads(previous)
 
 
 # The mini's adapter recipe (paper §3.4.2 at mini scale): a short stage 1, then reward feedback, both with
@@ -160,12 +149,6 @@ def check_steps(steps: Sequence[str]) -> list[str]:
     if unknown:
         raise ICGError(f"unknown mini training step(s) {unknown}; expected some of {list(STEPS)}")
     return [s for s in STEPS if s in steps]  # always in dependency order
-
-
-def machine() -> str:
-    import os
-
-    return f"{platform.machine()} {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
 
 
 def train_mini(
