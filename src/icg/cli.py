@@ -290,7 +290,9 @@ def train_mini_cmd(
     step: Annotated[
         list[str] | None,
         typer.Option(
-            "--step", help="Run only these steps (repeatable): clip, vae, unet, context, users, reward."
+            "--step",
+            help="Run only these steps (repeatable): clip, vae, unet, context, users, reward, "
+            "reward-judge, adapter-init, adapter.",
         ),
     ] = None,
     package: Annotated[bool, typer.Option(help="Package the preset folder after the steps.")] = True,
@@ -334,6 +336,12 @@ def train_adapter_cmd(
     hpsv2: Annotated[str | None, typer.Option(help="HPSv2.1 checkpoint (.pt) to enable that reward.")] = None,
     pickscore: Annotated[str | None, typer.Option(help="PickScore_v1 folder to enable that reward.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of sampling, noise and stop steps.")] = 0,
+    guard_every: Annotated[
+        int, typer.Option(help="Reward-hacking guard: held-out judges every N steps (0 = off).")
+    ] = 100,
+    guard_stop: Annotated[
+        bool, typer.Option(help="Stop when the guard flags 2 checks in a row (default: warn only).")
+    ] = False,
     minutes: Annotated[float | None, typer.Option(help="Time budget (checkpointed; re-run resumes).")] = None,
     threads: ThreadsOpt = None,
 ) -> None:
@@ -347,6 +355,7 @@ def train_adapter_cmd(
             lambda_per=lambda_per, lambda_pick=lambda_pick, lambda_rec=lambda_rec,
             denoise_weight=denoise_weight, grad_steps=grad_steps, mixed_precision=mixed_precision,
             checkpoint_every=checkpoint_every, sample_every=checkpoint_every, seed=seed,
+            guard_every=guard_every, guard_stop=guard_stop,
         )  # fmt: skip
         spec = get_preset(preset).replace(adapter=str(init_adapter) if init_adapter else None)
         metrics = train_adapter_from_preset(

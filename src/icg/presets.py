@@ -44,6 +44,8 @@ class PresetSpec:
     adapter: str | None = None
     clip: str | None = None  # CLIPModel folder: CLIP score, reconstruction target, reward backbone
     reward_model: str | None = None  # personalized preference reward model folder
+    # held-out judge: a personalized reward model of another seed and user split, never optimised against
+    reward_judge: str | None = None
     num_meta_tokens: int = 1
     num_context_tokens: int = 4
     num_user_tokens: int = 4
@@ -87,6 +89,7 @@ def tiny_preset(folder: Path | None = None) -> PresetSpec:
 
 COMPONENT_PATHS = (
     "base_model", "base_config", "context_encoder", "user_encoder", "adapter", "clip", "reward_model",
+    "reward_judge",
 )  # fmt: skip
 
 

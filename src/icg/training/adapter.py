@@ -31,29 +31,27 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 from tqdm.auto import tqdm
 
-from icg.adapter.attention import get_adapter_layers, personalized_unet_inputs
+from icg.adapter.attention import get_adapter_layers
 from icg.adapter.checkpoint import save_adapter
 from icg.atomic import atomic_path, write_text_atomic
 from icg.rewards.base import Reward, RewardTerm, WeightedRewards
-from icg.rewards.personalized import reward_text
 from icg.training import loop
 from icg.training.adapter_data import (
     AdapterData,
-    ItemFeatures,
     SampleStream,
-    _mix_seed,
     frozen_latents,
     item_features,
 )
+from icg.training.adapter_step import AdapterStep
+from icg.training.guard import GuardMonitor, GuardRule, Judge, default_judges, held_out_scores
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +62,10 @@ REWARD_WEIGHTS = {
     "hpsv2": "lambda_hps", "personalized": "lambda_per", "pickscore": "lambda_pick", "clip": "lambda_rec",
 }  # fmt: skip
 # fields that may differ between a checkpoint and the run resuming it (they change no trained value)
-RESUMABLE_CHANGES = ("steps", "checkpoint_every", "sample_every", "keep_checkpoints", "num_sample_covers")
+RESUMABLE_CHANGES = ("steps", "checkpoint_every", "sample_every", "keep_checkpoints", "num_sample_covers",
+                     "guard_every", "guard_min_t", "guard_min_effect", "guard_min_falling", "guard_patience",
+                     "guard_stop")  # fmt: skip
+GUARD_SAMPLES = 16  # held-out (item, user) samples the guard scores at every check
 CONFIG_NAME = "adapter_train_config.json"
 STATE_NAME = "trainer_state.json"
 METRICS_NAME = "metrics.json"
@@ -99,6 +100,13 @@ class AdapterTrainConfig(loop.JsonConfig):
     sample_every: int = 100  # grid of sample covers every M steps; 0 = never
     keep_checkpoints: int = 2
     num_sample_covers: int = 4
+    # reward-hacking guard (icg.training.guard): held-out judges every `guard_every` steps; 0 = off
+    guard_every: int = 0
+    guard_min_t: float = 2.0  # |paired t| vs the step-0 check for a change to count
+    guard_min_effect: float = 0.1  # |mean change| / the step-0 spread over samples for a change to count
+    guard_min_falling: int = 1  # judges that must fall while the training reward rises to flag a check
+    guard_patience: int = 2  # flagged checks in a row that stop the run when `guard_stop`
+    guard_stop: bool = False  # False: warn only
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -109,12 +117,14 @@ class AdapterTrainConfig(loop.JsonConfig):
         positive = ("steps", "batch_size", "num_inference_steps", "grad_steps", "stop_window")
         positive += ("max_prompt_tokens", "gradient_accumulation_steps", "checkpoint_every")
         positive += ("keep_checkpoints", "num_sample_covers")
-        for name in (*positive, "warmup_steps", "sample_every", "seed"):
+        for name in (*positive, "warmup_steps", "sample_every", "guard_every", "seed"):
             value, low = getattr(self, name), int(name in positive)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        if not isinstance(self.gradient_checkpointing, bool):
-            raise ValueError(f"gradient_checkpointing must be a bool, got {self.gradient_checkpointing!r}")
+        for name in ("gradient_checkpointing", "guard_stop"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        self.guard_rule()  # validates the guard fields
         numbers = ("lr", "weight_decay", "grad_clip", "guidance_scale", "denoise_weight")
         for name in (*numbers, *REWARD_WEIGHTS.values()):
             value = getattr(self, name)
@@ -140,6 +150,15 @@ class AdapterTrainConfig(loop.JsonConfig):
             return {"clip": float(self.lambda_rec)} if self.lambda_rec > 0 else {}
         return {n: float(getattr(self, f)) for n, f in REWARD_WEIGHTS.items() if getattr(self, f) > 0}
 
+    def guard_rule(self) -> GuardRule:
+        return GuardRule(
+            self.guard_min_t,
+            self.guard_min_effect,
+            self.guard_min_falling,
+            self.guard_patience,
+            self.guard_stop,
+        )
+
     def run_key(self) -> str:
         """Hash of the fields a resumed run must share with its checkpoint."""
         core = {k: v for k, v in dataclasses.asdict(self).items() if k not in RESUMABLE_CHANGES}
@@ -157,124 +176,6 @@ class TrainableAdapter(nn.Module):
 
     def forward(self, step) -> dict:
         return step()
-
-
-# ------------------------------------------------------------------------------------------- the step
-class _Step:
-    """Rollout, decoding and losses for one micro-batch; everything random is seeded by stream position."""
-
-    def __init__(
-        self,
-        pipe,
-        data: AdapterData,
-        feats: ItemFeatures,
-        objective: WeightedRewards,
-        config: AdapterTrainConfig,
-        device: torch.device,
-        ref_latents: Tensor | None,
-    ) -> None:
-        from diffusers import DDIMScheduler
-
-        self.pipe, self.data, self.feats, self.objective, self.config = pipe, data, feats, objective, config
-        self.device, self.ref_latents = device, ref_latents
-        self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)  # the paper's sampler, never shared
-        self.pixels = pipe.unet.config.sample_size * pipe.vae_scale_factor
-        self.unet_dtype = pipe.unet.dtype
-
-    def conditioning(self, rows: Tensor) -> tuple[list[str], Tensor, Tensor, Tensor]:
-        """(prompts, c_t (B, T, W) without graph, c_p and its unconditional twin (B, M, W) with graph)."""
-        users, items = self.data.samples[rows].unbind(1)
-        prompts = [self.feats.prompts[i] for i in items.tolist()]
-        with torch.no_grad():
-            text = self.pipe.encode_text(prompts)  # (B, T, W)
-        context = self.feats.context[items].to(self.device)  # (B, N, D)
-        user = self.feats.users[users].to(self.device) if self.feats.users is not None else None  # (B, D_u)
-        cond_p, uncond_p = self.pipe.personal_tokens(context, user)  # (B, M, W) each
-        return prompts, text, cond_p, uncond_p
-
-    def rollout(
-        self, text: Tensor, cond_p: Tensor, uncond_p: Tensor, seeds: list[int], stop: int, grad: bool
-    ) -> Tensor:
-        """DDIM from noise to step `stop`; gradients through the last K steps when `grad` → images [0, 1].
-
-        Training (`grad`) decodes the stop step's x̂0; sampling (stop = last step) decodes its x_{t-1},
-        exactly as `CoverPipeline.__call__`."""
-        from diffusers.utils.torch_utils import randn_tensor
-
-        cfg, k = self.config.guidance_scale > 1.0, self.config.grad_steps
-        if cfg:
-            with torch.no_grad():
-                empty = self.pipe.encode_text([""]).expand_as(text)
-            text, personal = torch.cat([empty, text]), torch.cat([uncond_p, cond_p])
-        else:
-            personal = cond_p
-        inputs = personalized_unet_inputs(text.to(self.unet_dtype), personal.to(self.unet_dtype))
-        generators = [torch.Generator().manual_seed(s) for s in seeds]
-        side = self.pixels // self.pipe.vae_scale_factor
-        shape = (len(seeds), self.pipe.unet.config.in_channels, side, side)
-        latents = randn_tensor(shape, generator=generators, device=self.device, dtype=torch.float32)
-        latents = latents * self.scheduler.init_noise_sigma  # (B, C, h, w) float32
-        self.scheduler.set_timesteps(self.config.num_inference_steps, device=self.device)
-        for i, t in enumerate(self.scheduler.timesteps[: stop + 1]):
-            with torch.set_grad_enabled(grad and i > stop - k):
-                model_input = torch.cat([latents] * 2) if cfg else latents
-                model_input = self.scheduler.scale_model_input(model_input, t).to(self.unet_dtype)
-                noise = self.pipe.unet(model_input, t, **inputs).sample.float()
-                if cfg:
-                    noise_uncond, noise_cond = noise.chunk(2)
-                    noise = noise_uncond + self.config.guidance_scale * (noise_cond - noise_uncond)
-                out = self.scheduler.step(noise, t, latents)
-                latents = out.prev_sample
-        final = out.pred_original_sample if grad else latents
-        vae = self.pipe.vae
-        images = vae.decode((final / vae.config.scaling_factor).to(vae.dtype)).sample.float()
-        return (images / 2 + 0.5).clamp(0, 1)  # (B, 3, H, W)
-
-    def denoise_loss(self, rows: Tensor, text: Tensor, cond_p: Tensor, first: int) -> Tensor:
-        """ε-MSE (or v-MSE) of the adapted UNet on noised reference-cover latents: keeps it a denoiser."""
-        assert self.ref_latents is not None
-        items = self.data.samples[rows, 1]
-        z0 = self.ref_latents[items].to(self.device)  # (B, C, h, w)
-        seed = self.config.seed
-        gens = [
-            torch.Generator().manual_seed(_mix_seed(seed, "denoise", first + b)) for b in range(len(rows))
-        ]
-        noise = torch.stack([torch.randn(z0.shape[1:], generator=g) for g in gens]).to(self.device)
-        t_max = self.scheduler.config.num_train_timesteps
-        t = torch.tensor([int(torch.randint(0, t_max, (1,), generator=g)) for g in gens], device=self.device)
-        noisy = self.scheduler.add_noise(z0, noise, t).to(self.unet_dtype)
-        inputs = personalized_unet_inputs(text.to(self.unet_dtype), cond_p.to(self.unet_dtype))
-        pred = self.pipe.unet(noisy, t, **inputs).sample.float()
-        epsilon = self.scheduler.config.prediction_type == "epsilon"
-        target = noise if epsilon else self.scheduler.get_velocity(z0, noise, t)
-        return F.mse_loss(pred, target)
-
-    def __call__(self, rows: Tensor, first: int, micro: int) -> dict:
-        """Loss and log values of the micro-batch `rows` (stream positions first … first + B − 1)."""
-        cfg = self.config
-        prompts, text, cond_p, uncond_p = self.conditioning(rows)
-        seeds = [_mix_seed(cfg.seed, "noise", first + b) for b in range(len(rows))]
-        stop_gen = torch.Generator().manual_seed(_mix_seed(cfg.seed, "stop", micro))
-        stop = cfg.num_inference_steps - 1 - int(torch.randint(0, cfg.stop_window, (1,), generator=stop_gen))
-        images = self.rollout(text, cond_p, uncond_p, seeds, stop, grad=True)
-        users, items = self.data.samples[rows].unbind(1)
-        titles = [self.data.titles[i] for i in items.tolist()]
-        profiles = [self.data.profiles[u] for u in users.tolist()]
-        texts = {
-            name: [reward_text(t, p) for t, p in zip(titles, prompts, strict=True)]
-            if name == "personalized"
-            else prompts
-            for name in self.objective.enabled
-        }
-        breakdown = self.objective(images, texts, profiles)
-        loss, log = breakdown.total, breakdown.log_values()
-        log["loss/rewards"] = log.pop("loss/total")
-        if cfg.denoise_weight > 0:
-            reg = self.denoise_loss(rows, text, cond_p, first)
-            loss = loss + cfg.denoise_weight * reg
-            log["loss/denoise"] = float(reg.detach())
-        log |= {"loss/total": float(loss.detach()), "stop_index": stop}
-        return {"loss": loss, "log": log}
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
@@ -325,17 +226,14 @@ def _save_checkpoint(accelerator, out: Path, step: int, config: AdapterTrainConf
     accelerator.wait_for_everyone()
 
 
-def _save_grid(step_fn: _Step, out: Path, step: int) -> None:
+def _save_grid(step_fn: AdapterStep, out: Path, step: int) -> None:
     """Sample covers of fixed (item, user) samples and noise, full DDIM, no gradients → samples/step-N.png."""
     from diffusers.utils import make_image_grid
     from PIL import Image
 
     cfg, data = step_fn.config, step_fn.data
     rows = torch.linspace(0, len(data) - 1, min(cfg.num_sample_covers, len(data))).long().unique()
-    with torch.no_grad():
-        _, text, cond_p, uncond_p = step_fn.conditioning(rows)
-        seeds = [_mix_seed(cfg.seed, "grid", j) for j in range(len(rows))]
-        images = step_fn.rollout(text, cond_p, uncond_p, seeds, cfg.num_inference_steps - 1, grad=False)
+    _, images = step_fn.sample(rows, "grid")
     arrays = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype("uint8")
     grid = make_image_grid([Image.fromarray(a) for a in arrays], rows=1, cols=len(arrays))
     with atomic_path(out / "samples" / f"step-{step:06d}.png") as tmp:
@@ -370,6 +268,8 @@ def train_adapter(
     max_steps: int | None = None,
     threads: int | None = None,
     cache_dir: str | Path | None = None,
+    held_out: AdapterData | None = None,
+    judges: Sequence[Judge] = (),
 ) -> dict[str, object]:
     """Train `pipe`'s adapter + projector on `samples` with `rewards` (name → Reward); returns the metrics.
 
@@ -380,6 +280,9 @@ def train_adapter(
     for this call; a resumed run must use the same count for bit-identical weights. `pipe` is trained in
     place (its other modules are frozen); a run already complete in `out_dir` returns its metrics at once
     and leaves `pipe` as it is (load `out_dir/adapter` instead).
+
+    With `config.guard_every > 0`, `held_out` (samples the run never trains on) and `judges` (measures it
+    never optimises, e.g. `guard.default_judges`) form the reward-hacking guard (`icg.training.guard`).
     """
     config = config or AdapterTrainConfig()
     if not isinstance(samples, AdapterData):
@@ -387,13 +290,19 @@ def train_adapter(
             f"samples must be an AdapterData (see prepare_adapter_data), got {type(samples).__name__}"
         )
     loop.check_run_options(max_minutes, max_steps=max_steps, threads=threads)
+    if config.guard_every > 0 and (not isinstance(held_out, AdapterData) or not judges):
+        raise ValueError("guard_every > 0 needs held_out samples (an AdapterData) and at least one judge")
+    names = [j.name for j in judges]
+    if len(set(names)) != len(names) or "train_reward" in names:
+        raise ValueError(f"judge names must be unique and not 'train_reward', got {names}")
     objective = _build_objective(rewards, config)
     out = Path(out_dir)
     # the caller's global RNG is left as it was
     with loop.torch_threads(threads), torch.random.fork_rng(devices=[]):
         cache = Path(cache_dir) if cache_dir is not None else out / "cache" / "context"
         budget = (max_minutes, max_steps)
-        return _train(pipe, objective, samples, out, config, resume, progress, budget, cache)
+        guard = (held_out, list(judges)) if config.guard_every > 0 else None
+        return _train(pipe, objective, samples, out, config, resume, progress, budget, cache, guard)
 
 
 def _train(
@@ -406,6 +315,7 @@ def _train(
     progress: bool,
     budget: tuple[float | None, int | None],
     cache_dir: Path,
+    guard: tuple[AdapterData, list[Judge]] | None,
 ) -> dict[str, object]:
     max_minutes, max_steps = budget
     from accelerate import Accelerator, DistributedDataParallelKwargs
@@ -461,8 +371,22 @@ def _train(
         "constant_with_warmup", optimizer, num_warmup_steps=config.warmup_steps * accelerator.num_processes
     )
     module, optimizer, schedule = accelerator.prepare(module, optimizer, schedule)
-    step_fn = _Step(pipe, data, feats, objective, config, device, ref_latents)
+    step_fn = AdapterStep(pipe, data, feats, objective, config, device, ref_latents)
     stream = SampleStream(len(data), config.seed)
+    monitor, guard_fn = None, None
+    if guard is not None:
+        held_out, judges = guard
+        with accelerator.main_process_first():
+            held_feats = item_features(pipe, held_out, cache_dir, config.max_prompt_tokens)
+        guard_fn = AdapterStep(pipe, held_out, held_feats, objective, config, device, None)
+        judges = [j.to(device) for j in judges]
+        monitor = GuardMonitor(config.guard_rule(), {j.name: j.higher_is_better for j in judges})
+
+        def check(at: int) -> dict:
+            record = monitor.record(at, held_out_scores(guard_fn, judges, config.batch_size))
+            means = {f"guard/{k}": v for k, v in record["means"].items()}
+            return means | {"guard/flagged": record["flagged"]}
+
     if tensorboard:
         accelerator.init_trackers(f"adapter_{config.stage}", config=dataclasses.asdict(config))
 
@@ -472,6 +396,8 @@ def _train(
         state = _check_resumable(found[-1][1], config, fingerprint)
         accelerator.load_state(str(found[-1][1]))
         start, history, seconds_before = state["step"], state["history"], state["seconds"]
+        if monitor is not None:
+            monitor.checks = list(state.get("guard", []))
         if state.get("num_processes") != accelerator.num_processes:
             logger.warning(
                 "resuming on %d processes, checkpoint from %s: the sample order differs",
@@ -481,6 +407,10 @@ def _train(
         logger.info("resuming %s from step %d of %d", out, start, config.steps)
     elif config.sample_every and main:
         _save_grid(step_fn, out, 0)
+    if monitor is not None and not monitor.checks:
+        if start > 0:
+            logger.warning("the guard was off before step %d: its baseline is this step, not step 0", start)
+        accelerator.log(check(start), step=start)
 
     batch, procs, gas = config.batch_size, accelerator.num_processes, config.gradient_accumulation_steps
     step, step_seconds, saved = start, [], start
@@ -509,6 +439,8 @@ def _train(
         step += 1
         record = {k: sum(log[k] for log in logs) / len(logs) for k in logs[0]}
         record |= {"step": step, "lr": schedule.get_last_lr()[0]}
+        if monitor is not None and step % config.guard_every == 0:
+            record |= check(step)
         history.append(record)
         accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
         step_seconds.append(time.perf_counter() - tick)
@@ -516,12 +448,21 @@ def _train(
         bar.set_postfix(loss=f"{record['loss/total']:.4f}")
         seconds = seconds_before + time.perf_counter() - started
         trainer_state = {"step": step, "history": history, "data_fingerprint": fingerprint,
-                         "num_processes": procs, "seconds": seconds}  # fmt: skip
-        if step % config.checkpoint_every == 0 or step == config.steps:
+                         "num_processes": procs, "seconds": seconds,
+                         "guard": monitor.checks if monitor is not None else []}  # fmt: skip
+        stop = monitor is not None and monitor.should_stop
+        if step % config.checkpoint_every == 0 or step == config.steps or stop:
             _save_checkpoint(accelerator, out, step, config, trainer_state)
             saved = step
         if config.sample_every and step % config.sample_every == 0 and main:
             _save_grid(step_fn, out, step)
+        if stop:
+            logger.error(
+                "reward-hacking guard: stopping %s at step %d (%d flagged checks in a row); the checkpoint "
+                "is saved, adapter/ is not written",
+                out, step, config.guard_patience,
+            )  # fmt: skip
+            break
     bar.close()
     if step != saved:  # stopped by the budget between checkpoints
         _save_checkpoint(accelerator, out, step, config, trainer_state)
@@ -538,6 +479,8 @@ def _train(
         "adapter": str(out / "adapter") if completed else None, "rewards": config.reward_weights(),
         "denoise_weight": config.denoise_weight, "n_samples": len(data), "n_items": len(data.item_ids),
         "n_users": len(data.user_ids), "data": data.info, "device": str(device), "num_processes": procs,
+        "guard": monitor.summary() if monitor is not None else None,
+        "stopped_by_guard": bool(monitor is not None and monitor.should_stop),
         "tensorboard": tensorboard, "trainable_parameters": sum(p.numel() for p in unwrapped.parameters()),
         "seconds": seconds, "seconds_this_call": round(time.perf_counter() - started, 1),
         "seconds_per_step": round(sum(step_seconds) / len(step_seconds), 3) if step_seconds else None,
@@ -573,8 +516,11 @@ def train_adapter_from_preset(
     `data`: an `InteractionData` (samples by `prepare_adapter_data`, covers at the pipeline's size) or a
     ready `AdapterData`. Rewards: personalized from `spec.reward_model`, CLIP from `spec.clip`, HPSv2 and
     PickScore only from the paths given; an enabled reward with no source is switched off with a warning
-    (the mini preset has neither HPSv2 nor PickScore). Stage 2 starts from the adapter of `spec` (e.g.
-    `spec.replace(adapter=<stage 1 out>/adapter)`); with none, from a zero-initialised one.
+    (the mini preset has neither HPSv2 nor PickScore). With `config.guard_every > 0` the guard watches
+    `GUARD_SAMPLES` positives of validation users on validation items with `default_judges` (the preset's
+    `reward_judge`, SSIM, LPIPS-miniCLIP on its CLIP) unless `held_out`/`judges` are given. Stage 2 starts
+    from the adapter of `spec` (e.g. `spec.replace(adapter=<stage 1 out>/adapter)`); with none, from a
+    zero-initialised one.
     """
     from icg.errors import ICGError
     from icg.loading import load_cover_pipeline
@@ -599,8 +545,14 @@ def train_adapter_from_preset(
             {"processor_path": pickscore_processor} if name == "pickscore" and pickscore_processor else {}
         )
         rewards[name] = load_reward(name, sources[name], **kwargs)
+    pixels = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    if config.guard_every > 0 and "held_out" not in options:
+        if isinstance(data, AdapterData):
+            raise ICGError("the guard needs held-out samples: pass held_out=, or the dataset, not samples")
+        held = prepare_adapter_data(data, pixels, Path(out_dir) / "cache", user_split="val", item_split="val")
+        options["held_out"] = held.subset(GUARD_SAMPLES, seed=config.seed)
+        options.setdefault("judges", default_judges(spec.reward_judge, spec.clip))
     if not isinstance(data, AdapterData):
-        pixels = pipe.unet.config.sample_size * pipe.vae_scale_factor
         data = prepare_adapter_data(data, pixels, Path(out_dir) / "cache", max_users=max_users)
     config = dataclasses.replace(
         config, max_prompt_tokens=min(config.max_prompt_tokens, spec.explicit_prompt_tokens)

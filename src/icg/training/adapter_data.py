@@ -14,6 +14,7 @@ samples by arithmetic, with nothing to restore.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -64,6 +65,15 @@ class AdapterData:
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def subset(self, n: int, seed: int = 0) -> AdapterData:
+        """`n` samples drawn without replacement (seeded), the tables unchanged: e.g. a fixed guard set."""
+        if n < 1:
+            raise ValueError(f"subset needs n >= 1, got {n}")
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(_mix_seed(seed, "subset")))
+        rows = order[: min(n, len(self))].sort().values
+        info = {**self.info, "subset": f"{len(rows)} of {len(self)} samples (seed {seed})"}
+        return dataclasses.replace(self, samples=self.samples[rows], info=info)
 
     def fingerprint(self) -> str:
         h = hashlib.sha256(json.dumps([self.item_ids, self.titles, self.user_ids, self.profiles]).encode())

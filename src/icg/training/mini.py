@@ -9,6 +9,9 @@ output is complete, so a killed run loses at most one epoch of one step):
     context  tiny Qwen2.5-VL: meta tokens + template-teacher explicit prompts
     users    two-tower user encoder
     reward   personalized preference reward model on the mini CLIP
+    reward-judge
+             the same recipe with seed 1 (another user split, another init): the adapter's held-out judge,
+             never optimised against (reward-hacking guard, held-out report)
     adapter-init / adapter
              the dual-path adapter + projectors: stage 1 (CLIP reconstruction), then stage 2 (reward feedback
              from the personalized reward and CLIP score); they train on a preset packaged from the steps
@@ -39,7 +42,7 @@ from icg.training.loop import torch_threads
 
 logger = logging.getLogger(__name__)
 
-STEPS = ("clip", "vae", "unet", "context", "users", "reward", "adapter-init", "adapter")
+STEPS = ("clip", "vae", "unet", "context", "users", "reward", "reward-judge", "adapter-init", "adapter")
 RECORD_NAME = "train_mini.json"
 # The reward model's epochs (last CLIP layer + new modules, 18.8k train pairs) cost ~1.5-2.5 min on a busy
 # 2-core box, so the mini recipe fixes 8 epochs (a fixed count, not a time budget, keeps the result the
@@ -101,12 +104,26 @@ def _step_reward(data: InteractionData, work: Path, threads: int, progress: bool
         )
 
 
+JUDGE_SEED = 1  # the judge's pair split (users) and initialisation differ from the optimised reward's (0)
+
+
+def _step_reward_judge(data: InteractionData, work: Path, threads: int, progress: bool) -> dict:
+    from icg.training.reward_model import train_from_dataset
+
+    with torch_threads(threads):
+        return train_from_dataset(
+            data, work / "reward_judge", "mini", clip=work / "clip", seed=JUDGE_SEED, epochs=REWARD_EPOCHS
+        )
+
+
 # The mini's adapter recipe (paper §3.4.2 at mini scale): a short stage 1, then reward feedback, both with
 # ReFL's denoising regularizer. Measured on the first mini: lr 1e-3 without the regularizer raised the CLIP
 # reward 0.19 → 0.47 in 300 steps while the covers dissolved into colour blobs (reward hacking of a small
 # CLIP); lr 1e-4 with it barely moved anything (0.16 → 0.22). 3e-4 with the regularizer sits between.
+# Stage 2 runs with the reward-hacking guard (warn only): the judge reward model, SSIM and LPIPS-miniCLIP on
+# 16 validation (item, user) samples every 100 steps.
 ADAPTER_INIT = {"stage": "init", "steps": 300, "lr": 3e-4, "denoise_weight": 1.0}
-ADAPTER_REWARD = {"stage": "reward", "steps": 600, "lr": 3e-4, "denoise_weight": 1.0}
+ADAPTER_REWARD = {"stage": "reward", "steps": 600, "lr": 3e-4, "denoise_weight": 1.0, "guard_every": 100}
 
 
 def _adapter(work: Path, data: InteractionData, threads: int, progress: bool, stage: str) -> dict:
@@ -139,6 +156,7 @@ _STEP_FUNCTIONS: dict[str, Callable[[InteractionData, Path, int, bool], dict]] =
     "context": _step_context,
     "users": _step_users,
     "reward": _step_reward,
+    "reward-judge": _step_reward_judge,
     "adapter-init": _step_adapter_init,
     "adapter": _step_adapter,
 }
@@ -256,6 +274,9 @@ def _package_into(work: Path, staging: Path, with_adapter: bool) -> None:
     _copy_files(work / "context", staging / "context_encoder")
     _copy_files(work / "users", staging / "user_encoder")
     _copy_files(work / "reward", staging / "reward_model", folders=("clip",))
+    judge = work / "reward_judge"
+    if judge.is_dir():
+        _copy_files(judge, staging / "reward_judge", folders=("clip",))
     spec = PresetSpec(
         name="mini",
         base_model="backbone",
@@ -263,6 +284,7 @@ def _package_into(work: Path, staging: Path, with_adapter: bool) -> None:
         user_encoder="user_encoder",
         clip="clip",
         reward_model="reward_model",
+        reward_judge="reward_judge" if (staging / "reward_judge").is_dir() else None,
         adapter="adapter" if (staging / "adapter").is_dir() else None,
         num_meta_tokens=_context_meta_tokens(work / "context"),
         explicit_prompt_tokens=48,

@@ -1,0 +1,163 @@
+"""One adapter-training step (paper §3.4.2): conditioning, the ReFL/DRaFT-K rollout, rewards, regularizer.
+
+Everything random is a pure function of (seed, stream position), so a resumed run redraws exactly what an
+uninterrupted one would. The same rollout (without gradients, to the last step) makes the sample grids and
+the reward-hacking guard's held-out covers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from icg.adapter.attention import personalized_unet_inputs
+from icg.rewards.base import WeightedRewards
+from icg.rewards.personalized import reward_text
+from icg.training.adapter_data import AdapterData, ItemFeatures, _mix_seed
+
+if TYPE_CHECKING:
+    from icg.training.adapter import AdapterTrainConfig
+
+
+class AdapterStep:
+    """Rollout, decoding and losses for one micro-batch; everything random is seeded by stream position."""
+
+    def __init__(
+        self,
+        pipe,
+        data: AdapterData,
+        feats: ItemFeatures,
+        objective: WeightedRewards,
+        config: AdapterTrainConfig,
+        device: torch.device,
+        ref_latents: Tensor | None,
+    ) -> None:
+        from diffusers import DDIMScheduler
+
+        self.pipe, self.data, self.feats, self.objective, self.config = pipe, data, feats, objective, config
+        self.device, self.ref_latents = device, ref_latents
+        self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)  # the paper's sampler, never shared
+        self.pixels = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        self.unet_dtype = pipe.unet.dtype
+
+    def conditioning(self, rows: Tensor) -> tuple[list[str], Tensor, Tensor, Tensor]:
+        """(prompts, c_t (B, T, W) without graph, c_p and its unconditional twin (B, M, W) with graph)."""
+        users, items = self.data.samples[rows].unbind(1)
+        prompts = [self.feats.prompts[i] for i in items.tolist()]
+        with torch.no_grad():
+            text = self.pipe.encode_text(prompts)  # (B, T, W)
+        context = self.feats.context[items].to(self.device)  # (B, N, D)
+        user = self.feats.users[users].to(self.device) if self.feats.users is not None else None  # (B, D_u)
+        cond_p, uncond_p = self.pipe.personal_tokens(context, user)  # (B, M, W) each
+        return prompts, text, cond_p, uncond_p
+
+    def reward_inputs(self, rows: Tensor, prompts: list[str]) -> tuple[dict[str, list[str]], list[str]]:
+        """Texts per enabled reward (the personalized reward reads title + prompt, the others the prompt)
+        and the users' profile sentences."""
+        users, items = self.data.samples[rows].unbind(1)
+        titles = [self.data.titles[i] for i in items.tolist()]
+        profiles = [self.data.profiles[u] for u in users.tolist()]
+        personal = [reward_text(t, p) for t, p in zip(titles, prompts, strict=True)]
+        texts = {name: personal if name == "personalized" else prompts for name in self.objective.enabled}
+        return texts, profiles
+
+    @torch.no_grad()
+    def sample(self, rows: Tensor, tag: str) -> tuple[list[str], Tensor]:
+        """Full DDIM covers (no gradients) of the samples `rows`, noise seeded by (seed, tag, j) → (prompts,
+        images (B, 3, H, W) in [0, 1]): the sample grids and the guard's held-out covers."""
+        prompts, text, cond_p, uncond_p = self.conditioning(rows)
+        seeds = [_mix_seed(self.config.seed, tag, int(j)) for j in rows.tolist()]
+        last = self.config.num_inference_steps - 1
+        return prompts, self.rollout(text, cond_p, uncond_p, seeds, last, grad=False)
+
+    @torch.no_grad()
+    def objective_per_sample(self, rows: Tensor, prompts: list[str], images: Tensor) -> Tensor:
+        """The training objective as a reward per sample, Σ λ·(−loss(r)) over the enabled rewards → (B,)."""
+        texts, profiles = self.reward_inputs(rows, prompts)
+        total = torch.zeros(len(rows), dtype=torch.float64)
+        for name, on in self.objective.enabled.items():
+            if not on:
+                continue
+            scores = self.objective.rewards[name].score(images, texts[name], profiles, grad=False)
+            losses = torch.stack([self.objective.loss_fns[name](s.view(1)) for s in scores])
+            total -= self.objective.weights[name] * losses.double().cpu()
+        return total
+
+    def rollout(
+        self, text: Tensor, cond_p: Tensor, uncond_p: Tensor, seeds: list[int], stop: int, grad: bool
+    ) -> Tensor:
+        """DDIM from noise to step `stop`; gradients through the last K steps when `grad` → images [0, 1].
+
+        Training (`grad`) decodes the stop step's x̂0; sampling (stop = last step) decodes its x_{t-1},
+        exactly as `CoverPipeline.__call__`."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        cfg, k = self.config.guidance_scale > 1.0, self.config.grad_steps
+        if cfg:
+            with torch.no_grad():
+                empty = self.pipe.encode_text([""]).expand_as(text)
+            text, personal = torch.cat([empty, text]), torch.cat([uncond_p, cond_p])
+        else:
+            personal = cond_p
+        inputs = personalized_unet_inputs(text.to(self.unet_dtype), personal.to(self.unet_dtype))
+        generators = [torch.Generator().manual_seed(s) for s in seeds]
+        side = self.pixels // self.pipe.vae_scale_factor
+        shape = (len(seeds), self.pipe.unet.config.in_channels, side, side)
+        latents = randn_tensor(shape, generator=generators, device=self.device, dtype=torch.float32)
+        latents = latents * self.scheduler.init_noise_sigma  # (B, C, h, w) float32
+        self.scheduler.set_timesteps(self.config.num_inference_steps, device=self.device)
+        for i, t in enumerate(self.scheduler.timesteps[: stop + 1]):
+            with torch.set_grad_enabled(grad and i > stop - k):
+                model_input = torch.cat([latents] * 2) if cfg else latents
+                model_input = self.scheduler.scale_model_input(model_input, t).to(self.unet_dtype)
+                noise = self.pipe.unet(model_input, t, **inputs).sample.float()
+                if cfg:
+                    noise_uncond, noise_cond = noise.chunk(2)
+                    noise = noise_uncond + self.config.guidance_scale * (noise_cond - noise_uncond)
+                out = self.scheduler.step(noise, t, latents)
+                latents = out.prev_sample
+        final = out.pred_original_sample if grad else latents
+        vae = self.pipe.vae
+        images = vae.decode((final / vae.config.scaling_factor).to(vae.dtype)).sample.float()
+        return (images / 2 + 0.5).clamp(0, 1)  # (B, 3, H, W)
+
+    def denoise_loss(self, rows: Tensor, text: Tensor, cond_p: Tensor, first: int) -> Tensor:
+        """ε-MSE (or v-MSE) of the adapted UNet on noised reference-cover latents: keeps it a denoiser."""
+        assert self.ref_latents is not None
+        items = self.data.samples[rows, 1]
+        z0 = self.ref_latents[items].to(self.device)  # (B, C, h, w)
+        seed = self.config.seed
+        gens = [
+            torch.Generator().manual_seed(_mix_seed(seed, "denoise", first + b)) for b in range(len(rows))
+        ]
+        noise = torch.stack([torch.randn(z0.shape[1:], generator=g) for g in gens]).to(self.device)
+        t_max = self.scheduler.config.num_train_timesteps
+        t = torch.tensor([int(torch.randint(0, t_max, (1,), generator=g)) for g in gens], device=self.device)
+        noisy = self.scheduler.add_noise(z0, noise, t).to(self.unet_dtype)
+        inputs = personalized_unet_inputs(text.to(self.unet_dtype), cond_p.to(self.unet_dtype))
+        pred = self.pipe.unet(noisy, t, **inputs).sample.float()
+        epsilon = self.scheduler.config.prediction_type == "epsilon"
+        target = noise if epsilon else self.scheduler.get_velocity(z0, noise, t)
+        return F.mse_loss(pred, target)
+
+    def __call__(self, rows: Tensor, first: int, micro: int) -> dict:
+        """Loss and log values of the micro-batch `rows` (stream positions first … first + B − 1)."""
+        cfg = self.config
+        prompts, text, cond_p, uncond_p = self.conditioning(rows)
+        seeds = [_mix_seed(cfg.seed, "noise", first + b) for b in range(len(rows))]
+        stop_gen = torch.Generator().manual_seed(_mix_seed(cfg.seed, "stop", micro))
+        stop = cfg.num_inference_steps - 1 - int(torch.randint(0, cfg.stop_window, (1,), generator=stop_gen))
+        images = self.rollout(text, cond_p, uncond_p, seeds, stop, grad=True)
+        texts, profiles = self.reward_inputs(rows, prompts)
+        breakdown = self.objective(images, texts, profiles)
+        loss, log = breakdown.total, breakdown.log_values()
+        log["loss/rewards"] = log.pop("loss/total")
+        if cfg.denoise_weight > 0:
+            reg = self.denoise_loss(rows, text, cond_p, first)
+            loss = loss + cfg.denoise_weight * reg
+            log["loss/denoise"] = float(reg.detach())
+        log |= {"loss/total": float(loss.detach()), "stop_index": stop}
+        return {"loss": loss, "log": log}
