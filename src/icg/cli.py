@@ -402,6 +402,35 @@ def evaluate_mini_cmd(
     sys.stdout.write(report)
 
 
+@evaluate_app.command("adapter")
+def evaluate_adapter_cmd(
+    preset: Annotated[str, typer.Option(help="'mini' or a preset folder with adapter and judge.")] = "mini",
+    adapter: Annotated[Path | None, typer.Option(help="Adapter folder to evaluate instead.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for adapter_heldout.json/.md/.png.")] = Path(
+        "results"
+    ),
+    users: Annotated[int | None, typer.Option(help="Held-out users (default: all test-split users).")] = None,
+    items: Annotated[int, typer.Option(help="Held-out items per user.")] = 12,
+    seed: Annotated[int, typer.Option(help="Seed of the subsets, noise and permutation test.")] = 0,
+    threads: ThreadsOpt = None,
+) -> None:
+    """The adapter on held-out users and items: judge reward, SSIM, LPIPS-miniCLIP, personalization score
+    for rule-based vs context-only vs ICG with the user."""
+    import torch
+
+    from icg.evaluation.adapter_report import adapter_report_markdown, evaluate_adapter
+    from icg.presets import get_preset, icg_home
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    spec = get_preset(preset).replace(adapter=str(adapter) if adapter else None)
+    result = evaluate_adapter(
+        spec, _load("ml-100k", None), n_users=users, n_items=items, seed=seed,
+        cache_dir=icg_home() / "covers", out_dir=out,
+    )  # fmt: skip
+    sys.stdout.write(adapter_report_markdown(result))
+
+
 @app.command("demo")
 def demo_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder for the contact sheet and covers.")] = Path(
