@@ -90,6 +90,26 @@ def test_adapter_scale_zero_ignores_the_user(pipe: CoverPipeline) -> None:
     assert torch.equal(u1.images, u2.images)
 
 
+def test_drop_meta_tokens_removes_the_item_context_only(pipe: CoverPipeline) -> None:
+    """The "w/o meta token" ablation: C_ref is zeroed before the projector, the user path is kept."""
+    kwargs = {"num_inference_steps": STEPS, "seed": 0, "output_type": "pt", "max_prompt_tokens": 6}
+    user = [CoverUser(user_id="1")]
+    full = pipe(_items()[:1], user, **kwargs)
+    dropped = pipe(_items()[:1], user, drop_meta_tokens=True, **kwargs)
+    assert not torch.equal(full.images, dropped.images) and dropped.metadata[0]["drop_meta_tokens"] is True
+    # what reaches the projector: zeros instead of C_ref, the user embedding untouched
+    seen = []
+    original = pipe.projector.forward
+    pipe.projector.forward = lambda context, user=None: (
+        seen.append((context, user)) or original(context, user)
+    )
+    try:
+        pipe(_items()[:1], user, drop_meta_tokens=True, **kwargs)
+    finally:
+        del pipe.projector.forward
+    assert not seen[0][0].any() and seen[0][1].abs().sum() > 0
+
+
 def test_item_context_runs_once_per_item(pipe: CoverPipeline, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
     original = pipe.context_encoder.context_embeddings

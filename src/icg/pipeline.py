@@ -194,11 +194,13 @@ class CoverPipeline(DiffusionPipeline):
         strict_users: bool = True,
         max_prompt_tokens: int = 77,
         output_type: str = "pil",
+        drop_meta_tokens: bool = False,
     ) -> CoverPipelineOutput:
         """Covers for every (item, user) pair; with no users, one unpersonalized set per item.
 
         Cover k (item-major order) starts from noise seeded with `seed + k`, so any single cover can be
-        regenerated from its sidecar alone.
+        regenerated from its sidecar alone. `drop_meta_tokens` zeroes C_ref before the projector (the paper's
+        "w/o meta token" ablation at inference; the explicit prompt still comes from the MLLM).
         """
         height = height or self.unet.config.sample_size * self.vae_scale_factor
         width = width or self.unet.config.sample_size * self.vae_scale_factor
@@ -214,6 +216,8 @@ class CoverPipeline(DiffusionPipeline):
             [i.image for i in items], [i.title for i in items], max_new_tokens=max_prompt_tokens
         )
         context = context.to(device=device, dtype=_dtype_of(self.projector))
+        if drop_meta_tokens:
+            context = torch.zeros_like(context)
         _check_finite("context embeddings", context)
 
         # 3. user features, once per user: U_pre (U, D_u)
@@ -272,6 +276,7 @@ class CoverPipeline(DiffusionPipeline):
                 "num_inference_steps": num_inference_steps,
                 "guidance_scale": guidance_scale,
                 "adapter_scale": adapter_scale,
+                "drop_meta_tokens": drop_meta_tokens,
                 "height": height,
                 "width": width,
                 "scheduler": type(self.scheduler).__name__,
