@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -130,6 +131,14 @@ def test_guard_stops_a_run_that_hacks_its_reward(parts, data, tmp_path):
     state = json.loads((folder / "trainer_state.json").read_text())
     assert step == metrics["steps_completed"] and len(state["guard"]) == len(guard["checks"])
     assert len(state["guard"][0]["scores"]["darkness"]) == len(data)
+    # a run whose last step is the guard's stop is not complete either: no adapter/
+    pipe = load_cover_pipeline(parts["spec"])
+    exact = dataclasses.replace(config, steps=metrics["steps_completed"])
+    options = {"held_out": data, "judges": [Darkness(), SsimJudge()], "progress": False}
+    again = train_adapter(pipe, {"personalized": Brightness()}, data, tmp_path / "exact", exact, **options)
+    assert (
+        again["stopped_by_guard"] and not again["completed"] and not (tmp_path / "exact" / "adapter").exists()
+    )
 
 
 def test_guard_stays_quiet_when_the_judges_agree_and_resumes_its_checks(parts, data, tmp_path):

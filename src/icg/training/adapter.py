@@ -467,7 +467,7 @@ def _train(
     if step != saved:  # stopped by the budget between checkpoints
         _save_checkpoint(accelerator, out, step, config, trainer_state)
 
-    completed = step == config.steps
+    completed = step == config.steps and not (monitor is not None and monitor.should_stop)
     unwrapped = accelerator.unwrap_model(module)
     if completed and main:
         loop.replace_folder(
