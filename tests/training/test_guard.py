@@ -200,3 +200,14 @@ def test_preset_guard_uses_the_judge_reward_ssim_and_lpips_miniclip(parts, data,
     assert 0 < checks[0]["means"]["ssim"] <= 1 and checks[0]["means"]["LPIPS-miniCLIP"] > 0
     with pytest.raises(ICGError, match="held-out samples"):
         train_adapter_from_preset(spec, data, tmp_path / "other", config)
+
+
+def test_guard_markdown_lists_every_check():
+    from icg.training.guard import guard_markdown
+
+    monitor = _monitor(stop=True, patience=1)
+    monitor.record(0, BASE)
+    monitor.record(10, _shift(BASE, train_reward=1.0, judge=-1.0))
+    text = guard_markdown(monitor.summary())
+    assert "| judge ↑ | distance ↓ |" in text and "| 10 |" in text and "**yes** | judge |" in text
+    assert "Stopped by the guard" in text

@@ -240,3 +240,33 @@ class GuardMonitor:
             "flagged_steps": [c["step"] for c in self.checks if c["flagged"]],
             "stopped": self.should_stop,
         }  # fmt: skip
+
+
+def guard_markdown(summary: dict) -> str:
+    """The guard's checks (metrics.json "guard") as a Markdown table: means, paired t vs step 0, flags."""
+    judges = list(summary["judges"])
+    head = [TRAIN, *judges]
+    arrow = {k: "↑" if v.startswith("higher") else "↓" for k, v in summary["judges"].items()}
+    lines = [
+        "| step | " + " | ".join(f"{k} {arrow.get(k, '↑')}" for k in head) + " | flagged | falling |",
+        "|---:|" + "---:|" * len(head) + "---|---|",
+    ]
+    for check in summary["checks"]:
+        cells = []
+        for k in head:
+            t = check["t"].get(k)
+            cells.append(f"{check['means'][k]:.4g}" + ("" if t is None else f" (t {t:+.1f})"))
+        flag = "**yes**" if check["flagged"] else ""
+        lines.append(
+            f"| {check['step']} | " + " | ".join(cells) + f" | {flag} | {', '.join(check['falling'])} |"
+        )
+    rule = summary["rule"]
+    lines.append("")
+    lines.append(
+        f"Rule: a change counts when |paired t| ≥ {rule['min_t']} and |mean change| ≥ {rule['min_effect']} × "
+        f"the step-0 spread; flagged when the training reward rises while ≥ {rule['min_falling']} judge(s) "
+        "fall; "
+        + (f"stop after {rule['patience']} flagged checks in a row." if rule["stop"] else "warn only.")
+        + (" **Stopped by the guard.**" if summary["stopped"] else "")
+    )
+    return "\n".join(lines) + "\n"
