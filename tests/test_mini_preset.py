@@ -58,3 +58,7 @@ def test_mini_rewards_load_and_score(spec):
     texts = [reward_text("Psycho", "a horror movie poster"), reward_text("Heat", "a crime movie poster")]
     scores = reward.score(images, texts, ["likes horror; a 20-year-old student", "likes comedy"])
     assert torch.isfinite(scores).all()
+    # the held-out judge is another model (seed 1), not a copy of the optimised one
+    judge = load_reward("personalized", spec.reward_judge)
+    judged = judge.score(images, texts, ["likes horror; a 20-year-old student", "likes comedy"])
+    assert torch.isfinite(judged).all() and not torch.allclose(judged, scores)

@@ -59,6 +59,14 @@ def test_package_loads_through_public_loaders(work, tmp_path):
     assert sd.unet.config.cross_attention_dim == sd.text_encoder.config.hidden_size
     spec = mini_preset(out)
     assert spec.name == "mini" and spec.clip == str((out / "clip").resolve())
+    assert spec.reward_judge is None  # no reward-judge step in this work folder
+    shutil.copytree(work / "reward", work / "reward_judge")  # as `--step reward-judge` leaves it
+    try:
+        with_judge = mini_preset(package_mini(work, tmp_path / "mini_judge"))
+    finally:
+        shutil.rmtree(work / "reward_judge")
+    assert with_judge.reward_judge == str((tmp_path / "mini_judge" / "reward_judge").resolve())
+    assert not (tmp_path / "mini_judge" / "reward_judge" / "cache").exists()
     pipe = load_cover_pipeline(spec)
     torch.manual_seed(0)
     image = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
