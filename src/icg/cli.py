@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from icg.errors import ICGError
+from icg.rating.cli import rate_app
 
 app = typer.Typer(help="ICG: personalized cover image generation.", no_args_is_help=True)
 data_app = typer.Typer(help="Datasets: statistics and preference pairs.", no_args_is_help=True)
@@ -25,6 +26,7 @@ app.add_typer(covers_app, name="covers")
 app.add_typer(train_app, name="train")
 evaluate_app = typer.Typer(help="Evaluate ICG's components: the paper's tables.", no_args_is_help=True)
 app.add_typer(evaluate_app, name="evaluate")
+app.add_typer(rate_app, name="rate")
 
 console = Console(stderr=True)
 
