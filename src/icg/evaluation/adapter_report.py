@@ -130,7 +130,7 @@ def _grid(references: torch.Tensor, covers: dict[str, torch.Tensor], users: list
     sheet = Image.new("RGB", (len(columns) * (size + gap), header + n * (size + gap)), "white")
     draw = ImageDraw.Draw(sheet)
     for c, label in enumerate(columns):
-        draw.text((c * (size + gap) + 1, 1), label[: size // 6], fill="black")
+        draw.text((c * (size + gap) + 1, 1), label[: size // 5], fill="black")
     for i in range(n):
         row = [references[i], covers["rule_based"][0, i], covers["context_only"][0, i]]
         row += [covers["icg"][u, i] for u in range(len(users))]
