@@ -159,3 +159,16 @@ def test_explicit_prompt_length_is_bounded(pipe: CoverPipeline) -> None:
     longer = pipe(_items()[:1], num_inference_steps=1, max_prompt_tokens=20).metadata[0]["explicit_prompt"]
     n_short = len(pipe.context_encoder.processor.tokenizer(short).input_ids)
     assert n_short <= 4 and len(longer) > len(short)  # re-tokenizing decoded text may split a token
+
+
+def test_prompt_suffixes_extend_the_prompt_per_user(pipe: CoverPipeline) -> None:
+    kwargs = {"num_inference_steps": STEPS, "seed": 0, "output_type": "pt", "max_prompt_tokens": 6}
+    users = [CoverUser(user_id="1"), CoverUser(user_id="2")]
+    plain = pipe(_items()[:1], users, **kwargs)
+    suffixed = pipe(_items()[:1], users, prompt_suffixes=["", "horror, dark"], **kwargs)
+    assert torch.equal(plain.images[0], suffixed.images[0])  # an empty suffix changes nothing
+    assert not torch.equal(plain.images[1], suffixed.images[1])
+    meta = suffixed.metadata[1]
+    assert meta["prompt"] == f"{meta['explicit_prompt']}, horror, dark"
+    with pytest.raises(ValueError, match="one string per user"):
+        pipe(_items()[:1], users, prompt_suffixes=["x"], **kwargs)

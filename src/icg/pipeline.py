@@ -19,6 +19,7 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.loaders import TextualInversionLoaderMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -56,12 +57,13 @@ class CoverPipelineOutput(BaseOutput):
     metadata: list[dict[str, Any]] = field(default_factory=list)
 
 
-class CoverPipeline(DiffusionPipeline):
+class CoverPipeline(DiffusionPipeline, TextualInversionLoaderMixin):
     """Personalized cover generation with a frozen SD1.5-architecture backbone and the dual-path adapter.
 
     Components: vae, text_encoder, tokenizer, unet (with `install_dual_path_adapter` applied), scheduler
     (DDIM by default), context_encoder (`icg.context.ContextEncoder`), user_encoder (two-tower, optional),
-    projector (`icg.adapter.PersonalizedProjector`).
+    projector (`icg.adapter.PersonalizedProjector`). Textual-inversion embeddings load with diffusers'
+    `load_textual_inversion` (the Textual Inversion baseline's per-user tokens).
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
@@ -133,6 +135,7 @@ class CoverPipeline(DiffusionPipeline):
     # --- conditioning ---------------------------------------------------------------------------------------
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         """CLIP text hidden states c_t for each prompt, padded to the tokenizer's max length → (B, T, W)."""
+        prompts = self.maybe_convert_prompt(list(prompts), self.tokenizer)  # multi-vector inversion tokens
         tokens = self.tokenizer(
             prompts,
             padding="max_length",
@@ -195,12 +198,15 @@ class CoverPipeline(DiffusionPipeline):
         max_prompt_tokens: int = 77,
         output_type: str = "pil",
         drop_meta_tokens: bool = False,
+        prompt_suffixes: list[str] | None = None,
     ) -> CoverPipelineOutput:
         """Covers for every (item, user) pair; with no users, one unpersonalized set per item.
 
         Cover k (item-major order) starts from noise seeded with `seed + k`, so any single cover can be
         regenerated from its sidecar alone. `drop_meta_tokens` zeroes C_ref before the projector (the paper's
         "w/o meta token" ablation at inference; the explicit prompt still comes from the MLLM).
+        `prompt_suffixes` (one per user, or one when `users` is None) are appended to P_exp for that user's
+        covers: the prompt-side baselines (PMG keywords, a Textual Inversion token).
         """
         height = height or self.unet.config.sample_size * self.vae_scale_factor
         width = width or self.unet.config.sample_size * self.vae_scale_factor
@@ -234,7 +240,16 @@ class CoverPipeline(DiffusionPipeline):
         user_idx = torch.tensor([g[1] for g in grid], device=device)
 
         # 5. text embeddings c_t of the explicit prompts (and of "" for guidance)
-        text = self.encode_text(prompts)[item_idx]  # (B, T, W)
+        if prompt_suffixes is None:
+            cell_prompts = [prompts[i] for i, _, _ in grid]
+            text = self.encode_text(prompts)[item_idx]  # (B, T, W)
+        else:
+            if len(prompt_suffixes) != n_users:
+                raise ValueError(
+                    f"prompt_suffixes must hold one string per user ({n_users}), got {len(prompt_suffixes)}"
+                )
+            cell_prompts = [", ".join(p for p in (prompts[i], prompt_suffixes[u]) if p) for i, u, _ in grid]
+            text = self.encode_text(cell_prompts)  # (B, T, W)
         cond_p, uncond_p = self.personal_tokens(
             context[item_idx], user_embeds[user_idx] if user_embeds is not None else None
         )
@@ -269,6 +284,7 @@ class CoverPipeline(DiffusionPipeline):
                 "item_id": items[i].item_id,
                 "title": items[i].title,
                 "explicit_prompt": prompts[i],
+                "prompt": cell_prompts[n],
                 "user_id": users[u].user_id if users else None,
                 "profile": users[u].profile if users else None,
                 "image_index": k,
