@@ -433,6 +433,69 @@ def evaluate_adapter_cmd(
     sys.stdout.write(adapter_report_markdown(result))
 
 
+TableUsers = Annotated[int, typer.Option("--users", help="Held-out (test-split) users.")]
+TableItems = Annotated[int, typer.Option("--items", help="Held-out (test-split) items per user.")]
+TableOut = Annotated[Path, typer.Option("--out", help="Folder for tableN_mini.json/.md.")]
+
+
+def _table(table: str, preset: str, methods, users: int, items: int, out: Path, threads: int | None) -> None:
+    import torch
+
+    from icg.evaluation.metrics import build_metrics
+    from icg.evaluation.tables import run_table, table_markdown
+    from icg.presets import get_preset, icg_home
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    spec = get_preset(preset)
+    suite = build_metrics(clip=spec.clip)
+    result = run_table(
+        table, spec, _load("ml-100k", None), methods(spec), suite, n_users=users, n_items=items,
+        cache_dir=icg_home() / "covers", out_dir=out,
+    )  # fmt: skip
+    sys.stdout.write(table_markdown(result))
+
+
+@evaluate_app.command("table4")
+def evaluate_table4_cmd(
+    preset: Annotated[str, typer.Option(help="'mini' or a preset folder.")] = "mini",
+    users: TableUsers = 16,
+    items: TableItems = 16,
+    out: TableOut = Path("results"),
+    threads: ThreadsOpt = None,
+) -> None:
+    """Paper Table 4: ICG vs w/o meta token / w/o user feature / w/o both (LPIPS, FID or their stand-ins)."""
+    from icg.evaluation.tables import table4_methods
+
+    _table("table4", preset, lambda spec: table4_methods(), users, items, out, threads)
+
+
+@evaluate_app.command("table5")
+def evaluate_table5_cmd(
+    no_clip: Annotated[Path, typer.Option(help="Adapter folder trained with --lambda-rec 0.")],
+    no_personal: Annotated[Path, typer.Option(help="Adapter folder trained with --lambda-per 0.")],
+    no_public: Annotated[
+        Path | None, typer.Option(help="Adapter trained without HPSv2+PickScore (default: the preset's).")
+    ] = None,
+    preset: Annotated[str, typer.Option(help="'mini' or a preset folder.")] = "mini",
+    users: TableUsers = 16,
+    items: TableItems = 16,
+    out: TableOut = Path("results"),
+    threads: ThreadsOpt = None,
+) -> None:
+    """Paper Table 5: ICG vs adapters retrained without each reward (LPIPS, FID, aesthetics or stand-ins)."""
+    from icg.evaluation.tables import table5_methods
+
+    def methods(spec):
+        for folder in (no_clip, no_personal, no_public):
+            if folder is not None and not folder.is_dir():
+                raise ICGError(f"{folder}: not an adapter folder (train one with `icg train adapter`)")
+        public = str(no_public) if no_public else None
+        return table5_methods(spec, str(no_clip), str(no_personal), public)
+
+    _table("table5", preset, methods, users, items, out, threads)
+
+
 @app.command("demo")
 def demo_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder for the contact sheet and covers.")] = Path(

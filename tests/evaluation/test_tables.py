@@ -1,0 +1,52 @@
+"""The paper's tables in protocol on the tiny preset: rows, stand-in names beside the paper's metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from icg.data.movielens import load_ml100k
+from icg.evaluation.metrics import build_metrics
+from icg.evaluation.tables import PAPER, run_table, table4_methods, table5_methods, table_markdown
+from icg.presets import tiny_preset
+from icg.testing import tiny_clip_model
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tables")
+    clip, processor = tiny_clip_model()
+    clip.save_pretrained(root / "clip")
+    processor.save_pretrained(root / "clip")
+    spec = dataclasses.replace(tiny_preset(root / "tiny"), clip=str(root / "clip"), num_inference_steps=2)
+    return spec, load_ml100k(), root
+
+
+def test_table4_rows_and_markdown(setup, tmp_path):
+    spec, data, root = setup
+    suite = build_metrics(clip=spec.clip)
+    result = run_table("table4", spec, data, table4_methods(), suite, n_users=2, n_items=2,
+                       cache_dir=root / "covers", out_dir=tmp_path, progress=False)  # fmt: skip
+    rows = result["rows"]
+    assert list(rows) == list(PAPER["table4"])
+    for row in rows.values():
+        assert row["LPIPS-miniCLIP"] > 0 and row["FD-miniCLIP"] > 0 and 0 < row["SSIM"] <= 1
+    # dropping the meta tokens changes the covers, hence the paired distance
+    assert rows["icg"]["LPIPS-miniCLIP"] != rows["w/o meta token"]["LPIPS-miniCLIP"]
+    text = (tmp_path / "table4_mini.md").read_text()
+    assert "LPIPS-miniCLIP (ours) | LPIPS (paper)" in text and "| icg | " in text and "0.4018" in text
+    assert text == table_markdown(result)
+
+
+def test_table5_uses_the_given_adapters_and_says_what_the_mini_lacks(setup, tmp_path):
+    spec, data, root = setup
+    methods = table5_methods(spec, spec.adapter, spec.adapter)
+    assert [m.name for m in methods] == list(PAPER["table5"])
+    assert methods[1].adapter == spec.adapter and "trains without" in methods[2].note
+    suite = build_metrics(clip=spec.clip)
+    result = run_table("table5", spec, data, methods[:2], suite, n_users=1, n_items=2,
+                       cache_dir=root / "covers", progress=False)  # fmt: skip
+    # the same adapter folder → the same covers → the same figures
+    assert result["rows"]["icg"]["LPIPS-miniCLIP"] == result["rows"]["w/o CLIP"]["LPIPS-miniCLIP"]
+    assert "Aesthetics (n/a) (ours)" in table_markdown(result)
