@@ -22,7 +22,35 @@ from icg.training.clip_data import IMAGE_MEAN, IMAGE_STD
 FD_NAME = "FD-miniCLIP"
 
 
-class ClipImageFeatures(nn.Module):
+class ClipPixels(nn.Module):
+    """Plain images → the CLIP vision tower's normalised input: the shared front of the mini-CLIP metrics.
+
+    Frozen, always in evaluation mode (as torchmetrics' own Inception wrapper)."""
+
+    def __init__(
+        self,
+        clip_model: CLIPModel,
+        image_mean: Sequence[float] = IMAGE_MEAN,
+        image_std: Sequence[float] = IMAGE_STD,
+    ) -> None:
+        super().__init__()
+        self.image_size = int(clip_model.config.vision_config.image_size)
+        self.register_buffer("mean", torch.tensor(list(image_mean), dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(list(image_std), dtype=torch.float32).view(1, 3, 1, 1))
+
+    def train(self, mode: bool = True) -> ClipPixels:
+        return super().train(False)
+
+    def pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) uint8 or float in [0, 1] → (B, 3, S, S) float32, resized and CLIP-normalised."""
+        x = to_unit_float(images)
+        size = (self.image_size, self.image_size)
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+        return (x - self.mean) / self.std
+
+
+class ClipImageFeatures(ClipPixels):
     """(B, 3, H, W) uint8 or float in [0, 1] → (B, P) CLIP image embeddings (not L2-normalized).
 
     The feature-extractor contract of torchmetrics' FID with a custom module: the metric hands the batch over
@@ -37,25 +65,13 @@ class ClipImageFeatures(nn.Module):
         image_mean: Sequence[float] = IMAGE_MEAN,
         image_std: Sequence[float] = IMAGE_STD,
     ) -> None:
-        super().__init__()
+        super().__init__(clip_model, image_mean, image_std)
         self.clip = clip_model.eval().requires_grad_(False)
-        self.image_size = int(clip_model.config.vision_config.image_size)
         self.num_features = int(clip_model.config.projection_dim)
-        self.register_buffer("mean", torch.tensor(list(image_mean), dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(list(image_std), dtype=torch.float32).view(1, 3, 1, 1))
-
-    def train(self, mode: bool = True) -> ClipImageFeatures:
-        """Always in evaluation mode (as torchmetrics' own Inception wrapper)."""
-        return super().train(False)
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = to_unit_float(images)  # (B, 3, H, W) in [0, 1]
-        size = (self.image_size, self.image_size)
-        if tuple(x.shape[-2:]) != size:
-            x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
-        x = (x - self.mean) / self.std
-        out = self.clip.get_image_features(pixel_values=x.to(self.clip.dtype))
+        out = self.clip.get_image_features(pixel_values=self.pixels(images).to(self.clip.dtype))
         # transformers 5 returns a model output whose pooler_output is the projection; older ones a tensor
         features = out if isinstance(out, torch.Tensor) else out.pooler_output
         return features.float()  # (B, P)

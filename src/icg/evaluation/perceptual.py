@@ -17,11 +17,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torchmetrics.functional.image import structural_similarity_index_measure
 from transformers import CLIPModel
 
-from icg.evaluation.fd import check_images, to_unit_float
+from icg.evaluation.fd import ClipPixels, check_images, to_unit_float
 from icg.training.clip_data import IMAGE_MEAN, IMAGE_STD
 
 LPIPS_NAME = "LPIPS-miniCLIP"
@@ -46,7 +45,7 @@ def ssim_per_image(images: torch.Tensor, references: torch.Tensor) -> torch.Tens
     return structural_similarity_index_measure(x, y, data_range=1.0, reduction="none").float()
 
 
-class ClipPerceptualDistance(nn.Module):
+class ClipPerceptualDistance(ClipPixels):
     """LPIPS-miniCLIP: (images, references) → (B,) distances, 0 for identical images, larger = less alike."""
 
     name = LPIPS_NAME
@@ -57,21 +56,12 @@ class ClipPerceptualDistance(nn.Module):
         image_mean: Sequence[float] = IMAGE_MEAN,
         image_std: Sequence[float] = IMAGE_STD,
     ) -> None:
-        super().__init__()
+        super().__init__(clip_model, image_mean, image_std)
         self.vision = clip_model.vision_model.eval().requires_grad_(False)
-        self.image_size = int(clip_model.config.vision_config.image_size)
-        self.register_buffer("mean", torch.tensor(list(image_mean), dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(list(image_std), dtype=torch.float32).view(1, 3, 1, 1))
-
-    def train(self, mode: bool = True) -> ClipPerceptualDistance:
-        return super().train(False)
 
     def _layers(self, x: torch.Tensor) -> list[torch.Tensor]:
-        size = (self.image_size, self.image_size)
-        if tuple(x.shape[-2:]) != size:
-            x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
-        x = ((x - self.mean) / self.std).to(next(self.vision.parameters()).dtype)
-        hidden = self.vision(pixel_values=x, output_hidden_states=True).hidden_states
+        pixels = self.pixels(x).to(next(self.vision.parameters()).dtype)
+        hidden = self.vision(pixel_values=pixels, output_hidden_states=True).hidden_states
         return [F.normalize(h.float(), dim=-1) for h in hidden[1:]]  # each (B, 1 + P, D), unit per token
 
     @torch.no_grad()
