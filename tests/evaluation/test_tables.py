@@ -36,7 +36,7 @@ def test_table4_rows_and_markdown(setup, tmp_path):
     assert rows["icg"]["LPIPS-miniCLIP"] != rows["w/o meta token"]["LPIPS-miniCLIP"]
     text = (tmp_path / "table4_mini.md").read_text()
     assert "LPIPS-miniCLIP (ours) | LPIPS (paper)" in text and "| icg | " in text and "0.4018" in text
-    assert text == table_markdown(result)
+    assert text == table_markdown(result) and "- w/o both vs icg: LPIPS-miniCLIP " in text
 
 
 def test_table5_uses_the_given_adapters_and_says_what_the_mini_lacks(setup, tmp_path):

@@ -225,6 +225,7 @@ def table_markdown(result: Mapping) -> str:
             paper = result["paper"].get(name, {}).get(metric)
             cells.append(f"{'–' if value is None else f'{value:.4g}'} | {'–' if paper is None else paper}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Directions against the ICG row, ours (paper):", *_directions(result, columns)]
     notes = [f"- {row['note']}" for row in rows.values() if row.get("note")]
     notes += [f"- {k}: {v}" for k, v in result["metric_notes"].items()]
     if notes:
@@ -262,3 +263,35 @@ def table5_methods(spec, no_clip: str, no_personal: str, no_public: str | None =
         public,
         Method("w/o personalized reward", adapter=no_personal),
     ]
+
+
+LOWER_IS_BETTER = {"LPIPS", "FID"}
+
+
+def _directions(result: Mapping, columns: list[tuple[str, str | None]]) -> list[str]:
+    """One line per (row, metric): is the row better or worse than ICG, in ours and in the paper?"""
+    rows, paper = result["rows"], result["paper"]
+    if "icg" not in rows:
+        return []
+
+    def verdict(value: float | None, base: float | None, metric: str) -> str:
+        if value is None or base is None:
+            return "n/a"
+        if value == base:
+            return "equal"
+        better = value < base if metric in LOWER_IS_BETTER else value > base
+        return "better" if better else "worse"
+
+    out = []
+    for name, row in rows.items():
+        if name == "icg":
+            continue
+        parts = []
+        for metric, ours in columns:
+            if ours is None:
+                continue
+            mine = verdict(row.get(ours), rows["icg"].get(ours), metric)
+            theirs = verdict(paper.get(name, {}).get(metric), paper.get("icg", {}).get(metric), metric)
+            parts.append(f"{ours} {mine} ({theirs})")
+        out.append(f"- {name} vs icg: " + "; ".join(parts))
+    return out
