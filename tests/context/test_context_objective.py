@@ -134,6 +134,11 @@ def test_teacher_text_adds_next_token_loss_after_meta(tiny_dir: Path) -> None:
     )
     assert out["lm_loss"] is not None and torch.isfinite(out["lm_loss"]) and out["lm_loss"] > 0
     torch.testing.assert_close(out["loss"], out["meta_loss"] + out["lm_loss"])
+    # meta_weight 0 (Table 3's "no meta-token stage"): the meta loss is logged but not optimised
+    no_meta = meta_token_loss(encoder, IMAGES[:2], TITLES[:2], torch.randn(2, CLIP_DIM), head,
+                              text_targets=targets, seed=0, meta_weight=0.0)  # fmt: skip
+    torch.testing.assert_close(no_meta["loss"], no_meta["lm_loss"])
+    assert no_meta["meta_loss"] > 0
     out["lm_loss"].backward()  # the answer text attends to the meta tokens
     assert encoder.meta_tokens.weight.grad is not None and encoder.meta_tokens.weight.grad.abs().sum() > 0
 

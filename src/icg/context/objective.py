@@ -82,8 +82,11 @@ def meta_token_loss(
     seed: int | None = None,
     normalize: bool = True,
     lm_weight: float = 1.0,
+    meta_weight: float = 1.0,
 ) -> dict[str, torch.Tensor | None]:
     """{"loss", "meta_loss", "lm_loss"}; `lm_loss` is None without `text_targets` (then loss == meta_loss).
+    `meta_weight` 0 leaves the meta tokens without their CLIP target (Table 3's "no meta-token stage"); the
+    meta loss is still computed and logged.
 
     `clip_image_embeds` is CLIP(I_ref) of the *clean* covers: (B, C) is compared with head(C_ref) averaged
     over the N meta tokens; (B, N, C) is compared token by token. `head` maps D → C (e.g. `nn.Linear(D, C)`).
@@ -110,5 +113,7 @@ def meta_token_loss(
     if normalize:
         pred, target = F.normalize(pred, dim=-1), F.normalize(target, dim=-1)
     meta_loss = (pred - target).pow(2).sum(-1).mean()  # squared L2 per embedding, averaged
-    loss = meta_loss if out.lm_loss is None else meta_loss + lm_weight * out.lm_loss
+    loss = meta_loss if meta_weight == 1.0 else meta_weight * meta_loss
+    if out.lm_loss is not None:
+        loss = loss + lm_weight * out.lm_loss
     return {"loss": loss, "meta_loss": meta_loss, "lm_loss": out.lm_loss}

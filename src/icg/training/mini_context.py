@@ -2,7 +2,8 @@
 
 Objective per step (paper §3.1, Multimodal Generative Learning Stage), on the train items' reference covers:
 
-    loss = L_meta + lm_weight · LM(P_teacher | prompt, meta) + prompt_lm_weight · LM(P_teacher | prompt)
+    loss = meta_weight · L_meta + lm_weight · LM(P_teacher | prompt, meta)
+           + prompt_lm_weight · LM(P_teacher | prompt)
 
 `meta_token_loss` gives the first two terms: the MLLM sees a degraded cover (mask / blur / crop) and its meta
 tokens, through a D → CLIP head, must recover the mini CLIP's embedding of the clean cover; the teacher's
@@ -87,6 +88,7 @@ class MiniContextConfig(loop.JsonConfig):
     transform: str = "random"
     lm_weight: float = 1.0  # next-token loss on the teacher text after the meta tokens
     prompt_lm_weight: float = 1.0  # next-token loss on it right after the prompt (what greedy decoding sees)
+    meta_weight: float = 1.0  # the meta-token (CLIP target) loss; 0 = Table 3's "no meta-token stage"
     epochs: int = 10
     batch_size: int = 16
     lr: float = 2e-3
@@ -120,8 +122,8 @@ class MiniContextConfig(loop.JsonConfig):
             raise ValueError(f"input_variants {self.input_variants} exceeds variants {self.variants}")
         if self.transform not in TRANSFORMS:
             raise ValueError(f"transform must be one of {TRANSFORMS}, got {self.transform!r}")
-        if self.lm_weight < 0 or self.prompt_lm_weight < 0:
-            raise ValueError("lm_weight and prompt_lm_weight must be >= 0")
+        if self.lm_weight < 0 or self.prompt_lm_weight < 0 or self.meta_weight < 0:
+            raise ValueError("lm_weight, prompt_lm_weight and meta_weight must be >= 0")
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.warmup_fraction < 1 or self.grad_clip <= 0:
             raise ValueError("lr and grad_clip must be > 0, weight_decay >= 0, warmup_fraction in [0, 1)")
         if self.max_items is not None and (isinstance(self.max_items, bool) or self.max_items < 6):
@@ -354,6 +356,7 @@ def _train_epoch(encoder, head, optimizer, scheduler, sampler, data, train, conf
             config.transform,
             targets,
             lm_weight=config.lm_weight,
+            meta_weight=config.meta_weight,
         )
         loss = out["loss"]
         prompt_loss = torch.zeros(())
