@@ -456,6 +456,32 @@ def _table(table: str, preset: str, methods, users: int, items: int, out: Path, 
     sys.stdout.write(table_markdown(result))
 
 
+@evaluate_app.command("table3")
+def evaluate_table3_cmd(
+    work: Annotated[Path, typer.Option("--work", help="Folder for the 8 variants (resumable).")] = Path(
+        "runs/table3"
+    ),
+    preset: Annotated[
+        str, typer.Option(help="'mini' or a preset folder: the base of every variant.")
+    ] = "mini",
+    tokens: Annotated[list[int] | None, typer.Option("--tokens", help="N values (default 1 2 4 8).")] = None,
+    users: TableUsers = 16,
+    items: TableItems = 16,
+    out: TableOut = Path("results"),
+    threads: ThreadsOpt = None,
+) -> None:
+    """Paper Table 3: N meta tokens × with/without the meta-token stage (LPIPS or its stand-in); trains the
+    variants first (a reduced budget, resumable)."""
+    from icg.evaluation.table3 import T3_TOKENS, table3_methods
+
+    def methods(spec):
+        return table3_methods(
+            _load("ml-100k", None), spec, work, tokens=tuple(tokens or T3_TOKENS), threads=threads or 1
+        )
+
+    _table("table3", preset, methods, users, items, out, threads)
+
+
 @evaluate_app.command("table4")
 def evaluate_table4_cmd(
     preset: Annotated[str, typer.Option(help="'mini' or a preset folder.")] = "mini",

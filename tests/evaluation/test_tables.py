@@ -50,3 +50,20 @@ def test_table5_uses_the_given_adapters_and_says_what_the_mini_lacks(setup, tmp_
     # the same adapter folder → the same covers → the same figures
     assert result["rows"]["icg"]["LPIPS-miniCLIP"] == result["rows"]["w/o CLIP"]["LPIPS-miniCLIP"]
     assert "Aesthetics (n/a) (ours)" in table_markdown(result)
+
+
+def test_table3_rows_follow_the_paper_and_carry_their_own_preset(monkeypatch, tmp_path):
+    from icg.evaluation import table3
+
+    trained = []
+
+    def fake_train(data, base, work, tokens, meta_stage, **kwargs):
+        trained.append((tokens, meta_stage))
+        return dataclasses.replace(base, num_meta_tokens=tokens, adapter=f"{work}/n{tokens}/{meta_stage}")
+
+    monkeypatch.setattr(table3, "train_variant", fake_train)
+    base = tiny_preset(tmp_path / "tiny")
+    methods = table3.table3_methods(None, base, tmp_path)
+    assert [m.name for m in methods] == list(PAPER["table3"])
+    assert trained == [(n, stage) for stage in (False, True) for n in (1, 2, 4, 8)]
+    assert all(m.spec.num_meta_tokens == int(m.name[2]) and m.adapter == m.spec.adapter for m in methods)

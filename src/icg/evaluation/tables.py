@@ -44,6 +44,16 @@ PAPER = {
         "pmg": {"LPIPS": 0.4140, "SSIM": 0.2515, "FID": 33.93, "Aesthetics": 4.11},
         "icg": {"LPIPS": 0.4018, "SSIM": 0.2695, "FID": 31.23, "Aesthetics": 4.77},
     },
+    "table3": {  # LPIPS; N meta tokens, ✓/✗ = with/without the meta-token (multimodal generative) stage
+        "N=1 ✗": {"LPIPS": 0.5491},
+        "N=2 ✗": {"LPIPS": 0.5482},
+        "N=4 ✗": {"LPIPS": 0.5526},
+        "N=8 ✗": {"LPIPS": 0.5689},
+        "N=1 ✓": {"LPIPS": 0.5293},
+        "N=2 ✓": {"LPIPS": 0.5315},
+        "N=4 ✓": {"LPIPS": 0.5391},
+        "N=8 ✓": {"LPIPS": 0.5412},
+    },  # fmt: skip
     "table4": {
         "icg": {"LPIPS": 0.4018, "FID": 31.23},
         "w/o meta token": {"LPIPS": 0.5854, "FID": 37.02},
@@ -57,8 +67,8 @@ PAPER = {
         "w/o personalized reward": {"LPIPS": 0.5653, "FID": 35.81, "Aesthetics": 4.54},
     },
 }
-TABLE_METRICS = {"table1": ("LPIPS", "SSIM", "FID", "Aesthetics"), "table4": ("LPIPS", "FID"),
-                 "table5": ("LPIPS", "FID", "Aesthetics")}  # fmt: skip
+TABLE_METRICS = {"table1": ("LPIPS", "SSIM", "FID", "Aesthetics"), "table3": ("LPIPS",),
+                 "table4": ("LPIPS", "FID"), "table5": ("LPIPS", "FID", "Aesthetics")}  # fmt: skip
 STAND_INS = {"LPIPS": "LPIPS-miniCLIP", "FID": "FD-miniCLIP"}
 
 
@@ -74,6 +84,7 @@ class Method:
     suffix: Callable[[str], str] | None = None  # user id → text appended to the explicit prompt
     prepare: Callable[[object, list[str]], None] | None = None  # (pipe, user ids) → e.g. load TI tokens
     note: str = ""
+    spec: object | None = None  # another preset for this row (Table 3: another context encoder)
 
 
 @dataclass
@@ -157,12 +168,13 @@ def run_table(
     from icg.loading import load_cover_pipeline
 
     started = time.perf_counter()
-    pipes: dict[str | None, object] = {}
+    pipes: dict[str, object] = {}
 
     def pipe_for(method: Method):
-        key = method.adapter if method.prepare is None else f"{method.adapter}|{method.name}"
+        base = method.spec or spec
+        key = f"{base.context_encoder}|{method.adapter}" + ("" if method.prepare is None else method.name)
         if key not in pipes:
-            pipe = load_cover_pipeline(spec.replace(adapter=method.adapter))
+            pipe = load_cover_pipeline(base.replace(adapter=method.adapter))
             pipe.set_progress_bar_config(disable=True)
             from icg.context.cache import ContextCache
 
