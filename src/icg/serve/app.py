@@ -1,0 +1,385 @@
+"""The cover API (FastAPI): personalized covers on request, cached on disk, one model behind a bounded queue.
+
+Routes (all documented at /docs and /openapi.json):
+- `POST /v1/covers` (multipart or urlencoded form): an item (`item_id` of the loaded dataset, or `title` +
+  uploaded `image`), a user (`user_id`, `profile` or both), optional `seed` and `steps`; answers the PNG, or
+  JSON with the cover's URL when `format=json`.
+- `GET /v1/covers/{id}` (PNG) and `GET /v1/covers/{id}/metadata` (JSON): ids are 64 hex digits found in the
+  cache index; anything else, `../` included, is 404 and never becomes a path.
+- `GET /v1/items?q=`, `GET /v1/items/{item_id}`, `GET /v1/items/{item_id}/reference`, `GET /v1/users?q=`:
+  the loaded dataset, for the gallery at `GET /`.
+- `GET /healthz`: preset, adapter hash, queue depth, cache size.
+
+Generation never runs on the event loop: the loop validates, checks the cache, and hands a job to the single
+worker thread (`icg.serve.worker`); when `max_queue` jobs already wait the answer is 503 with `Retry-After`.
+Bodies over `max_upload_bytes` (+ a little for the form fields) are refused with 413 before they are parsed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+
+from icg.data.records import InteractionData
+from icg.loading import adapter_hash, load_cover_pipeline
+from icg.pipeline import CoverItem, CoverUser
+from icg.presets import PresetSpec, get_preset, icg_home
+from icg.rating.app import BodyLimitMiddleware
+from icg.serve.cache import BoundedContextCache, CoverCache, cover_key, is_cover_id
+from icg.serve.catalog import Catalog
+from icg.serve.gallery import GALLERY_CSP, GALLERY_HTML
+from icg.serve.inputs import ResolvedUser, decode_image, field_error, resolve_user, upload_item_key
+from icg.serve.worker import GenerationWorker, QueueFullError, WorkerClosedError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_QUEUE = 32
+DEFAULT_MAX_UPLOAD_BYTES = 4 * 1024 * 1024
+FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and the small text fields beside the image
+ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # printable: no control characters
+COVER_CACHE_CONTROL = "public, max-age=31536000, immutable"  # a cover id names its exact pixels
+_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+
+
+def _not_found(what: str) -> HTTPException:
+    return HTTPException(status_code=404, detail=f"{what} not found")
+
+
+def _unavailable(detail: str, retry_after: int) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=503, headers={"retry-after": str(retry_after)})
+
+
+def _png_bytes(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _personalized(pipe: Any) -> Any:
+    """The pipeline's user encoder when covers can be personalized (encoder + projector user path)."""
+    encoder = getattr(pipe, "user_encoder", None)
+    config = getattr(getattr(pipe, "projector", None), "config", None)
+    return encoder if encoder is not None and getattr(config, "has_user_path", True) else None
+
+
+def create_app(
+    spec_or_pipeline: PresetSpec | str | Path | Any,
+    *,
+    spec: PresetSpec | None = None,
+    dataset: InteractionData | None = None,
+    cache_dir: str | Path | None = None,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    max_steps: int = 50,
+) -> FastAPI:
+    """The API for one model: a PresetSpec or preset name is loaded here, once; a ready pipeline as is.
+
+    `spec` describes a ready pipeline (name, default steps and guidance, prompt length, adapter folder for
+    the cache key); it defaults to a spec named "custom". `dataset` enables item ids, search, references
+    and the gallery. `cache_dir` (default `$ICG_HOME/serve-cache`) holds served covers; the key includes
+    preset and adapter hash, so presets may share it.
+    """
+    if max_upload_bytes < 1024:
+        raise ValueError(f"max_upload_bytes must be at least 1024, got {max_upload_bytes}")
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be at least 1, got {max_steps}")
+    if isinstance(spec_or_pipeline, str | Path):
+        spec_or_pipeline = get_preset(str(spec_or_pipeline))
+    root = Path(cache_dir) if cache_dir is not None else icg_home() / "serve-cache"
+    if isinstance(spec_or_pipeline, PresetSpec):
+        spec = spec_or_pipeline
+        pipe = load_cover_pipeline(spec)  # the one load of the model for this app's life
+        pipe.set_progress_bar_config(disable=True)  # a server logs requests, not denoising steps
+        pipe.context_encoder.cache = BoundedContextCache(root / "context")  # P_exp + C_ref, once per item
+    else:
+        pipe = spec_or_pipeline
+        spec = spec if spec is not None else PresetSpec(name="custom")
+    cache = CoverCache(root / "covers")
+    catalog = Catalog(dataset) if dataset is not None else None
+    user_encoder = _personalized(pipe)
+    adapter = adapter_hash(spec.adapter)
+    worker = GenerationWorker(max_queue)
+    default_steps = min(spec.num_inference_steps, max_steps)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        await run_in_threadpool(worker.close)
+
+    app = FastAPI(
+        title="ICG cover API",
+        version="1",
+        summary="Personalized cover images: item (title + reference cover) x user -> cover.",
+        lifespan=lifespan,
+    )
+    app.state.pipeline = pipe
+    app.state.spec = spec
+    app.state.cache = cache
+    app.state.worker = worker
+    app.state.catalog = catalog
+
+    def cover_json(request: Request, metadata: dict[str, Any], cached: bool) -> dict[str, Any]:
+        item_id = metadata["item"].get("item_id") if metadata["item"].get("source") == "dataset" else None
+        return {
+            **metadata,
+            "url": str(request.url_for("get_cover", cover_id=metadata["id"])),
+            "reference_url": str(request.url_for("item_reference", item_id=item_id)) if item_id else None,
+            "cached": cached,
+        }
+
+    def generate_job(
+        cover_id: str, item: CoverItem | str, item_info: dict, user: ResolvedUser, seed: int, steps: int
+    ) -> dict[str, Any]:
+        """Runs on the worker thread: the one place the model is called."""
+        if cover_id in cache and (done := cache.metadata(cover_id)) is not None:
+            return done  # a job for the same key finished between the request's check and now
+        start = time.perf_counter()
+        cover_item = catalog.cover_item(item) if isinstance(item, str) else item
+        users = None
+        if user.key != "none":  # an unknown id is sent as cold start: its profile alone (its key says so)
+            users = [CoverUser(user_id=user.user_id if user.known else None, profile=user.profile)]
+        output = pipe(
+            [cover_item],
+            users,
+            seed=seed,
+            num_inference_steps=steps,
+            guidance_scale=spec.guidance_scale,
+            strict_users=False,
+            max_prompt_tokens=spec.explicit_prompt_tokens,
+        )
+        image, meta = output.images[0], output.metadata[0]
+        metadata = {
+            "id": cover_id,
+            "item": item_info,
+            "user": user.public(),
+            "explicit_prompt": meta.get("explicit_prompt"),
+            "prompt": meta.get("prompt"),
+            "seed": seed,
+            "num_inference_steps": steps,
+            "guidance_scale": spec.guidance_scale,
+            "width": image.width,
+            "height": image.height,
+            "preset": spec.name,
+            "adapter_hash": adapter,
+            "generation_seconds": round(time.perf_counter() - start, 4),
+        }
+        cache.put(cover_id, _png_bytes(image), metadata)
+        return metadata
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def gallery() -> HTMLResponse:
+        return HTMLResponse(
+            GALLERY_HTML, headers={"cache-control": "no-store", "content-security-policy": GALLERY_CSP}
+        )
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        return Response(status_code=204)
+
+    @app.get("/healthz", summary="Liveness and what is loaded")
+    def healthz() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "preset": spec.name,
+            "adapter_hash": adapter,
+            "personalized": user_encoder is not None,
+            "dataset": catalog.name if catalog is not None else None,
+            "default_steps": default_steps,
+            "max_steps": max_steps,
+            "max_upload_bytes": max_upload_bytes,
+            "queue": worker.stats(),
+            "cache": {"covers": len(cache)},
+        }
+
+    @app.post(
+        "/v1/covers",
+        summary="Generate (or fetch from the cache) one personalized cover",
+        responses={
+            200: {"content": {"image/png": {}, "application/json": {}}, "description": "The cover"},
+            413: {"description": "Upload too large"},
+            415: {"description": "Upload is not an image"},
+            422: {"description": "A field is invalid; `detail[].loc` names it"},
+            503: {"description": "The work queue is full; see Retry-After"},
+        },
+    )
+    async def create_cover(
+        request: Request,
+        item_id: Annotated[
+            str | None, Form(pattern=ID_PATTERN, description="Item of the loaded dataset")
+        ] = None,
+        title: Annotated[
+            str | None, Form(min_length=1, max_length=200, pattern=TEXT_PATTERN, description="With `image`")
+        ] = None,
+        image: Annotated[
+            UploadFile | None, File(description="Reference cover (PNG/JPEG/WebP/GIF/BMP)")
+        ] = None,
+        user_id: Annotated[str | None, Form(pattern=ID_PATTERN, description="A known user")] = None,
+        profile: Annotated[
+            str | None,
+            Form(max_length=300, pattern=TEXT_PATTERN, description="e.g. 'a 24-year-old male technician'"),
+        ] = None,
+        seed: Annotated[int, Form(ge=0, le=2**31 - 1)] = 0,
+        steps: Annotated[
+            int | None, Form(ge=1, description="Default: the preset's; at most max_steps")
+        ] = None,
+        response_format: Annotated[Literal["png", "json"], Form(alias="format")] = "png",
+    ) -> Response:
+        steps = default_steps if steps is None else steps
+        if steps > max_steps:  # not in the annotation: FastAPI resolves those in module scope
+            raise field_error(422, "steps", f"at most {max_steps} steps", "less_than_equal")
+        title = title.strip() if title is not None else None
+        # --- the item: a dataset id, or a title + uploaded reference cover
+        item: CoverItem | str
+        if item_id is not None:
+            if title or image is not None:
+                raise field_error(422, "item_id", "give item_id, or title and image, not both", "ambiguous")
+            if catalog is None:
+                raise field_error(422, "item_id", "no dataset is loaded: send title and image", "no_dataset")
+            if item_id not in catalog.items:
+                raise field_error(422, "item_id", f"unknown item id '{item_id}' in {catalog.name}", "unknown")
+            item = item_id
+            item_key = f"dataset:{catalog.name}:{item_id}"
+            item_info = {"source": "dataset", "dataset": catalog.name, **catalog.items[item_id].public()}
+        else:
+            if image is None:
+                raise field_error(
+                    422, "image" if title else "item_id", "give item_id, or title and image", "missing"
+                )
+            if not title:
+                raise field_error(422, "title", "an uploaded image needs a non-empty title", "missing")
+            data = await image.read(max_upload_bytes + 1)
+            picture = await run_in_threadpool(decode_image, data, max_upload_bytes)
+            item = CoverItem(title=title, image=picture)
+            item_key = await run_in_threadpool(upload_item_key, title, picture)
+            item_info = {"source": "upload", "title": title, "content_key": item_key.split(":", 1)[1]}
+        # --- the user, then the cache, then the queue
+        user = resolve_user(user_encoder, user_id, profile)
+        cover_id = cover_key(item_key, user.key, spec.name, seed, steps, spec.guidance_scale, adapter)
+        metadata = cache.metadata(cover_id) if cover_id in cache else None
+        source = "hit"  # X-Cache: hit (from disk), miss (generated for this request), joined (a running job)
+        if metadata is None:
+            try:
+                future, joined = worker.submit(
+                    cover_id, lambda: generate_job(cover_id, item, item_info, user, seed, steps)
+                )
+            except QueueFullError as exc:
+                return _unavailable("the generation queue is full; retry later", exc.retry_after)
+            except WorkerClosedError:
+                return _unavailable("the server is shutting down", 5)
+            source = "joined" if joined else "miss"
+            try:  # shield: one client going away must not cancel a job other requests wait on
+                metadata = await asyncio.shield(asyncio.wrap_future(future))
+            except WorkerClosedError:
+                return _unavailable("the server is shutting down", 5)
+            except Exception as exc:
+                logger.error("cover %s failed: %s", cover_id[:12], exc)
+                raise HTTPException(status_code=500, detail="cover generation failed") from None
+        headers = {"x-cover-id": cover_id, "x-cache": source}
+        if response_format == "json":
+            return JSONResponse(cover_json(request, metadata, source == "hit"), headers=headers)
+        path = cache.png_path(cover_id)
+        if path is None:  # removed from disk behind the server's back
+            raise HTTPException(status_code=500, detail="the cover left the cache; retry")
+        return FileResponse(
+            path,
+            media_type="image/png",
+            headers={**headers, "cache-control": COVER_CACHE_CONTROL,
+                     "content-location": str(request.url_for("get_cover", cover_id=cover_id))},
+        )  # fmt: skip
+
+    @app.get("/v1/covers/{cover_id}", name="get_cover", summary="A served cover (PNG) by its id")
+    def get_cover(cover_id: str) -> FileResponse:
+        path = cache.png_path(cover_id) if is_cover_id(cover_id) else None
+        if path is None:
+            raise _not_found("cover")
+        return FileResponse(path, media_type="image/png", headers={"cache-control": COVER_CACHE_CONTROL})
+
+    @app.get("/v1/covers/{cover_id}/metadata", summary="A served cover's metadata (prompt, seed, user, ...)")
+    def get_cover_metadata(cover_id: str, request: Request) -> dict[str, Any]:
+        metadata = cache.metadata(cover_id) if is_cover_id(cover_id) else None
+        if metadata is None:
+            raise _not_found("cover")
+        return cover_json(request, metadata, cached=True)
+
+    def require_catalog() -> Catalog:
+        if catalog is None:
+            raise HTTPException(status_code=404, detail="no dataset is loaded (start the server with one)")
+        return catalog
+
+    @app.get("/v1/items", summary="Search the loaded dataset's items by title")
+    def list_items(
+        request: Request,
+        q: Annotated[str, Query(max_length=100)] = "",
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    ) -> dict[str, Any]:
+        found = require_catalog()
+        total, rows = found.search_items(q, limit)
+        items = [
+            {**row.public(), "reference_url": str(request.url_for("item_reference", item_id=row.item_id))}
+            for row in rows
+        ]
+        return {"dataset": found.name, "query": q, "total": total, "items": items}
+
+    @app.get("/v1/items/{item_id}", summary="One item of the loaded dataset")
+    def get_item(item_id: str, request: Request) -> dict[str, Any]:
+        row = require_catalog().items.get(item_id)
+        if row is None:
+            raise _not_found("item")
+        return {**row.public(), "reference_url": str(request.url_for("item_reference", item_id=item_id))}
+
+    @app.get(
+        "/v1/items/{item_id}/reference", name="item_reference", summary="An item's reference cover (PNG)"
+    )
+    async def item_reference(item_id: str) -> Response:
+        found = require_catalog()
+        if item_id not in found.items:
+            raise _not_found("item")
+        png = await run_in_threadpool(found.reference_png, item_id)
+        return Response(png, media_type="image/png", headers={"cache-control": "public, max-age=86400"})
+
+    @app.get("/v1/users", summary="Users of the loaded dataset (id and profile sentence)")
+    def list_users(
+        q: Annotated[str, Query(max_length=100)] = "",
+        limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    ) -> dict[str, Any]:
+        found = require_catalog()
+        total, rows = found.search_users(q, limit)
+        vocab = user_encoder.vocab if user_encoder is not None else None
+        users = [
+            {"user_id": uid, "profile": profile, "known": vocab is not None and uid in vocab.users}
+            for uid, profile in rows
+        ]
+        return {"dataset": found.name, "query": q, "total": total, "users": users}
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_upload_bytes + FORM_OVERHEAD_BYTES)
+    app.add_middleware(_HeadersMiddleware)
+    return app
+
+
+class _HeadersMiddleware:
+    """No content sniffing, no referrer on every response (the gallery adds its own strict CSP)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *_HEADERS]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

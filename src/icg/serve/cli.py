@@ -1,0 +1,77 @@
+"""`icg serve`: load one preset, then serve the cover API and the gallery with uvicorn (loopback by default).
+
+Registered in `icg.cli` with `app.command("serve")(serve)`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+logger = logging.getLogger(__name__)
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and 127.0.0.0/8 / ::1 addresses."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    preset: Annotated[
+        str, typer.Option(help="mini (embedded default), sd15, tiny or a preset folder.")
+    ] = "mini",
+    dataset: Annotated[
+        str, typer.Option(help="Dataset for item ids, search and the gallery ('none' for uploads only).")
+    ] = "ml-100k",
+    host: Annotated[
+        str, typer.Option(help="Address to bind; loopback unless clients are remote.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8000,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Served covers and item contexts (default: $ICG_HOME/serve-cache).")
+    ] = None,
+    max_queue: Annotated[
+        int, typer.Option(help="Generation jobs allowed to wait; more get 503.", min=1)
+    ] = 32,
+    max_upload_kb: Annotated[int, typer.Option(help="Largest reference image upload, KiB.", min=1)] = 4096,
+    max_steps: Annotated[int, typer.Option(help="Largest `steps` a request may ask for.", min=1)] = 50,
+    threads: Annotated[
+        int | None, typer.Option(help="torch threads for generation (default: torch's).")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+) -> None:
+    """Serve personalized covers: POST /v1/covers, GET /v1/covers/{id}, /healthz, /docs, the gallery at /."""
+    import torch
+    import uvicorn
+
+    from icg.data.registry import load_dataset
+    from icg.presets import get_preset
+    from icg.serve.app import create_app
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    data = None if dataset.lower() == "none" else load_dataset(dataset)
+    app = create_app(
+        get_preset(preset),
+        dataset=data,
+        cache_dir=cache_dir,
+        max_queue=max_queue,
+        max_upload_bytes=max_upload_kb * 1024,
+        max_steps=max_steps,
+    )
+    if not is_loopback(host):
+        logger.warning("binding %s: the cover API is reachable from other machines (no authentication)", host)
+    shown = f"[{host}]" if ":" in host else host
+    typer.echo(
+        f"ICG cover API: http://{shown}:{port}/  (docs: /docs; preset {app.state.spec.name}; Ctrl-C stops)"
+    )
+    uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1)
