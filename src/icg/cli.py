@@ -12,8 +12,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from icg.batch.cli import batch as batch_cmd
 from icg.errors import ICGError
 from icg.rating.cli import rate_app
+from icg.serve.cli import serve as serve_cmd
 
 app = typer.Typer(help="ICG: personalized cover image generation.", no_args_is_help=True)
 data_app = typer.Typer(help="Datasets: statistics and preference pairs.", no_args_is_help=True)
@@ -522,6 +524,71 @@ def evaluate_table5_cmd(
     _table("table5", preset, methods, users, items, out, threads)
 
 
+@evaluate_app.command("table7")
+def evaluate_table7_cmd(
+    work: Annotated[
+        Path, typer.Option("--work", help="Folder for cached features and finished runs (resumable).")
+    ] = Path("runs/table7"),
+    preset: Annotated[str, typer.Option(help="'mini' or a preset folder.")] = "mini",
+    seeds: Annotated[
+        list[int] | None, typer.Option("--seed", help="Seeds (repeatable; default 0 1 2).")
+    ] = None,
+    out: TableOut = Path("results"),
+    threads: ThreadsOpt = 1,
+) -> None:
+    """Paper Table 7: MMGCN on ml-100k without images, with item images, averaged-user and generated-user
+    features (Recall@10, NDCG@10, full ranking, mean ± std over seeds)."""
+    import shutil
+
+    from icg.evaluation.table7 import JSON_NAME, MD_NAME, run_table7, table7_markdown
+    from icg.presets import get_preset
+
+    result = run_table7(
+        _load("ml-100k", None), get_preset(preset), work, seeds=tuple(seeds or (0, 1, 2)), threads=threads,
+        command="icg " + " ".join(sys.argv[1:]),
+    )  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    for name, suffix in ((JSON_NAME, ".json"), (MD_NAME, ".md")):
+        shutil.copyfile(work / name, out / f"table7_ml100k{suffix}")
+    sys.stdout.write(table7_markdown(result))
+
+
+@app.command("report")
+def report_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Folder for index.html and its images.")] = Path(
+        "out/report"
+    ),
+    preset: Annotated[str, typer.Option(help="'mini' or a preset folder.")] = "mini",
+    results: Annotated[
+        Path, typer.Option("--results", help="Folder of the tables' JSON/Markdown (icg evaluate …).")
+    ] = Path("results"),
+    run: Annotated[
+        list[Path] | None,
+        typer.Option("--run", help="Adapter training folder for reward curves (repeatable)."),
+    ] = None,
+    items: Annotated[int, typer.Option("--items", help="Held-out items in the cover grid.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of the cover grid.")] = 0,
+    threads: ThreadsOpt = 1,
+) -> None:
+    """One HTML page: a cover grid (items × users × methods), every measured table with bars, reward
+    curves."""
+    import torch
+
+    from icg.presets import get_preset
+    from icg.report import build_report
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    for folder in run or []:
+        if not folder.is_dir():
+            raise ICGError(f"--run {folder}: not a folder (an `icg train adapter --out` folder)")
+    index = build_report(
+        get_preset(preset), _load("ml-100k", None), out, results_dir=results, runs=run or [], n_items=items,
+        seed=seed,
+    )  # fmt: skip
+    console.print(f"open [bold]{index}[/bold]")
+
+
 @app.command("demo")
 def demo_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder for the contact sheet and covers.")] = Path(
@@ -619,6 +686,10 @@ def generate_cmd(
     }
     written = write_covers(output, out, RunInfo(spec.name, model_ids, adapter_hash(spec.adapter)))
     console.print(f"wrote {len(written)} covers and [bold]{out / 'index.html'}[/bold]")
+
+
+app.command("serve")(serve_cmd)
+app.command("batch")(batch_cmd)
 
 
 def main() -> None:
