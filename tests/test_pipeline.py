@@ -169,6 +169,17 @@ def test_prompt_suffixes_extend_the_prompt_per_user(pipe: CoverPipeline) -> None
     assert torch.equal(plain.images[0], suffixed.images[0])  # an empty suffix changes nothing
     assert not torch.equal(plain.images[1], suffixed.images[1])
     meta = suffixed.metadata[1]
-    assert meta["prompt"] == f"{meta['explicit_prompt']}, horror, dark"
+    assert meta["prompt"] == pipe.with_suffix(meta["explicit_prompt"], "horror, dark")
+    assert meta["prompt"].endswith(", horror, dark")
     with pytest.raises(ValueError, match="one string per user"):
         pipe(_items()[:1], users, prompt_suffixes=["x"], **kwargs)
+
+
+def test_a_suffix_is_kept_whole_when_the_prompt_overflows(pipe: CoverPipeline) -> None:
+    room = pipe.tokenizer.model_max_length - 2
+    prompt = " ".join(["red"] * (room + 5))
+    joined = pipe.with_suffix(prompt, "horror, dark")
+    assert joined.endswith(", horror, dark") and joined.startswith("red red")
+    assert len(pipe.tokenizer(joined, add_special_tokens=False).input_ids) <= room
+    assert pipe.with_suffix("a red poster", "dark") == "a red poster, dark"  # fits: unchanged
+    assert pipe.with_suffix("a red poster", "") == "a red poster"

@@ -458,6 +458,28 @@ def _table(table: str, preset: str, methods, users: int, items: int, out: Path, 
     sys.stdout.write(table_markdown(result))
 
 
+@evaluate_app.command("table1")
+def evaluate_table1_cmd(
+    work: Annotated[
+        Path, typer.Option("--work", help="Folder for the Textual Inversion words (resumable).")
+    ] = Path("runs/table1"),
+    preset: Annotated[str, typer.Option(help="'mini' or a preset folder.")] = "mini",
+    users: TableUsers = 16,
+    items: TableItems = 16,
+    out: TableOut = Path("results"),
+    threads: ThreadsOpt = None,
+) -> None:
+    """Paper Table 1: ICG vs rule-based, Textual Inversion and PMG (LPIPS, SSIM, FID, aesthetics or their
+    stand-ins); learns the users' Textual Inversion words first."""
+    from icg.evaluation.table1 import table1_methods
+    from icg.presets import icg_home
+
+    def methods(spec):
+        return table1_methods(_load("ml-100k", None), work, icg_home() / "covers", threads=threads or 1)
+
+    _table("table1", preset, methods, users, items, out, threads)
+
+
 @evaluate_app.command("table3")
 def evaluate_table3_cmd(
     work: Annotated[Path, typer.Option("--work", help="Folder for the 8 variants (resumable).")] = Path(

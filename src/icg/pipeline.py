@@ -145,6 +145,25 @@ class CoverPipeline(DiffusionPipeline, TextualInversionLoaderMixin):
         )
         return self.text_encoder(tokens.input_ids.to(self.text_encoder.device))[0]
 
+    def with_suffix(self, prompt: str, suffix: str) -> str:
+        """`prompt, suffix`, the suffix kept whole: when both overflow the text encoder's context, the
+        explicit prompt is cut where they fit (the suffix carries a prompt-side baseline's personalization).
+        """
+        if not suffix:
+            return prompt
+        joined = f"{prompt}, {suffix}" if prompt else suffix
+        room = self.tokenizer.model_max_length - 2  # BOS and EOS
+        count = len(self.tokenizer(joined, add_special_tokens=False).input_ids)
+        if count <= room:
+            return joined
+        keep = room - len(self.tokenizer(f", {suffix}", add_special_tokens=False).input_ids)
+        if keep <= 0:
+            logger.warning("prompt suffix %r alone exceeds the text encoder's %d tokens", suffix, room)
+            return suffix
+        head = self.tokenizer(prompt, add_special_tokens=False).input_ids[:keep]
+        logger.debug("explicit prompt cut to %d tokens to keep the suffix %r", keep, suffix)
+        return f"{self.tokenizer.decode(head, skip_special_tokens=True).strip()}, {suffix}"
+
     def encode_users(self, users: list[CoverUser], strict: bool = True) -> torch.Tensor:
         """U_pre for each user → (U, D_u); unknown ids raise unless strict=False and a profile is given."""
         embeds = self.user_encoder.encode_users(
@@ -248,7 +267,7 @@ class CoverPipeline(DiffusionPipeline, TextualInversionLoaderMixin):
                 raise ValueError(
                     f"prompt_suffixes must hold one string per user ({n_users}), got {len(prompt_suffixes)}"
                 )
-            cell_prompts = [", ".join(p for p in (prompts[i], prompt_suffixes[u]) if p) for i, u, _ in grid]
+            cell_prompts = [self.with_suffix(prompts[i], prompt_suffixes[u]) for i, u, _ in grid]
             text = self.encode_text(cell_prompts)  # (B, T, W)
         cond_p, uncond_p = self.personal_tokens(
             context[item_idx], user_embeds[user_idx] if user_embeds is not None else None

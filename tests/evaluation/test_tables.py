@@ -67,3 +67,25 @@ def test_table3_rows_follow_the_paper_and_carry_their_own_preset(monkeypatch, tm
     assert [m.name for m in methods] == list(PAPER["table3"])
     assert trained == [(n, stage) for stage in (False, True) for n in (1, 2, 4, 8)]
     assert all(m.spec.num_meta_tokens == int(m.name[2]) and m.adapter == m.spec.adapter for m in methods)
+
+
+def test_table1_baselines_personalize_through_the_prompt_only(setup, tmp_path):
+    from safetensors.torch import load_file
+
+    from icg.baselines import TextualInversionConfig
+    from icg.evaluation.table1 import table1_methods
+
+    spec, data, root = setup
+    methods = table1_methods(data, tmp_path, root / "covers", ti_config=TextualInversionConfig(epochs=2))
+    assert [m.name for m in methods] == list(PAPER["table1"])
+    assert all(m.adapter_scale == 0.0 for m in methods[:3]) and methods[3].adapter_scale is None
+    suite = build_metrics(clip=spec.clip)
+    result = run_table("table1", spec, data, methods, suite, n_users=2, n_items=2,
+                       cache_dir=root / "covers", progress=False)  # fmt: skip
+    rows = result["rows"]
+    words = sorted((tmp_path / "textual_inversion" / "tokens").glob("*/learned_embeds.safetensors"))
+    assert len(words) == 2 and all(len(load_file(w)) == 1 for w in words)  # diffusers' format, one word
+    # the learned word and the keywords change the rule-based covers; ICG differs from all three
+    lpips = {name: row["LPIPS-miniCLIP"] for name, row in rows.items()}
+    assert len(set(lpips.values())) == 4, lpips
+    assert "textual_inversion: one learned word" in table_markdown(result)
