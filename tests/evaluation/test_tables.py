@@ -89,3 +89,17 @@ def test_table1_baselines_personalize_through_the_prompt_only(setup, tmp_path):
     lpips = {name: row["LPIPS-miniCLIP"] for name, row in rows.items()}
     assert len(set(lpips.values())) == 4, lpips
     assert "textual_inversion: one learned word" in table_markdown(result)
+
+
+def test_table3_directions_compare_each_n_without_the_stage_to_with_it():
+    rows = {
+        "N=1 ✗": {"LPIPS-miniCLIP": 0.9},
+        "N=1 ✓": {"LPIPS-miniCLIP": 1.0},
+        "N=2 ✓": {"LPIPS-miniCLIP": 1},
+    }
+    result = {"table": "table3", "rows": rows, "paper": PAPER["table3"], "metric_notes": {},
+              "setup": {"preset": "mini", "n_users": 1, "n_items": 1, "steps": 1, "guidance_scale": 1.0,
+                        "fd_real_set": 1, "seconds": 0.0, "threads": 1}}  # fmt: skip
+    text = table_markdown(result)
+    assert "- N=1 ✗ vs N=1 ✓: LPIPS-miniCLIP better (worse)" in text  # ours lower, the paper's higher
+    assert "N=2" not in text.split("Directions")[1].split("\n\n")[1]  # no ✗ row for N=2: no line

@@ -237,7 +237,8 @@ def table_markdown(result: Mapping) -> str:
             paper = result["paper"].get(name, {}).get(metric)
             cells.append(f"{'–' if value is None else f'{value:.4g}'} | {'–' if paper is None else paper}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Directions against the ICG row, ours (paper):", *_directions(result, columns)]
+    against = "each N's row with the meta-token stage" if table == "table3" else "the ICG row"
+    lines += ["", f"Directions against {against}, ours (paper):", *_directions(result, columns)]
     notes = [f"- {row['note']}" for row in rows.values() if row.get("note")]
     notes += [f"- {k}: {v}" for k, v in result["metric_notes"].items()]
     if notes:
@@ -281,10 +282,12 @@ LOWER_IS_BETTER = {"LPIPS", "FID"}
 
 
 def _directions(result: Mapping, columns: list[tuple[str, str | None]]) -> list[str]:
-    """One line per (row, metric): is the row better or worse than ICG, in ours and in the paper?"""
+    """One line per (row, metric): is the row better or worse than ICG (Table 3: than the same N with the
+    meta-token stage), in ours and in the paper?"""
     rows, paper = result["rows"], result["paper"]
-    if "icg" not in rows:
-        return []
+    pairs = [(name, "icg") for name in rows if name != "icg"] if "icg" in rows else []
+    if result["table"] == "table3":  # with vs without the meta-token stage, per N
+        pairs = [(n, n.replace("✗", "✓")) for n in rows if n.endswith("✗") and n.replace("✗", "✓") in rows]
 
     def verdict(value: float | None, base: float | None, metric: str) -> str:
         if value is None or base is None:
@@ -295,15 +298,13 @@ def _directions(result: Mapping, columns: list[tuple[str, str | None]]) -> list[
         return "better" if better else "worse"
 
     out = []
-    for name, row in rows.items():
-        if name == "icg":
-            continue
+    for name, base in pairs:
         parts = []
         for metric, ours in columns:
             if ours is None:
                 continue
-            mine = verdict(row.get(ours), rows["icg"].get(ours), metric)
-            theirs = verdict(paper.get(name, {}).get(metric), paper.get("icg", {}).get(metric), metric)
+            mine = verdict(rows[name].get(ours), rows[base].get(ours), metric)
+            theirs = verdict(paper.get(name, {}).get(metric), paper.get(base, {}).get(metric), metric)
             parts.append(f"{ours} {mine} ({theirs})")
-        out.append(f"- {name} vs icg: " + "; ".join(parts))
+        out.append(f"- {name} vs {base}: " + "; ".join(parts))
     return out
