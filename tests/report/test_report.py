@@ -19,18 +19,6 @@ from icg.presets import tiny_preset
 from icg.report import build_report
 from icg.report.plots import moving_average
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
 TABLE4 = {
     "table": "table4",
     "rows": {
@@ -112,26 +100,16 @@ def test_moving_average_is_a_trailing_mean():
     np.testing.assert_allclose(moving_average([1, 2, 3, 4, np.nan, 6], 2), [1, 1.5, 2.5, 3.5, 4, 6])
 
 
-def test_page_renders_in_headless_chromium(report, tmp_path):
-    if not CHROMIUM.is_file():
-        pytest.skip(f"{CHROMIUM} is absent (CI installs it with `apt-get install -y chromium`)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("the `playwright` Python package is not installed (pip install playwright)")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(report.resolve().as_uri())
-            page.wait_for_load_state("load")
-            broken = page.evaluate(
-                "Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)"
-            )
-            n_images = page.evaluate("document.images.length")
-            shot = page.screenshot(full_page=True)
-        finally:
-            browser.close()
+def test_page_renders_in_headless_chromium(report, tmp_path, chromium):
+    browser = chromium
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(report.resolve().as_uri())
+    page.wait_for_load_state("load")
+    broken = page.evaluate(
+        "Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)"
+    )
+    n_images = page.evaluate("document.images.length")
+    shot = page.screenshot(full_page=True)
     (tmp_path / "report.png").write_bytes(shot)
     assert n_images > 20 and broken == []
     assert shot[:8] == b"\x89PNG\r\n\x1a\n"

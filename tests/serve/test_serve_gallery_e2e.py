@@ -5,120 +5,60 @@ only when that binary or the `playwright` package is missing.
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from icg.serve import create_app
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def _require_browser():
-    if not CHROMIUM.is_file():
-        pytest.skip(f"{CHROMIUM} is absent (CI installs it with `apt-get install -y chromium`)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("the `playwright` Python package is not installed (pip install playwright)")
-    return sync_playwright
-
 
 @pytest.fixture
-def server(counting, serve_spec, ml100k, tmp_path):
-    """uvicorn serving the API on a free loopback port, in a thread."""
-    import uvicorn
-
+def server(counting, serve_spec, ml100k, tmp_path, serve_in_thread):
+    """The API on a free loopback port, in a thread."""
     app = create_app(counting, spec=serve_spec, dataset=ml100k, cache_dir=tmp_path / "cache")
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not uv.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}/", app
-    uv.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    return serve_in_thread(app), app
 
 
-def _assert_non_blank_png(data: bytes) -> None:
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    with Image.open(io.BytesIO(data)) as image:
-        pixels = np.asarray(image.convert("RGB"), dtype=np.float64)  # (H, W, 3)
-    assert pixels.shape[0] >= 300 and pixels.shape[1] >= 300
-    assert pixels.std() > 10, "screenshot is blank"
-    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50, "screenshot has almost no content"
-
-
-def test_gallery_item_search_two_users_in_headless_chromium(server, counting, tmp_path):
-    sync_playwright = _require_browser()
+def test_gallery_item_search_two_users_in_headless_chromium(
+    server, counting, tmp_path, chromium, assert_page_screenshot
+):
+    browser = chromium
     url, app = server
     errors: list[str] = []
     foreign: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 820})
-            page.set_default_timeout(20_000)
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.on(
-                "console", lambda msg: msg.type == "error" and errors.append(f"{msg.text} {msg.location}")
-            )
-            page.on("request", lambda req: req.url.startswith(url) or foreign.append(req.url))
-            page.goto(url)
-            page.wait_for_function(
-                "() => document.getElementById('info').textContent.includes('preset tiny')"
-            )
+    page = browser.new_page(viewport={"width": 1100, "height": 820})
+    page.set_default_timeout(20_000)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: msg.type == "error" and errors.append(f"{msg.text} {msg.location}"))
+    page.on("request", lambda req: req.url.startswith(url) or foreign.append(req.url))
+    page.goto(url)
+    page.wait_for_function("() => document.getElementById('info').textContent.includes('preset tiny')")
 
-            page.fill("#item-q", "toy story")
-            result = page.locator(".item-result", has_text="Toy Story")
-            result.first.wait_for()
-            result.first.click()
-            assert "Toy Story" in page.locator("#selected-item").inner_text()
+    page.fill("#item-q", "toy story")
+    result = page.locator(".item-result", has_text="Toy Story")
+    result.first.wait_for()
+    result.first.click()
+    assert "Toy Story" in page.locator("#selected-item").inner_text()
 
-            page.locator(".user-pick[value='1']").wait_for()
-            page.check(".user-pick[value='1']")
-            page.check(".user-pick[value='2']")
-            page.click("#generate")
-            page.wait_for_function(
-                "() => document.querySelectorAll('figure.cover.done').length === 2"
-                " && [...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth > 0)"
-            )
-            assert page.locator("figure.cover.failed").count() == 0
-            assert page.locator("#error").inner_text() == ""
-            prompt = page.locator("#prompt").inner_text()
-            captions = page.locator("figure.cover .prompt").all_inner_texts()
-            whos = page.locator("figure.cover .who").all_inner_texts()
-            assert page.locator("#result-title").inner_text() == "Toy Story"
-            reference_src = page.locator("figure.reference img").get_attribute("src")
-            cover_srcs = page.locator("figure.cover img").evaluate_all("els => els.map(e => e.src)")
-            shot = page.screenshot(full_page=True)
-        finally:
-            browser.close()
+    page.locator(".user-pick[value='1']").wait_for()
+    page.check(".user-pick[value='1']")
+    page.check(".user-pick[value='2']")
+    page.click("#generate")
+    page.wait_for_function(
+        "() => document.querySelectorAll('figure.cover.done').length === 2"
+        " && [...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth > 0)"
+    )
+    assert page.locator("figure.cover.failed").count() == 0
+    assert page.locator("#error").inner_text() == ""
+    prompt = page.locator("#prompt").inner_text()
+    captions = page.locator("figure.cover .prompt").all_inner_texts()
+    whos = page.locator("figure.cover .who").all_inner_texts()
+    assert page.locator("#result-title").inner_text() == "Toy Story"
+    reference_src = page.locator("figure.reference img").get_attribute("src")
+    cover_srcs = page.locator("figure.cover img").evaluate_all("els => els.map(e => e.src)")
+    shot = page.screenshot(full_page=True)
 
     assert errors == [] and foreign == []
     assert counting.calls == 2
@@ -128,7 +68,7 @@ def test_gallery_item_search_two_users_in_headless_chromium(server, counting, tm
     assert {m["user"]["user_id"] for m in metadata} == {"1", "2"}
     assert prompt and prompt == metadata[0]["explicit_prompt"] and captions == [prompt, prompt]
     assert sorted(w.split(" \u00b7 ")[0] for w in whos) == ["user 1", "user 2"]
-    _assert_non_blank_png(shot)
+    assert_page_screenshot(shot)
     _save_for_inspection(shot, tmp_path, "serve-gallery.png")
 
 
