@@ -8,7 +8,8 @@ from pathlib import Path
 import typer
 from typer.testing import CliRunner
 
-from icg.serve.cli import is_loopback, serve
+from icg.loopback import is_loopback
+from icg.serve.cli import serve
 
 
 def _captured_run(monkeypatch) -> list[dict]:

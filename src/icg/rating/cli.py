@@ -5,7 +5,6 @@ Registered in `icg.cli` with `app.add_typer(rate_app, name="rate")`.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import sys
@@ -16,6 +15,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from icg.loopback import is_loopback
+
 rate_app = typer.Typer(help="Blind human rating of covers (paper Table 2 protocol).", no_args_is_help=True)
 logger = logging.getLogger(__name__)
 
@@ -25,15 +26,6 @@ StudyOpt = Annotated[
 DbOpt = Annotated[
     Path | None, typer.Option("--db", help="SQLite file of ratings (default: <study>/ratings.sqlite).")
 ]
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @rate_app.command("serve")
@@ -51,7 +43,7 @@ def serve_cmd(
     from icg.rating.app import create_app
 
     app = create_app(study, db)
-    if not _is_loopback(host):
+    if not is_loopback(host):
         logger.warning(
             "binding %s: the rating page is reachable from other machines (no authentication)", host
         )

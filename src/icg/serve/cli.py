@@ -5,24 +5,15 @@ Registered in `icg.cli` with `app.command("serve")(serve)`.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from icg.loopback import is_loopback
+
 logger = logging.getLogger(__name__)
-
-
-def is_loopback(host: str) -> bool:
-    """True for localhost and 127.0.0.0/8 / ::1 addresses."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def serve(
