@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -24,6 +25,9 @@ from icg.errors import ICGError
 from icg.pipeline import CoverPipeline
 from icg.presets import PresetSpec
 from icg.single_file import load_single_file_backbone
+
+if TYPE_CHECKING:
+    from icg.pipeline_flux import FluxCoverPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -92,12 +96,55 @@ def adapter_hash(path: str | Path | None) -> str | None:
     return digest.hexdigest()[:16]
 
 
+def load_encoders(spec: PresetSpec, torch_dtype: torch.dtype = torch.float32, with_context: bool = True):
+    """(context encoder or None, user encoder or None) of `spec`: the backbone-independent half of a pipeline.
+
+    `with_context=False` skips the MLLM (a batch job's generation workers get P_exp and C_ref from the
+    context stage), unless the preset has no adapter: an untrained projector is sized from the MLLM."""
+    context_encoder = None
+    if with_context or spec.adapter is None:
+        context_encoder = ContextEncoder.from_pretrained(
+            spec.context_encoder, num_meta_tokens=spec.num_meta_tokens, torch_dtype=torch_dtype
+        )
+    user_encoder = None
+    if spec.user_encoder is not None:
+        from icg.users import TwoTowerModel
+
+        user_encoder = TwoTowerModel.from_pretrained(spec.user_encoder)
+    return context_encoder, user_encoder
+
+
+def untrained_projector(spec: PresetSpec, context_encoder, user_encoder, width: int) -> PersonalizedProjector:
+    """A fresh projector sized for `spec`'s encoders and a backbone whose c_p width is `width`."""
+    logger.warning("preset '%s' has no adapter: using an untrained one (covers ignore item/user)", spec.name)
+    return PersonalizedProjector(
+        ProjectorConfig(
+            context_dim=context_encoder.hidden_size,
+            num_meta_tokens=spec.num_meta_tokens,
+            user_dim=user_encoder.config.output_dim if user_encoder is not None else None,
+            cross_attention_dim=width,
+            num_context_tokens=spec.num_context_tokens,
+            num_user_tokens=spec.num_user_tokens if user_encoder is not None else 0,
+        )
+    )
+
+
 def load_cover_pipeline(
-    spec: PresetSpec, device: str | torch.device = "cpu", torch_dtype: torch.dtype = torch.float32
-) -> CoverPipeline:
-    """Every component of `spec`, loaded once, on `device`."""
+    spec: PresetSpec,
+    device: str | torch.device = "cpu",
+    torch_dtype: torch.dtype = torch.float32,
+    with_context_encoder: bool = True,
+) -> CoverPipeline | FluxCoverPipeline:
+    """Every component of `spec`, loaded once, on `device` (a FluxCoverPipeline for a flux backbone).
+
+    `with_context_encoder=False`: no MLLM (see `load_encoders`); the pipeline then generates only through
+    `covers_from_embeddings`."""
+    if spec.backbone == "flux":
+        from icg.loading_flux import load_flux_cover_pipeline
+
+        return load_flux_cover_pipeline(spec, device, torch_dtype, with_context_encoder)
     if spec.backbone != "sd15":
-        raise ICGError(f"preset '{spec.name}': backbone '{spec.backbone}' is not supported yet (only sd15)")
+        raise ICGError(f"preset '{spec.name}': backbone '{spec.backbone}' is not supported (sd15 or flux)")
     if spec.base_model is None or spec.context_encoder is None:
         raise ICGError(f"preset '{spec.name}' names no base model or no context encoder")
     unet, vae, text_encoder, tokenizer, scheduler = load_backbone(
@@ -113,29 +160,10 @@ def load_cover_pipeline(
             ) from exc
         if projector is None:
             raise ICGError(f"{spec.adapter}: adapter checkpoint has no projector")
-    context_encoder = ContextEncoder.from_pretrained(
-        spec.context_encoder, num_meta_tokens=spec.num_meta_tokens, torch_dtype=torch_dtype
-    )
-    user_encoder = None
-    if spec.user_encoder is not None:
-        from icg.users import TwoTowerModel
-
-        user_encoder = TwoTowerModel.from_pretrained(spec.user_encoder)
+    context_encoder, user_encoder = load_encoders(spec, torch_dtype, with_context_encoder)
     if spec.adapter is None:
-        logger.warning(
-            "preset '%s' has no adapter: using an untrained one (covers ignore item/user)", spec.name
-        )
         install_dual_path_adapter(unet, init="zeros")
-        projector = PersonalizedProjector(
-            ProjectorConfig(
-                context_dim=context_encoder.hidden_size,
-                num_meta_tokens=spec.num_meta_tokens,
-                user_dim=user_encoder.config.output_dim if user_encoder is not None else None,
-                cross_attention_dim=unet.config.cross_attention_dim,
-                num_context_tokens=spec.num_context_tokens,
-                num_user_tokens=spec.num_user_tokens if user_encoder is not None else 0,
-            )
-        )
+        projector = untrained_projector(spec, context_encoder, user_encoder, unet.config.cross_attention_dim)
     pipe = CoverPipeline(
         vae=vae,
         text_encoder=text_encoder,

@@ -57,7 +57,85 @@ class CoverPipelineOutput(BaseOutput):
     metadata: list[dict[str, Any]] = field(default_factory=list)
 
 
-class CoverPipeline(DiffusionPipeline, TextualInversionLoaderMixin):
+class CoverConditioningMixin:
+    """What every cover pipeline shares, whatever its backbone: input checks for items and users, U_pre, c_p.
+
+    Needs `user_encoder` and `projector` components (CoverPipeline, FluxCoverPipeline).
+    """
+
+    def check_cover_inputs(
+        self,
+        items: list[CoverItem],
+        users: list[CoverUser] | None,
+        num_inference_steps: int,
+        guidance_scale: float,
+        num_images_per_prompt: int,
+    ) -> None:
+        if self.context_encoder is None:
+            raise ValueError(
+                "this pipeline was loaded without its context encoder (with_context_encoder=False): "
+                "generate with covers_from_embeddings"
+            )
+        if not items:
+            raise ValueError("items is empty: give at least one CoverItem")
+        for k, item in enumerate(items):
+            if not isinstance(item, CoverItem):
+                raise ValueError(f"items[{k}] must be a CoverItem, got {type(item).__name__}")
+            if not isinstance(item.title, str) or not item.title.strip():
+                raise ValueError(f"items[{k}] has an empty title")
+            if not isinstance(item.image, PIL.Image.Image):
+                raise ValueError(f"items[{k}].image must be a PIL image, got {type(item.image).__name__}")
+        if users:
+            if self.user_encoder is None:
+                raise ValueError("users were given but this pipeline has no user_encoder")
+            if not self.projector.config.has_user_path:
+                raise ValueError("users were given but the projector has no user path (num_user_tokens=0)")
+            for k, user in enumerate(users):
+                if not isinstance(user, CoverUser) or (user.user_id is None and user.profile is None):
+                    raise ValueError(f"users[{k}] must be a CoverUser with a user_id, a profile or both")
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be ≥ 1, got {num_inference_steps}")
+        if guidance_scale < 0 or not np.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be a finite number ≥ 0, got {guidance_scale}")
+        if num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be ≥ 1, got {num_images_per_prompt}")
+
+    def encode_users(self, users: list[CoverUser], strict: bool = True) -> torch.Tensor:
+        """U_pre for each user → (U, D_u); unknown ids raise unless strict=False and a profile is given."""
+        embeds = self.user_encoder.encode_users(
+            [u.user_id for u in users], [u.profile for u in users], strict=strict
+        )
+        _check_finite("user embeddings", embeds)
+        return embeds
+
+    def personal_tokens(
+        self, context: torch.Tensor, user: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conditional c_p and its unconditional twin (projector of zeros), each (B, N_c [+ N_u], W)."""
+        cond = self.projector(context, user)
+        uncond = self.projector(torch.zeros_like(context), None if user is None else torch.zeros_like(user))
+        return cond, uncond
+
+
+def join_suffix(tokenizer, room: int, prompt: str, suffix: str) -> str:
+    """`prompt, suffix`, the suffix kept whole: when both overflow `room` tokens of `tokenizer`, the
+    explicit prompt is cut where they fit (the suffix carries a prompt-side baseline's personalization).
+    """
+    if not suffix:
+        return prompt
+    joined = f"{prompt}, {suffix}" if prompt else suffix
+    if len(tokenizer(joined, add_special_tokens=False).input_ids) <= room:
+        return joined
+    keep = room - len(tokenizer(f", {suffix}", add_special_tokens=False).input_ids)
+    if keep <= 0:
+        logger.warning("prompt suffix %r alone exceeds the text encoder's %d tokens", suffix, room)
+        return suffix
+    head = tokenizer(prompt, add_special_tokens=False).input_ids[:keep]
+    logger.debug("explicit prompt cut to %d tokens to keep the suffix %r", keep, suffix)
+    return f"{tokenizer.decode(head, skip_special_tokens=True).strip()}, {suffix}"
+
+
+class CoverPipeline(DiffusionPipeline, TextualInversionLoaderMixin, CoverConditioningMixin):
     """Personalized cover generation with a frozen SD1.5-architecture backbone and the dual-path adapter.
 
     Components: vae, text_encoder, tokenizer, unet (with `install_dual_path_adapter` applied), scheduler
@@ -103,29 +181,7 @@ class CoverPipeline(DiffusionPipeline, TextualInversionLoaderMixin):
         width: int,
         num_images_per_prompt: int,
     ) -> None:
-        if not items:
-            raise ValueError("items is empty: give at least one CoverItem")
-        for k, item in enumerate(items):
-            if not isinstance(item, CoverItem):
-                raise ValueError(f"items[{k}] must be a CoverItem, got {type(item).__name__}")
-            if not isinstance(item.title, str) or not item.title.strip():
-                raise ValueError(f"items[{k}] has an empty title")
-            if not isinstance(item.image, PIL.Image.Image):
-                raise ValueError(f"items[{k}].image must be a PIL image, got {type(item.image).__name__}")
-        if users:
-            if self.user_encoder is None:
-                raise ValueError("users were given but this pipeline has no user_encoder")
-            if not self.projector.config.has_user_path:
-                raise ValueError("users were given but the projector has no user path (num_user_tokens=0)")
-            for k, user in enumerate(users):
-                if not isinstance(user, CoverUser) or (user.user_id is None and user.profile is None):
-                    raise ValueError(f"users[{k}] must be a CoverUser with a user_id, a profile or both")
-        if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be ≥ 1, got {num_inference_steps}")
-        if guidance_scale < 0 or not np.isfinite(guidance_scale):
-            raise ValueError(f"guidance_scale must be a finite number ≥ 0, got {guidance_scale}")
-        if num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be ≥ 1, got {num_images_per_prompt}")
+        self.check_cover_inputs(items, users, num_inference_steps, guidance_scale, num_images_per_prompt)
         multiple = self.vae_scale_factor
         if height % multiple or width % multiple or height <= 0 or width <= 0:
             raise ValueError(
@@ -146,39 +202,13 @@ class CoverPipeline(DiffusionPipeline, TextualInversionLoaderMixin):
         return self.text_encoder(tokens.input_ids.to(self.text_encoder.device))[0]
 
     def with_suffix(self, prompt: str, suffix: str) -> str:
-        """`prompt, suffix`, the suffix kept whole: when both overflow the text encoder's context, the
-        explicit prompt is cut where they fit (the suffix carries a prompt-side baseline's personalization).
-        """
-        if not suffix:
-            return prompt
-        joined = f"{prompt}, {suffix}" if prompt else suffix
-        room = self.tokenizer.model_max_length - 2  # BOS and EOS
-        count = len(self.tokenizer(joined, add_special_tokens=False).input_ids)
-        if count <= room:
-            return joined
-        keep = room - len(self.tokenizer(f", {suffix}", add_special_tokens=False).input_ids)
-        if keep <= 0:
-            logger.warning("prompt suffix %r alone exceeds the text encoder's %d tokens", suffix, room)
-            return suffix
-        head = self.tokenizer(prompt, add_special_tokens=False).input_ids[:keep]
-        logger.debug("explicit prompt cut to %d tokens to keep the suffix %r", keep, suffix)
-        return f"{self.tokenizer.decode(head, skip_special_tokens=True).strip()}, {suffix}"
+        """`prompt, suffix` within the CLIP context (BOS and EOS excluded); see `join_suffix`."""
+        return join_suffix(self.tokenizer, self.tokenizer.model_max_length - 2, prompt, suffix)
 
-    def encode_users(self, users: list[CoverUser], strict: bool = True) -> torch.Tensor:
-        """U_pre for each user → (U, D_u); unknown ids raise unless strict=False and a profile is given."""
-        embeds = self.user_encoder.encode_users(
-            [u.user_id for u in users], [u.profile for u in users], strict=strict
-        )
-        _check_finite("user embeddings", embeds)
-        return embeds
-
-    def personal_tokens(
-        self, context: torch.Tensor, user: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Conditional c_p and its unconditional twin (projector of zeros), each (B, N_c [+ N_u], W)."""
-        cond = self.projector(context, user)
-        uncond = self.projector(torch.zeros_like(context), None if user is None else torch.zeros_like(user))
-        return cond, uncond
+    @property
+    def default_size(self) -> int:
+        """Cover side in pixels when height/width are not given (the UNet's sample size × VAE factor)."""
+        return self.unet.config.sample_size * self.vae_scale_factor
 
     def prepare_latents(
         self,
@@ -201,6 +231,76 @@ class CoverPipeline(DiffusionPipeline, TextualInversionLoaderMixin):
         return latents * self.scheduler.init_noise_sigma
 
     # --- generation -----------------------------------------------------------------------------------------
+    def denoise(
+        self,
+        text: torch.Tensor,
+        cond_p: torch.Tensor,
+        uncond_p: torch.Tensor,
+        seeds: list[int],
+        num_inference_steps: int,
+        guidance_scale: float,
+        adapter_scale: float | None,
+        height: int,
+        width: int,
+    ) -> torch.Tensor:
+        """Covers (B, 3, H, W) in [0, 1] from c_t (B, T, W) and c_p: cover b starts from noise seeded with
+        `seeds[b]`, then DDIM with classifier-free guidance (the unconditional branch: "" and `uncond_p`)."""
+        device = self._execution_device
+        do_cfg = guidance_scale > 1.0
+        cond_p, uncond_p = cond_p.to(text.dtype), uncond_p.to(text.dtype)
+        if do_cfg:
+            empty = self.encode_text([""]).expand_as(text)
+            text, personal = torch.cat([empty, text]), torch.cat([uncond_p, cond_p])
+        else:
+            personal = cond_p
+        unet_inputs = personalized_unet_inputs(text, personal, adapter_scale)
+        generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+        latents = self.prepare_latents(len(seeds), height, width, text.dtype, generators, device)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        for t in self.progress_bar(self.scheduler.timesteps):
+            model_input = torch.cat([latents] * 2) if do_cfg else latents
+            model_input = self.scheduler.scale_model_input(model_input, t)
+            noise = self.unet(model_input, t, **unet_inputs).sample
+            if do_cfg:
+                noise_uncond, noise_cond = noise.chunk(2)
+                noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+            latents = self.scheduler.step(noise, t, latents).prev_sample
+        images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        return (images / 2 + 0.5).clamp(0, 1)
+
+    @torch.no_grad()
+    def covers_from_embeddings(
+        self,
+        prompts: list[str],
+        context: torch.Tensor,
+        user_embeds: torch.Tensor | None,
+        seeds: list[int],
+        num_inference_steps: int,
+        guidance_scale: float,
+        adapter_scale: float | None = None,
+        height: int | None = None,
+        width: int | None = None,
+    ) -> torch.Tensor:
+        """Covers (B, 3, H, W) in [0, 1] for precomputed P_exp (B), C_ref (B, N, D) and U_pre (B, D_u): the
+        generation half of `__call__`, for a batch job whose context stage ran elsewhere. Cover b starts
+        from noise seeded with `seeds[b]`, as cover k of `pipe(..., seed=s)` starts from `s + k`."""
+        if not (len(prompts) == len(context) == len(seeds)) or (
+            user_embeds is not None and len(user_embeds) != len(prompts)
+        ):
+            raise ValueError("prompts, context, user_embeds and seeds must have one entry per cover")
+        device, dtype = self._execution_device, _dtype_of(self.projector)
+        context = context.to(device=device, dtype=dtype)
+        user_embeds = None if user_embeds is None else user_embeds.to(device=device, dtype=dtype)
+        for name, tensor in (("context embeddings", context), ("user embeddings", user_embeds)):
+            if tensor is not None:
+                _check_finite(name, tensor)
+        text = self.encode_text(list(prompts))  # (B, T, W)
+        cond_p, uncond_p = self.personal_tokens(context, user_embeds)
+        return self.denoise(
+            text, cond_p, uncond_p, seeds, num_inference_steps, guidance_scale, adapter_scale,
+            height or self.default_size, width or self.default_size,
+        )  # fmt: skip
+
     @torch.no_grad()
     def __call__(
         self,
@@ -227,14 +327,12 @@ class CoverPipeline(DiffusionPipeline, TextualInversionLoaderMixin):
         `prompt_suffixes` (one per user, or one when `users` is None) are appended to P_exp for that user's
         covers: the prompt-side baselines (PMG keywords, a Textual Inversion token).
         """
-        height = height or self.unet.config.sample_size * self.vae_scale_factor
-        width = width or self.unet.config.sample_size * self.vae_scale_factor
+        height, width = height or self.default_size, width or self.default_size
         # 1. check inputs
         self.check_inputs(
             items, users, num_inference_steps, guidance_scale, height, width, num_images_per_prompt
         )
         device = self._execution_device
-        do_cfg = guidance_scale > 1.0
 
         # 2. item context, once per item: explicit prompt P_exp and meta-token embeddings C_ref (I, N, D)
         prompts, context = self.context_encoder.encode_items(
@@ -272,32 +370,12 @@ class CoverPipeline(DiffusionPipeline, TextualInversionLoaderMixin):
         cond_p, uncond_p = self.personal_tokens(
             context[item_idx], user_embeds[user_idx] if user_embeds is not None else None
         )
-        cond_p, uncond_p = cond_p.to(text.dtype), uncond_p.to(text.dtype)
-        if do_cfg:
-            empty = self.encode_text([""]).expand_as(text)
-            text, personal = torch.cat([empty, text]), torch.cat([uncond_p, cond_p])
-        else:
-            personal = cond_p
-        unet_inputs = personalized_unet_inputs(text, personal, adapter_scale)
 
-        # 6. initial noise, one generator per cover
-        generators = [torch.Generator("cpu").manual_seed(seed + k) for k in range(len(grid))]
-        latents = self.prepare_latents(len(grid), height, width, text.dtype, generators, device)
-
-        # 7. denoising loop (DDIM by default)
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        for t in self.progress_bar(self.scheduler.timesteps):
-            model_input = torch.cat([latents] * 2) if do_cfg else latents
-            model_input = self.scheduler.scale_model_input(model_input, t)
-            noise = self.unet(model_input, t, **unet_inputs).sample
-            if do_cfg:
-                noise_uncond, noise_cond = noise.chunk(2)
-                noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
-            latents = self.scheduler.step(noise, t, latents).prev_sample
-
-        # 8. decode
-        images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
-        images = (images / 2 + 0.5).clamp(0, 1)  # (B, 3, H, W) in [0, 1]
+        # 6.–8. noise (one generator per cover), denoising loop, decode
+        seeds = [seed + k for k in range(len(grid))]
+        images = self.denoise(
+            text, cond_p, uncond_p, seeds, num_inference_steps, guidance_scale, adapter_scale, height, width
+        )
         metadata = [
             {
                 "item_id": items[i].item_id,

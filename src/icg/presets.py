@@ -9,9 +9,12 @@ adapter. Every component is then loaded by the same `from_pretrained` calls (`ic
 - `mini`: the embedded default — the same classes at small sizes, trained by `icg train mini` on
   MovieLens-100k with rendered covers, shipped in `icg/assets/mini/` (preset.json + one folder per
   component). It makes 64² covers.
+- `flux`: FLUX.1-dev + Qwen2.5-VL-7B-Instruct (hub ids, as `sd15`), 28 flow-matching steps, embedded
+  guidance 3.5; the adapter is the Flux dual path (`icg.adapter.flux`), loaded by `icg.loading_flux`.
 - `tiny`: random components of the same classes at tiny size, written once to `$ICG_HOME/presets/tiny`
   (default `~/.cache/icg`) by `materialize_tiny_preset` and loaded back like real checkpoints. For tests and
-  wiring checks only: its covers are noise.
+  wiring checks only: its covers are noise. `tiny-flux` is the same for the Flux backbone
+  (`icg.testing_flux.materialize_tiny_flux_preset`, `$ICG_HOME/presets/tiny-flux`, 32² covers).
 """
 
 from __future__ import annotations
@@ -77,6 +80,16 @@ SD15 = PresetSpec(
 )
 
 
+FLUX = PresetSpec(
+    name="flux",
+    backbone="flux",
+    base_model="black-forest-labs/FLUX.1-dev",
+    context_encoder="Qwen/Qwen2.5-VL-7B-Instruct",
+    num_inference_steps=28,
+    guidance_scale=3.5,
+)
+
+
 def tiny_preset(folder: Path | None = None) -> PresetSpec:
     """The tiny preset, materialized into `folder` (default under icg_home()) if it is not there yet."""
     folder = Path(folder) if folder is not None else icg_home() / "presets" / "tiny"
@@ -84,6 +97,16 @@ def tiny_preset(folder: Path | None = None) -> PresetSpec:
         from icg.testing import materialize_tiny_preset
 
         materialize_tiny_preset(folder)
+    return load_preset_folder(folder)
+
+
+def tiny_flux_preset(folder: Path | None = None) -> PresetSpec:
+    """The tiny-flux preset, materialized into `folder` (default under icg_home()) if it is not there yet."""
+    folder = Path(folder) if folder is not None else icg_home() / "presets" / "tiny-flux"
+    if not (folder / "preset.json").is_file():
+        from icg.testing_flux import materialize_tiny_flux_preset
+
+        materialize_tiny_flux_preset(folder)
     return load_preset_folder(folder)
 
 
@@ -123,7 +146,7 @@ def load_preset_folder(folder: str | Path) -> PresetSpec:
     return spec.replace(**paths)
 
 
-PRESETS = ("mini", "sd15", "tiny")
+PRESETS = ("mini", "sd15", "tiny", "flux", "tiny-flux")
 
 
 def get_preset(name: str) -> PresetSpec:
@@ -132,6 +155,10 @@ def get_preset(name: str) -> PresetSpec:
         return SD15
     if name == "tiny":
         return tiny_preset()
+    if name == "flux":
+        return FLUX
+    if name == "tiny-flux":
+        return tiny_flux_preset()
     if name == "mini":
         return mini_preset()
     if Path(name).is_dir():
