@@ -84,7 +84,7 @@ class AdapterTrainConfig(loop.JsonConfig):
     warmup_steps: int = 0  # linear warm-up, then constant
     grad_clip: float = 1.0  # max grad norm; 0 = off
     num_inference_steps: int = 15  # DDIM steps of a training rollout
-    guidance_scale: float = 1.0  # paper: 1.0 (no classifier-free guidance while training)
+    guidance_scale: float = 1.0  # paper: 1.0 (no CFG while training); Flux: its embedded guidance
     grad_steps: int = 1  # K: denoising steps with gradients (ReFL/DRaFT-K)
     stop_window: int = 4  # the stop step is drawn from the last `stop_window` steps (ReFL: the last quarter)
     lambda_hps: float = 0.25
@@ -163,6 +163,31 @@ class AdapterTrainConfig(loop.JsonConfig):
         """Hash of the fields a resumed run must share with its checkpoint."""
         core = {k: v for k, v in dataclasses.asdict(self).items() if k not in RESUMABLE_CHANGES}
         return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """What the trainer needs to know of a pipeline's backbone: its name, network, adapter, frozen text
+    encoders and step class. The one place that tells a UNet pipeline from a Flux one."""
+
+    name: str  # "sd15" | "flux", as saved in the adapter config
+    denoiser: nn.Module
+    adapter: nn.Module
+    text_encoders: tuple[nn.Module, ...]
+    step_class: type[AdapterStep]
+
+
+def backbone_of(pipe) -> Backbone:
+    """The `Backbone` of a CoverPipeline (UNet) or FluxCoverPipeline (transformer)."""
+    if getattr(pipe, "transformer", None) is not None:
+        from icg.adapter.flux import get_flux_adapter_layers
+        from icg.training.adapter_step_flux import FluxAdapterStep
+
+        encoders = (pipe.text_encoder, pipe.text_encoder_2)
+        return Backbone(
+            "flux", pipe.transformer, get_flux_adapter_layers(pipe.transformer), encoders, FluxAdapterStep
+        )
+    return Backbone("sd15", pipe.unet, get_adapter_layers(pipe.unet), (pipe.text_encoder,), AdapterStep)
 
 
 class TrainableAdapter(nn.Module):
@@ -345,40 +370,40 @@ def _train(
         shutil.rmtree(out / "checkpoints")
 
     # frozen: everything but the dual-path K/V and the projector
-    frozen = [pipe.unet, pipe.vae, pipe.text_encoder, pipe.context_encoder, pipe.user_encoder, objective]
+    backbone = backbone_of(pipe)
+    frozen = [backbone.denoiser, pipe.vae, *backbone.text_encoders, pipe.context_encoder, pipe.user_encoder]
+    frozen.append(objective)
     for module in frozen:
         if module is not None:
             module.requires_grad_(False).eval()
-    adapter = get_adapter_layers(pipe.unet)
-    module = TrainableAdapter(adapter, pipe.projector)
+    module = TrainableAdapter(backbone.adapter, pipe.projector)
     pipe.to(device)
     objective.to(device)
     if config.mixed_precision != "no" and device.type == "cuda":  # frozen weights in the compute dtype
         dtype = torch.float16 if config.mixed_precision == "fp16" else torch.bfloat16
-        for frozen_module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        for frozen_module in (backbone.denoiser, pipe.vae, *backbone.text_encoders):
             frozen_module.to(dtype)
     module.float().requires_grad_(True).train()
     if config.gradient_checkpointing:
-        pipe.unet.enable_gradient_checkpointing()
+        backbone.denoiser.enable_gradient_checkpointing()
 
     with accelerator.main_process_first():  # the first process fills the disk cache, the others read it
         feats = item_features(pipe, data, cache_dir, config.max_prompt_tokens, progress=progress and main)
-    pixels = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    ref_latents = frozen_latents(pipe, data.covers, pixels) if config.denoise_weight > 0 else None
+    ref_latents = frozen_latents(pipe, data.covers, pipe.default_size) if config.denoise_weight > 0 else None
 
     optimizer = torch.optim.AdamW(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = get_scheduler(
         "constant_with_warmup", optimizer, num_warmup_steps=config.warmup_steps * accelerator.num_processes
     )
     module, optimizer, schedule = accelerator.prepare(module, optimizer, schedule)
-    step_fn = AdapterStep(pipe, data, feats, objective, config, device, ref_latents)
+    step_fn = backbone.step_class(pipe, data, feats, objective, config, device, ref_latents)
     stream = SampleStream(len(data), config.seed)
     monitor, guard_fn = None, None
     if guard is not None:
         held_out, judges = guard
         with accelerator.main_process_first():
             held_feats = item_features(pipe, held_out, cache_dir, config.max_prompt_tokens)
-        guard_fn = AdapterStep(pipe, held_out, held_feats, objective, config, device, None)
+        guard_fn = backbone.step_class(pipe, held_out, held_feats, objective, config, device, None)
         judges = [j.to(device) for j in judges]
         monitor = GuardMonitor(config.guard_rule(), {j.name: j.higher_is_better for j in judges})
 
@@ -471,7 +496,10 @@ def _train(
     unwrapped = accelerator.unwrap_model(module)
     if completed and main:
         loop.replace_folder(
-            out / "adapter", lambda staging: save_adapter(staging, unwrapped.adapter, unwrapped.projector)
+            out / "adapter",
+            lambda staging: save_adapter(
+                staging, unwrapped.adapter, unwrapped.projector, backbone=backbone.name
+            ),
         )
     seconds = round(seconds_before + time.perf_counter() - started, 1)
     metrics = {
@@ -494,7 +522,7 @@ def _train(
     for tracker in accelerator.trackers:  # not end_training(): it destroys the process group, and a
         tracker.finish()  # second stage may run in the same `accelerate launch` process
     if config.gradient_checkpointing:
-        pipe.unet.disable_gradient_checkpointing()
+        backbone.denoiser.disable_gradient_checkpointing()
     unwrapped.eval()
     return json.loads(text)
 
@@ -545,7 +573,7 @@ def train_adapter_from_preset(
             {"processor_path": pickscore_processor} if name == "pickscore" and pickscore_processor else {}
         )
         rewards[name] = load_reward(name, sources[name], **kwargs)
-    pixels = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    pixels = pipe.default_size
     if config.guard_every > 0 and "held_out" not in options:
         if isinstance(data, AdapterData):
             raise ICGError("the guard needs held-out samples: pass held_out=, or the dataset, not samples")

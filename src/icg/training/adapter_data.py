@@ -214,9 +214,11 @@ def item_features(
 
 
 def frozen_latents(pipe, covers: Tensor, size: int, batch_size: int = 32) -> Tensor:
-    """VAE posterior means × scaling_factor of uint8 covers resized to `size` → (N, C, h, w), no grad."""
+    """(VAE posterior mean − shift_factor) × scaling_factor of uint8 covers resized to `size` → (N, C, h, w),
+    no grad; the shift is FLUX's (SD's VAE has none)."""
     out = []
     vae = pipe.vae
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
     with torch.no_grad():
         for start in range(0, len(covers), batch_size):
             pixels = covers[start : start + batch_size].float() / 127.5 - 1.0  # [-1, 1]
@@ -225,7 +227,8 @@ def frozen_latents(pipe, covers: Tensor, size: int, batch_size: int = 32) -> Ten
                     pixels, size=(size, size), mode="bicubic", antialias=True
                 ).clamp(-1, 1)
             pixels = pixels.to(vae.device, vae.dtype)
-            out.append((vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor).float().cpu())
+            mean = vae.encode(pixels).latent_dist.mean
+            out.append(((mean - shift) * vae.config.scaling_factor).float().cpu())
     return torch.cat(out)
 
 

@@ -35,13 +35,22 @@ class AdapterStep:
         device: torch.device,
         ref_latents: Tensor | None,
     ) -> None:
-        from diffusers import DDIMScheduler
-
         self.pipe, self.data, self.feats, self.objective, self.config = pipe, data, feats, objective, config
         self.device, self.ref_latents = device, ref_latents
-        self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)  # the paper's sampler, never shared
-        self.pixels = pipe.unet.config.sample_size * pipe.vae_scale_factor
-        self.unet_dtype = pipe.unet.dtype
+        self.scheduler = self.make_scheduler()  # never the pipeline's own
+        self.pixels = pipe.default_size
+        self.unet_dtype = self.denoiser.dtype
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The frozen backbone network that the adapter is installed in."""
+        return self.pipe.unet
+
+    def make_scheduler(self):
+        """The paper's sampler (DDIM) with the pipeline's training schedule."""
+        from diffusers import DDIMScheduler
+
+        return DDIMScheduler.from_config(self.pipe.scheduler.config)
 
     def conditioning(self, rows: Tensor) -> tuple[list[str], Tensor, Tensor, Tensor]:
         """(prompts, c_t (B, T, W) without graph, c_p and its unconditional twin (B, M, W) with graph)."""
