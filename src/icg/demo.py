@@ -109,7 +109,7 @@ def run_demo(data: InteractionData, out_dir: Path, preset: str = "mini", seed: i
     items = held_out_items(data.items)
     pipe = load_cover_pipeline(spec)
     pipe.set_progress_bar_config(disable=True)
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    size = pipe.default_size
     images, metadata, rows = [], [], []
     for n, (_, row) in enumerate(items.iterrows()):
         title = display_title(str(row["title"])) or str(row["title"])  # as the cover prints it

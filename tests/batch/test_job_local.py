@@ -12,7 +12,7 @@ from PIL import Image
 
 from icg.batch.inputs import load_items
 from icg.batch.job import BatchConfig, run_batch
-from icg.batch.stages import covers_from_embeddings, generation_pipeline, item_image
+from icg.batch.stages import generation_pipeline, item_image
 from icg.errors import DataError, ICGError
 from icg.loading import load_cover_pipeline
 from icg.pipeline import CoverItem, CoverUser
@@ -49,8 +49,8 @@ def test_covers_from_embeddings_reproduces_the_pipeline(tiny_spec) -> None:
         tiny_spec, torch.device("cpu"), torch.float32
     )  # no MLLM in the generation actors
     assert gen.context_encoder is None
-    got = covers_from_embeddings(
-        gen, prompts * 2, context.repeat(2, 1, 1), pipe.encode_users(users), [seed, seed + 1], steps, 7.0
+    got = gen.covers_from_embeddings(
+        prompts * 2, context.repeat(2, 1, 1), pipe.encode_users(users), [seed, seed + 1], steps, 7.0
     )
     torch.testing.assert_close(got, expected.images, atol=1e-5, rtol=1e-5)
     assert [m["seed"] for m in expected.metadata] == [seed, seed + 1]
@@ -117,3 +117,16 @@ def test_table_items_and_webp_covers(tiny_dir, tmp_path) -> None:
         load_items(str(table))
     with pytest.raises(ICGError, match="format"):
         config(tiny_dir, out, image_format="gif")
+
+
+def test_the_same_job_runs_on_a_flux_preset(tmp_path) -> None:
+    from icg.presets import tiny_flux_preset
+
+    folder = tmp_path / "tiny-flux"
+    tiny_flux_preset(folder)
+    out = tmp_path / "out"
+    result = run_batch(config(folder, out, max_items=2))
+    assert (result.generated, result.skipped) == (2 * K, 0)
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    assert len(manifest) == 2 * K and set(manifest["preset"]) == {"tiny-flux"}
+    assert all(Image.open(out / p).size == (32, 32) for p in manifest["path"])

@@ -8,8 +8,8 @@
 The light stages (expansion, manifest parts) are in `icg.batch.writer`. Imports are kept lazy so that a
 context actor does not import diffusers and a generation actor does not import the MLLM code it does not use.
 
-`covers_from_embeddings` is steps 5–8 of `CoverPipeline.__call__` (text, personal tokens, noise, denoising,
-decode) for conditioning that is already computed; a test checks it reproduces the pipeline's covers.
+Generation calls the pipeline's `covers_from_embeddings` (the generation half of `__call__`, for conditioning
+computed elsewhere; SD1.5 and Flux pipelines both have it); a test checks it reproduces the pipeline's covers.
 """
 
 from __future__ import annotations
@@ -43,63 +43,6 @@ def _setup_worker(threads: int | None) -> None:
     transformers_logging.disable_progress_bar()
     if threads:
         torch.set_num_threads(threads)
-
-
-@torch.no_grad()
-def covers_from_embeddings(
-    pipe,
-    prompts: list[str],
-    context: torch.Tensor,
-    user_embeds: torch.Tensor | None,
-    seeds: list[int],
-    num_inference_steps: int,
-    guidance_scale: float,
-    adapter_scale: float | None = None,
-    height: int | None = None,
-    width: int | None = None,
-) -> torch.Tensor:
-    """Covers (B, 3, H, W) in [0, 1] for precomputed P_exp (B), C_ref (B, N, D) and U_pre (B, D_u).
-
-    Cover b starts from noise seeded with `seeds[b]`, exactly as cover k of `pipe(..., seed=s)` starts from
-    `s + k`, so a row's cover does not depend on which other rows share its batch (up to float rounding).
-    """
-    from icg.adapter.attention import personalized_unet_inputs
-
-    if not (len(prompts) == len(context) == len(seeds)) or (
-        user_embeds is not None and len(user_embeds) != len(prompts)
-    ):
-        raise ValueError("prompts, context, user_embeds and seeds must have one entry per cover")
-    height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    width = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    device, dtype = pipe.device, next(pipe.projector.parameters()).dtype
-    do_cfg = guidance_scale > 1.0
-    context = context.to(device=device, dtype=dtype)
-    user_embeds = None if user_embeds is None else user_embeds.to(device=device, dtype=dtype)
-    for name, tensor in (("context embeddings", context), ("user embeddings", user_embeds)):
-        if tensor is not None and not torch.isfinite(tensor).all():
-            raise ValueError(f"{name} contain NaN or infinite values")
-    text = pipe.encode_text(list(prompts))  # (B, T, W)
-    cond_p, uncond_p = pipe.personal_tokens(context, user_embeds)
-    cond_p, uncond_p = cond_p.to(text.dtype), uncond_p.to(text.dtype)
-    if do_cfg:
-        empty = pipe.encode_text([""]).expand_as(text)
-        text, personal = torch.cat([empty, text]), torch.cat([uncond_p, cond_p])
-    else:
-        personal = cond_p
-    unet_inputs = personalized_unet_inputs(text, personal, adapter_scale)
-    generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-    latents = pipe.prepare_latents(len(seeds), height, width, text.dtype, generators, device)
-    pipe.scheduler.set_timesteps(num_inference_steps, device=device)
-    for t in pipe.scheduler.timesteps:
-        model_input = torch.cat([latents] * 2) if do_cfg else latents
-        model_input = pipe.scheduler.scale_model_input(model_input, t)
-        noise = pipe.unet(model_input, t, **unet_inputs).sample
-        if do_cfg:
-            noise_uncond, noise_cond = noise.chunk(2)
-            noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
-        latents = pipe.scheduler.step(noise, t, latents).prev_sample
-    images = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
-    return (images / 2 + 0.5).clamp(0, 1)  # (B, 3, H, W)
 
 
 def encode_image(image: torch.Tensor, fmt: str) -> bytes:
@@ -172,40 +115,12 @@ class ContextStage:
 
 
 def generation_pipeline(spec, device: torch.device, torch_dtype: torch.dtype):
-    """A CoverPipeline without its MLLM: the generation stage gets P_exp and C_ref from the context stage,
-    so its actors need not hold the context encoder (7B parameters for the sd15 preset). Same loaders as
-    `icg.loading.load_cover_pipeline`; a preset without an adapter falls back to that (it sizes the untrained
-    projector from the MLLM)."""
-    from icg.adapter.checkpoint import load_adapter
-    from icg.errors import ICGError
-    from icg.loading import load_backbone, load_cover_pipeline
-    from icg.pipeline import CoverPipeline
-    from icg.users import TwoTowerModel
+    """The preset's cover pipeline (SD1.5 or Flux) without its MLLM: the generation stage gets P_exp and
+    C_ref from the context stage, so its actors need not hold the context encoder (7B parameters for the
+    real presets)."""
+    from icg.loading import load_cover_pipeline
 
-    if spec.adapter is None or spec.user_encoder is None:
-        return load_cover_pipeline(spec, device=device, torch_dtype=torch_dtype)
-    if spec.backbone != "sd15" or spec.base_model is None:
-        raise ICGError(f"preset '{spec.name}': the batch job needs an sd15 backbone")
-    unet, vae, text_encoder, tokenizer, scheduler = load_backbone(
-        spec.base_model, spec.base_config, torch_dtype
-    )
-    try:
-        _, projector = load_adapter(spec.adapter, unet)
-    except ValueError as exc:
-        raise ICGError(f"{spec.adapter}: cannot load the adapter into {spec.base_model}: {exc}") from exc
-    if projector is None:
-        raise ICGError(f"{spec.adapter}: adapter checkpoint has no projector")
-    pipe = CoverPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        context_encoder=None,
-        projector=projector.to(dtype=torch_dtype).eval(),
-        user_encoder=TwoTowerModel.from_pretrained(spec.user_encoder),
-    )
-    return pipe.to(device)
+    return load_cover_pipeline(spec, device=device, torch_dtype=torch_dtype, with_context_encoder=False)
 
 
 class GenerateStage:
@@ -239,8 +154,7 @@ class GenerateStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pd.DataFrame:
         segments = torch.as_tensor(np.asarray(batch["segment"], dtype=np.int64))
-        images = covers_from_embeddings(
-            self.pipe,
+        images = self.pipe.covers_from_embeddings(
             [str(p) for p in batch["prompt"]],
             torch.from_numpy(np.stack(batch["context"]).astype(np.float32)),  # (B, N, D)
             self.centroids[segments],  # (B, D_u)

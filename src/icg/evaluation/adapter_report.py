@@ -175,7 +175,7 @@ def evaluate_adapter(
     pipe = load_cover_pipeline(spec)
     pipe.set_progress_bar_config(disable=True)
     pipe.context_encoder.cache = ContextCache()  # each item's context once, reused for every user
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    size = pipe.default_size
     references = render_cover_cache(chosen.items, Path(cache_dir or Path("out") / "cache"), size, 1, False)[
         :, 0
     ]

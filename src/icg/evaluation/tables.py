@@ -183,7 +183,7 @@ def run_table(
         return pipes[key]
 
     first = pipe_for(methods[0])
-    size = first.unet.config.sample_size * first.vae_scale_factor
+    size = first.default_size
     grid = make_grid(data, size, n_users, n_items, seed, cache_dir)
     rows: dict[str, dict] = {}
     for method in methods:

@@ -105,7 +105,7 @@ def make_cover_grid(
     pipe = load_cover_pipeline(spec)
     pipe.set_progress_bar_config(disable=True)
     pipe.context_encoder.cache = ContextCache()  # each item's context once, reused by every column
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    size = pipe.default_size
     titles = [display_title(str(t)) or str(t) for t in rows_df["title"]]
     references = [
         render_cover(
