@@ -630,7 +630,7 @@ def demo_cmd(
 def generate_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder for covers, JSON sidecars and index.html.")],
     preset: Annotated[
-        str, typer.Option(help="mini (embedded default), sd15, tiny or a preset folder.")
+        str, typer.Option(help="mini (embedded default), sd15, flux, tiny, tiny-flux or a preset folder.")
     ] = "mini",
     title: Annotated[str | None, typer.Option(help="Item title (with --image).")] = None,
     image: Annotated[Path | None, typer.Option(help="Reference cover image of the item.")] = None,

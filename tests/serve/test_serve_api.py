@@ -277,3 +277,19 @@ def test_a_preset_is_loaded_once(monkeypatch, serve_spec, serve_pipeline, ml100k
             )
     assert loads == [serve_spec]
     assert (tmp_path / "once" / "context").is_dir()  # item contexts are cached beside the covers
+
+
+def test_a_flux_preset_serves_through_the_same_api(ml100k, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from icg.presets import tiny_flux_preset
+    from icg.serve import create_app
+
+    spec = tiny_flux_preset(tmp_path / "tiny-flux").replace(num_inference_steps=1)
+    with TestClient(create_app(spec, dataset=ml100k, cache_dir=tmp_path / "cache")) as client:
+        response = client.post("/v1/covers", data={"item_id": "1", "user_id": "1", "format": "json"})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["preset"] == "tiny-flux" and body["explicit_prompt"]
+        with Image.open(io.BytesIO(client.get(body["url"]).content)) as image:
+            assert image.size == (32, 32)

@@ -24,7 +24,7 @@ def batch(
         Path | None, typer.Option(help="Folder of a dataset that needs one (ml-1m, …).")
     ] = None,
     preset: Annotated[
-        str, typer.Option(help="mini (embedded default), sd15, tiny or a preset folder.")
+        str, typer.Option(help="mini (embedded default), sd15, flux, tiny, tiny-flux or a preset folder.")
     ] = "mini",
     segments: Annotated[int, typer.Option(help="K: user segments (k-means over user embeddings).")] = 8,
     seed: Annotated[int, typer.Option(help="Seed of k-means and of every cover's noise.")] = 0,

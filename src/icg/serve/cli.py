@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 def serve(
     preset: Annotated[
-        str, typer.Option(help="mini (embedded default), sd15, tiny or a preset folder.")
+        str, typer.Option(help="mini (embedded default), sd15, flux, tiny, tiny-flux or a preset folder.")
     ] = "mini",
     dataset: Annotated[
         str, typer.Option(help="Dataset for item ids, search and the gallery ('none' for uploads only).")
