@@ -57,6 +57,26 @@ class CoverPipelineOutput(BaseOutput):
     metadata: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass
+class CoverGrid:
+    """The conditioning of one call: P_exp and C_ref per item, U_pre per user, and the covers' grid
+    (item, user, image index) in item-major order with each cover's prompt."""
+
+    prompts: list[str]  # (I) explicit prompts
+    context: torch.Tensor  # (I, N, D) C_ref
+    user_embeds: torch.Tensor | None  # (U, D_u) U_pre
+    cells: list[tuple[int, int, int]]  # (item, user, image index) per cover
+    cell_prompts: list[str]  # per cover: P_exp [+ the user's suffix]
+    item_idx: torch.Tensor  # (B,)
+    user_idx: torch.Tensor  # (B,)
+
+    def cover_context(self) -> torch.Tensor:
+        return self.context[self.item_idx]
+
+    def cover_users(self) -> torch.Tensor | None:
+        return None if self.user_embeds is None else self.user_embeds[self.user_idx]
+
+
 class CoverConditioningMixin:
     """What every cover pipeline shares, whatever its backbone: input checks for items and users, U_pre, c_p.
 
@@ -115,6 +135,90 @@ class CoverConditioningMixin:
         cond = self.projector(context, user)
         uncond = self.projector(torch.zeros_like(context), None if user is None else torch.zeros_like(user))
         return cond, uncond
+
+    def cover_grid(
+        self,
+        items: list[CoverItem],
+        users: list[CoverUser] | None,
+        num_images_per_prompt: int,
+        max_prompt_tokens: int,
+        strict_users: bool,
+        drop_meta_tokens: bool,
+        prompt_suffixes: list[str] | None,
+    ) -> CoverGrid:
+        """Steps 2–4 of every cover pipeline: item context once per item (P_exp, C_ref; zeroed for the
+        "w/o meta token" ablation), U_pre once per user, and the grid with each cover's prompt."""
+        device, dtype = self._execution_device, _dtype_of(self.projector)
+        prompts, context = self.context_encoder.encode_items(
+            [i.image for i in items], [i.title for i in items], max_new_tokens=max_prompt_tokens
+        )
+        context = context.to(device=device, dtype=dtype)
+        if drop_meta_tokens:
+            context = torch.zeros_like(context)
+        _check_finite("context embeddings", context)
+        user_embeds = self.encode_users(users, strict_users).to(device, dtype) if users else None
+        n_users = len(users) if users else 1
+        if prompt_suffixes is not None and len(prompt_suffixes) != n_users:
+            raise ValueError(
+                f"prompt_suffixes must hold one string per user ({n_users}), got {len(prompt_suffixes)}"
+            )
+        images = range(num_images_per_prompt)
+        cells = [(i, u, k) for i in range(len(items)) for u in range(n_users) for k in images]
+        cell_prompts = [
+            prompts[i] if prompt_suffixes is None else self.with_suffix(prompts[i], prompt_suffixes[u])
+            for i, u, _ in cells
+        ]
+        item_idx = torch.tensor([c[0] for c in cells], device=device)
+        user_idx = torch.tensor([c[1] for c in cells], device=device)
+        return CoverGrid(prompts, context, user_embeds, cells, cell_prompts, item_idx, user_idx)
+
+    def check_embeddings(
+        self, prompts: list[str], context: torch.Tensor, user_embeds: torch.Tensor | None, seeds: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`covers_from_embeddings`' inputs: one entry per cover, finite; moved to the projector."""
+        if not (len(prompts) == len(context) == len(seeds)) or (
+            user_embeds is not None and len(user_embeds) != len(prompts)
+        ):
+            raise ValueError("prompts, context, user_embeds and seeds must have one entry per cover")
+        device, dtype = self._execution_device, _dtype_of(self.projector)
+        context = context.to(device=device, dtype=dtype)
+        user_embeds = None if user_embeds is None else user_embeds.to(device=device, dtype=dtype)
+        for name, tensor in (("context embeddings", context), ("user embeddings", user_embeds)):
+            if tensor is not None:
+                _check_finite(name, tensor)
+        return context, user_embeds
+
+    def cover_output(
+        self,
+        images: torch.Tensor,
+        grid: CoverGrid,
+        items: list[CoverItem],
+        users: list[CoverUser] | None,
+        seed: int,
+        output_type: str,
+        settings: dict[str, Any],
+    ) -> CoverPipelineOutput:
+        """Images (B, 3, H, W) in [0, 1] → PIL (or "pt" tensors), with one sidecar dict per cover: what
+        regenerates it alone (its seed, prompt and every setting)."""
+        metadata = [
+            {
+                "item_id": items[i].item_id,
+                "title": items[i].title,
+                "explicit_prompt": grid.prompts[i],
+                "prompt": grid.cell_prompts[n],
+                "user_id": users[u].user_id if users else None,
+                "profile": users[u].profile if users else None,
+                "image_index": k,
+                "seed": seed + n,
+                **settings,
+                "scheduler": type(self.scheduler).__name__,
+            }
+            for n, (i, u, k) in enumerate(grid.cells)
+        ]
+        if output_type == "pt":
+            return CoverPipelineOutput(images=images, metadata=metadata)
+        arrays = (images.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)
+        return CoverPipelineOutput(images=[PIL.Image.fromarray(a) for a in arrays], metadata=metadata)
 
 
 def join_suffix(tokenizer, room: int, prompt: str, suffix: str) -> str:
@@ -284,16 +388,7 @@ class CoverPipeline(DiffusionPipeline, TextualInversionLoaderMixin, CoverConditi
         """Covers (B, 3, H, W) in [0, 1] for precomputed P_exp (B), C_ref (B, N, D) and U_pre (B, D_u): the
         generation half of `__call__`, for a batch job whose context stage ran elsewhere. Cover b starts
         from noise seeded with `seeds[b]`, as cover k of `pipe(..., seed=s)` starts from `s + k`."""
-        if not (len(prompts) == len(context) == len(seeds)) or (
-            user_embeds is not None and len(user_embeds) != len(prompts)
-        ):
-            raise ValueError("prompts, context, user_embeds and seeds must have one entry per cover")
-        device, dtype = self._execution_device, _dtype_of(self.projector)
-        context = context.to(device=device, dtype=dtype)
-        user_embeds = None if user_embeds is None else user_embeds.to(device=device, dtype=dtype)
-        for name, tensor in (("context embeddings", context), ("user embeddings", user_embeds)):
-            if tensor is not None:
-                _check_finite(name, tensor)
+        context, user_embeds = self.check_embeddings(prompts, context, user_embeds, seeds)
         text = self.encode_text(list(prompts))  # (B, T, W)
         cond_p, uncond_p = self.personal_tokens(context, user_embeds)
         return self.denoise(
@@ -332,74 +427,29 @@ class CoverPipeline(DiffusionPipeline, TextualInversionLoaderMixin, CoverConditi
         self.check_inputs(
             items, users, num_inference_steps, guidance_scale, height, width, num_images_per_prompt
         )
-        device = self._execution_device
 
-        # 2. item context, once per item: explicit prompt P_exp and meta-token embeddings C_ref (I, N, D)
-        prompts, context = self.context_encoder.encode_items(
-            [i.image for i in items], [i.title for i in items], max_new_tokens=max_prompt_tokens
-        )
-        context = context.to(device=device, dtype=_dtype_of(self.projector))
-        if drop_meta_tokens:
-            context = torch.zeros_like(context)
-        _check_finite("context embeddings", context)
+        # 2.–4. item context once per item (P_exp, C_ref), U_pre once per user, the grid in item-major order
+        grid = self.cover_grid(
+            items, users, num_images_per_prompt, max_prompt_tokens, strict_users, drop_meta_tokens,
+            prompt_suffixes,
+        )  # fmt: skip
 
-        # 3. user features, once per user: U_pre (U, D_u)
-        user_embeds = (
-            self.encode_users(users, strict_users).to(device, _dtype_of(self.projector)) if users else None
-        )
-        n_users = len(users) if users else 1
-
-        # 4. the grid (item, user, image) in item-major order
-        grid = [
-            (i, u, k) for i in range(len(items)) for u in range(n_users) for k in range(num_images_per_prompt)
-        ]
-        item_idx = torch.tensor([g[0] for g in grid], device=device)
-        user_idx = torch.tensor([g[1] for g in grid], device=device)
-
-        # 5. text embeddings c_t of the explicit prompts (and of "" for guidance)
+        # 5. text embeddings c_t (one per item when no user has a suffix) and personalized tokens c_p
         if prompt_suffixes is None:
-            cell_prompts = [prompts[i] for i, _, _ in grid]
-            text = self.encode_text(prompts)[item_idx]  # (B, T, W)
+            text = self.encode_text(grid.prompts)[grid.item_idx]  # (B, T, W)
         else:
-            if len(prompt_suffixes) != n_users:
-                raise ValueError(
-                    f"prompt_suffixes must hold one string per user ({n_users}), got {len(prompt_suffixes)}"
-                )
-            cell_prompts = [self.with_suffix(prompts[i], prompt_suffixes[u]) for i, u, _ in grid]
-            text = self.encode_text(cell_prompts)  # (B, T, W)
-        cond_p, uncond_p = self.personal_tokens(
-            context[item_idx], user_embeds[user_idx] if user_embeds is not None else None
-        )
+            text = self.encode_text(grid.cell_prompts)  # (B, T, W)
+        cond_p, uncond_p = self.personal_tokens(grid.cover_context(), grid.cover_users())
 
         # 6.–8. noise (one generator per cover), denoising loop, decode
-        seeds = [seed + k for k in range(len(grid))]
+        seeds = [seed + n for n in range(len(grid.cells))]
         images = self.denoise(
             text, cond_p, uncond_p, seeds, num_inference_steps, guidance_scale, adapter_scale, height, width
         )
-        metadata = [
-            {
-                "item_id": items[i].item_id,
-                "title": items[i].title,
-                "explicit_prompt": prompts[i],
-                "prompt": cell_prompts[n],
-                "user_id": users[u].user_id if users else None,
-                "profile": users[u].profile if users else None,
-                "image_index": k,
-                "seed": seed + n,
-                "num_inference_steps": num_inference_steps,
-                "guidance_scale": guidance_scale,
-                "adapter_scale": adapter_scale,
-                "drop_meta_tokens": drop_meta_tokens,
-                "height": height,
-                "width": width,
-                "scheduler": type(self.scheduler).__name__,
-            }
-            for n, (i, u, k) in enumerate(grid)
-        ]
-        if output_type == "pt":
-            return CoverPipelineOutput(images=images, metadata=metadata)
-        arrays = (images.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)
-        return CoverPipelineOutput(images=[PIL.Image.fromarray(a) for a in arrays], metadata=metadata)
+        settings = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
+                    "adapter_scale": adapter_scale, "drop_meta_tokens": drop_meta_tokens, "height": height,
+                    "width": width}  # fmt: skip
+        return self.cover_output(images, grid, items, users, seed, output_type, settings)
 
 
 def _dtype_of(module: torch.nn.Module) -> torch.dtype:

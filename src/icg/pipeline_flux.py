@@ -18,7 +18,6 @@ import logging
 from typing import Any
 
 import numpy as np
-import PIL.Image
 import torch
 from diffusers import DiffusionPipeline, FluxPipeline
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
@@ -30,8 +29,6 @@ from icg.pipeline import (
     CoverItem,
     CoverPipelineOutput,
     CoverUser,
-    _check_finite,
-    _dtype_of,
     join_suffix,
 )
 
@@ -193,12 +190,10 @@ class FluxCoverPipeline(DiffusionPipeline, CoverConditioningMixin):
         """
         height, width = height or self.default_size, width or self.default_size
         device = self._execution_device
+        context, user_embeds = self.check_embeddings(prompts, context, user_embeds, seeds)
         text, pooled, text_ids = self.encode_prompt(prompts)  # (B, T, W), (B, P), (T, 3)
         dtype = self.transformer.dtype
-        cond_p, uncond_p = self.personal_tokens(
-            context.to(device, _dtype_of(self.projector)),
-            None if user_embeds is None else user_embeds.to(device, _dtype_of(self.projector)),
-        )
+        cond_p, uncond_p = self.personal_tokens(context, user_embeds)
         cond_kwargs = personalized_flux_kwargs(cond_p.to(dtype), adapter_scale)
         do_true_cfg = true_cfg_scale > 1.0
         if do_true_cfg:
@@ -267,44 +262,19 @@ class FluxCoverPipeline(DiffusionPipeline, CoverConditioningMixin):
             width,
             num_images_per_prompt,
         )
-        device = self._execution_device
 
-        # 2. item context, once per item: explicit prompt P_exp and meta-token embeddings C_ref (I, N, D)
-        prompts, context = self.context_encoder.encode_items(
-            [i.image for i in items], [i.title for i in items], max_new_tokens=max_prompt_tokens
-        )
-        context = context.to(device=device, dtype=_dtype_of(self.projector))
-        if drop_meta_tokens:
-            context = torch.zeros_like(context)
-        _check_finite("context embeddings", context)
+        # 2.–4. item context once per item (P_exp, C_ref), U_pre once per user, the grid in item-major order
+        grid = self.cover_grid(
+            items, users, num_images_per_prompt, max_prompt_tokens, strict_users, drop_meta_tokens,
+            prompt_suffixes,
+        )  # fmt: skip
 
-        # 3. user features, once per user: U_pre (U, D_u)
-        user_embeds = (
-            self.encode_users(users, strict_users).to(device, _dtype_of(self.projector)) if users else None
-        )
-        n_users = len(users) if users else 1
-
-        # 4. the grid (item, user, image) in item-major order, one prompt per cover
-        grid = [
-            (i, u, k) for i in range(len(items)) for u in range(n_users) for k in range(num_images_per_prompt)
-        ]
-        if prompt_suffixes is not None and len(prompt_suffixes) != n_users:
-            raise ValueError(
-                f"prompt_suffixes must hold one string per user ({n_users}), got {len(prompt_suffixes)}"
-            )
-        cell_prompts = [
-            prompts[i] if prompt_suffixes is None else self.with_suffix(prompts[i], prompt_suffixes[u])
-            for i, u, _ in grid
-        ]
-        item_idx = torch.tensor([g[0] for g in grid], device=device)
-        user_idx = torch.tensor([g[1] for g in grid], device=device)
-
-        # 5-8. text embeddings, c_p, noise, flow-matching loop, decode
+        # 5.–8. text embeddings, c_p, noise, flow-matching loop, decode
         images = self.covers_from_embeddings(
-            cell_prompts,
-            context[item_idx],
-            user_embeds[user_idx] if user_embeds is not None else None,
-            [seed + n for n in range(len(grid))],
+            grid.cell_prompts,
+            grid.cover_context(),
+            grid.cover_users(),
+            [seed + n for n in range(len(grid.cells))],
             num_inference_steps,
             guidance_scale,
             adapter_scale,
@@ -312,32 +282,13 @@ class FluxCoverPipeline(DiffusionPipeline, CoverConditioningMixin):
             width,
             true_cfg_scale,
         )  # (B, 3, H, W) in [0, 1]
-        metadata = [
-            {
-                "item_id": items[i].item_id,
-                "title": items[i].title,
-                "explicit_prompt": prompts[i],
-                "prompt": cell_prompts[n],
-                "user_id": users[u].user_id if users else None,
-                "profile": users[u].profile if users else None,
-                "image_index": k,
-                "seed": seed + n,
-                "num_inference_steps": num_inference_steps,
-                "guidance_scale": guidance_scale,
-                "true_cfg_scale": true_cfg_scale,
-                "adapter_scale": adapter_scale,
-                "drop_meta_tokens": drop_meta_tokens,
-                "height": height,
-                "width": width,
-                "scheduler": type(self.scheduler).__name__,
-                "backbone": "flux",
-            }
-            for n, (i, u, k) in enumerate(grid)
-        ]
-        if output_type == "pt":
-            return CoverPipelineOutput(images=images, metadata=metadata)
-        arrays = (images.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)
-        return CoverPipelineOutput(images=[PIL.Image.fromarray(a) for a in arrays], metadata=metadata)
+        settings = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
+                    "true_cfg_scale": true_cfg_scale, "adapter_scale": adapter_scale,
+                    "drop_meta_tokens": drop_meta_tokens, "height": height, "width": width}  # fmt: skip
+        output = self.cover_output(images, grid, items, users, seed, output_type, settings)
+        for meta in output.metadata:
+            meta["backbone"] = "flux"
+        return output
 
 
 def flow_timesteps(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,14 +161,28 @@ def load_adapter(
     directory: str | Path, unet: nn.Module
 ) -> tuple[AdapterLayers, PersonalizedProjector | None]:
     """Install the dual path on `unet` with the saved weights; returns (adapter, projector or None)."""
+    return load_adapter_folder(
+        directory,
+        lambda config: check_unet_matches(unet, config),
+        lambda scale: install_dual_path_adapter(unet, scale=scale, init=None),
+    )
+
+
+def load_adapter_folder(
+    directory: str | Path,
+    check: Callable[[AdapterCheckpointConfig], None],
+    install: Callable[[float], AdapterLayers],
+) -> tuple[AdapterLayers, PersonalizedProjector | None]:
+    """A `save_adapter` folder → (adapter, projector or None), whatever the backbone: `check` raises
+    ValueError when the backbone does not match the config; `install(scale)` puts untrained layers in."""
     folder = Path(directory)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (folder / name).is_file():
             raise ValueError(f"{folder}: missing {name}; expected a folder written by save_adapter")
     config = AdapterCheckpointConfig.from_dict(json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8")))
-    check_unet_matches(unet, config)
+    check(config)
     tensors = load_file(str(folder / WEIGHTS_NAME))
-    adapter = install_dual_path_adapter(unet, scale=config.scale, init=None)
+    adapter = install(config.scale)
     _load_strict(adapter.layers, _with_prefix(tensors, "adapter."), "adapter")
     projector = None
     if config.projector is not None:

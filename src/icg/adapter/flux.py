@@ -15,7 +15,6 @@ tokens, or at scale 0, the processor returns exactly what `FluxAttnProcessor` re
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,18 +24,14 @@ import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import _get_qkv_projections
-from safetensors.torch import load_file
 from torch import nn
 
 from icg.adapter.attention import AdapterLayers, InitMode, PersonalTokens
 from icg.adapter.checkpoint import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
     AdapterCheckpointConfig,
     IPAdapterImport,
     _import_image_proj,
-    _load_strict,
-    _with_prefix,
+    load_adapter_folder,
     read_ip_adapter_state_dict,
 )
 from icg.adapter.projector import PersonalizedProjector
@@ -318,17 +313,8 @@ def load_flux_adapter(
     directory: str | Path, transformer: nn.Module
 ) -> tuple[AdapterLayers, PersonalizedProjector | None]:
     """Install the dual path on a Flux transformer from a `save_adapter(..., backbone="flux")` folder."""
-    folder = Path(directory)
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        if not (folder / name).is_file():
-            raise ValueError(f"{folder}: missing {name}; expected a folder written by save_adapter")
-    config = AdapterCheckpointConfig.from_dict(json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8")))
-    check_transformer_matches(transformer, config)
-    tensors = load_file(str(folder / WEIGHTS_NAME))
-    adapter = install_flux_dual_path_adapter(transformer, scale=config.scale, init=None)
-    _load_strict(adapter.layers, _with_prefix(tensors, "adapter."), "adapter")
-    projector = None
-    if config.projector is not None:
-        projector = PersonalizedProjector(config.projector)
-        _load_strict(projector, _with_prefix(tensors, "projector."), "projector")
-    return adapter, projector
+    return load_adapter_folder(
+        directory,
+        lambda config: check_transformer_matches(transformer, config),
+        lambda scale: install_flux_dual_path_adapter(transformer, scale=scale, init=None),
+    )
