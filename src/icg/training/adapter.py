@@ -92,6 +92,8 @@ class AdapterTrainConfig(loop.JsonConfig):
     lambda_pick: float = 0.25
     lambda_rec: float = 0.25  # CLIP reconstruction (image ↔ caption); the only term of stage "init"
     denoise_weight: float = 0.0  # ε-MSE on reference-cover latents (ReFL's pre-training loss); 0 = off
+    # the personalized reward minus its mean over the batch's other users (icg.rewards.user_contrast)
+    personal_contrast: bool = False
     max_prompt_tokens: int = 77  # explicit prompt length (the preset's explicit_prompt_tokens)
     mixed_precision: str = "no"
     gradient_accumulation_steps: int = 1
@@ -121,7 +123,7 @@ class AdapterTrainConfig(loop.JsonConfig):
             value, low = getattr(self, name), int(name in positive)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        for name in ("gradient_checkpointing", "guard_stop"):
+        for name in ("gradient_checkpointing", "guard_stop", "personal_contrast"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         self.guard_rule()  # validates the guard fields
@@ -276,6 +278,10 @@ def _build_objective(rewards: Mapping[str, Reward], config: AdapterTrainConfig) 
     if missing:
         fields = [REWARD_WEIGHTS[m] for m in missing]
         raise ValueError(f"rewards {missing} are enabled but not given; pass them or set {fields} to 0")
+    if config.personal_contrast and "personalized" in weights:
+        from icg.rewards.user_contrast import UserContrastReward
+
+        rewards = {**rewards, "personalized": UserContrastReward(rewards["personalized"])}
     terms = {n: RewardTerm(rewards[n], w, rewards[n].default_loss) for n, w in weights.items()}
     return WeightedRewards(terms)
 
