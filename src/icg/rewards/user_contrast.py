@@ -2,8 +2,8 @@
 
 Why: on the mini, 91 % of the personalized reward's variance over (user, cover) is the cover's appeal to
 everyone and 3 % the user's general generosity; only 6 % is the interaction — which cover suits which user
-(`bench/RESULTS.md`). Maximising R therefore mostly makes every user's cover more generally appealing and
-gives the adapter's user path little to learn. Subtracting what the batch's other users would think of the
+(`bench/reward_variance.py`). Maximising R therefore mostly makes every user's cover more appealing to all,
+and gives the adapter's user path little to learn. Subtracting what the batch's other users would think of the
 same cover cancels the appeal term, so the gradient is what makes this cover *this* user's. The other users
 are the batch's own (sample b is compared with the users of samples b+1, …, b+B−1, cyclically): no randomness,
 so training stays exactly resumable; B − 1 extra scores per cover.
