@@ -622,9 +622,15 @@ def demo_cmd(
     ),
     preset: Annotated[str, typer.Option(help="Preset to demo (default: the embedded mini).")] = "mini",
     seed: Annotated[int, typer.Option(help="Row r uses seed + r for every column.")] = 0,
+    threads: ThreadsOpt = 1,
 ) -> None:
     """Covers for 4 held-out ml-100k items × 3 contrasting real users, beside reference and rule-based."""
+    import torch
+
     from icg.demo import run_demo
+
+    if threads is not None:
+        torch.set_num_threads(threads)
 
     sheet = run_demo(_load("ml-100k", None), out, preset=preset, seed=seed)
     console.print(f"open [bold]{sheet}[/bold] (or {sheet.with_suffix('.png')})")
