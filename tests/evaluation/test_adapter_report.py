@@ -87,3 +87,24 @@ def test_report_on_the_tiny_preset(data, tmp_path):
     assert result["setup"]["n_users"] == 3 and result["setup"]["n_items"] == 2
     assert json.loads((tmp_path / "out" / JSON_NAME).read_text())["setup"]["n_items"] == 2
     assert "| icg |" in (tmp_path / "out" / MD_NAME).read_text() and (tmp_path / "out" / GRID_NAME).is_file()
+
+
+def test_swap_test_sees_covers_made_for_their_user_and_not_shared_ones():
+    from icg.evaluation.adapter_report import swap_test
+    from icg.rewards.base import Reward
+
+    class Brightness(Reward):
+        """User 'dark' likes dark covers, 'light' likes light ones."""
+
+        needs_texts = False
+
+        def _score(self, images, texts, users):
+            sign = torch.tensor([1.0 if u == "light" else -1.0 for u in users])
+            return sign * images.mean(dim=(1, 2, 3))
+
+    profiles = ["light", "dark", "light", "dark"]
+    tailored = torch.stack([torch.full((3, 3, 8, 8), 0.9 if p == "light" else 0.1) for p in profiles])
+    shared = torch.full((4, 3, 3, 8, 8), 0.5)
+    good = swap_test(Brightness(), tailored, None, profiles, others=3)
+    assert good["own_minus_others"] > 0.2 and good["share_users_positive"] == 1.0 and good["others"] == 3
+    assert swap_test(Brightness(), shared, None, profiles)["own_minus_others"] == 0.0

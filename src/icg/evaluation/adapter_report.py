@@ -123,6 +123,28 @@ def _score_grid(reward, images: torch.Tensor, texts: list[str], profiles: list[s
     return np.stack(rows)
 
 
+def swap_test(reward, covers: torch.Tensor, texts: list[str], profiles: list[str], others: int = 15) -> dict:
+    """Does a user's own cover suit them better than other users' covers of the same item, as an independent
+    reward model judges? covers (U, I, 3, S, S) → mean over users of R(u, own) − mean R(u, another user's
+    cover), each user against the `others` next users (cyclically), with its standard error over users.
+    0 in expectation when covers ignore the user; positive only if personalization reaches the judge."""
+    n_users = covers.shape[0]
+    k = min(others, n_users - 1)
+    if k < 1:
+        return {"own_minus_others": None, "std_error": None, "share_users_positive": None, "others": 0}
+    per_user = []
+    for u, profile in enumerate(profiles):
+        users = [profile] * covers.shape[1]
+        own = reward.score(covers[u], texts, users, grad=False).numpy()  # (I,)
+        rows = [(u + shift) % n_users for shift in range(1, k + 1)]
+        theirs = [reward.score(covers[v], texts, users, grad=False).numpy() for v in rows]
+        per_user.append(float((own - np.mean(theirs, axis=0)).mean()))
+    values = np.array(per_user)
+    se = round(float(values.std(ddof=1) / np.sqrt(len(values))), 5) if len(values) > 1 else None
+    return {"own_minus_others": round(float(values.mean()), 5), "std_error": se,
+            "share_users_positive": round(float((values > 0).mean()), 4), "others": k}  # fmt: skip
+
+
 def _grid(references: torch.Tensor, covers: dict[str, torch.Tensor], users: list[str], n: int) -> Image.Image:
     """Items as rows: reference | rule-based | context only | ICG for the first `len(users)` users."""
     columns = ["reference", "rule-based", "context only"] + [f"user {u}" for u in users]
@@ -228,6 +250,7 @@ def evaluate_adapter(
             "personalization": personalization_score(style, taste, permutations, seed),
             "between_user_pixel_std": round(float(images.std(0).mean()) if len(images) > 1 else 0.0, 4),
         }  # fmt: skip
+    result["icg"]["swap_test"] = swap_test(rewards["judge"], generated["icg"], texts, user_texts)
     diff = (judged["icg"] - judged["rule_based"]).ravel()
     result["icg_minus_rule_based_judge"] = {
         "mean": round(float(diff.mean()), 4),
@@ -278,6 +301,16 @@ def adapter_report_markdown(result: dict) -> str:
             f"{_fmt(pers['score'])}{p} | {_fmt(row['between_user_pixel_std'])} |"
         )
     d = result["icg_minus_rule_based_judge"]
+    swap = result["icg"].get("swap_test")
+    if swap and swap["own_minus_others"] is not None:
+        se = "" if swap["std_error"] is None else f" ± {swap['std_error']:.4f}"
+        lines += [
+            "",
+            f"Swap test (ICG): judge reward of a user's own cover − of {swap['others']} other users' covers "
+            f"of the same item, judged with the user's profile: {swap['own_minus_others']:+.4f}{se} "
+            f"(standard error over users); positive for {100 * swap['share_users_positive']:.1f} % of users. "
+            "0 in expectation when covers ignore the user.",
+        ]
     lines += [
         "",
         f"ICG − rule-based, judge reward per (user, item) pair: {d['mean']:+.4f} ± {d['std_error']:.4f} "
