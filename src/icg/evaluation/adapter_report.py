@@ -251,6 +251,7 @@ def evaluate_adapter(
             "between_user_pixel_std": round(float(images.std(0).mean()) if len(images) > 1 else 0.0, 4),
         }  # fmt: skip
     result["icg"]["swap_test"] = swap_test(rewards["judge"], generated["icg"], texts, user_texts)
+    result["icg"]["swap_test_optimised"] = swap_test(rewards["optimised"], generated["icg"], texts, user_texts)
     diff = (judged["icg"] - judged["rule_based"]).ravel()
     result["icg_minus_rule_based_judge"] = {
         "mean": round(float(diff.mean()), 4),
@@ -310,6 +311,14 @@ def adapter_report_markdown(result: dict) -> str:
             f"of the same item, judged with the user's profile: {swap['own_minus_others']:+.4f}{se} "
             f"(standard error over users); positive for {100 * swap['share_users_positive']:.1f} % of users. "
             "0 in expectation when covers ignore the user.",
+        ]
+    swap = result["icg"].get("swap_test_optimised")
+    if swap and swap["own_minus_others"] is not None:
+        lines += [
+            "",
+            f"The same with the optimised reward model (not evidence: the adapter trained on it): "
+            f"{swap['own_minus_others']:+.4f} ± {swap['std_error']:.4f}; positive for "
+            f"{100 * swap['share_users_positive']:.1f} % of users.",
         ]
     lines += [
         "",
