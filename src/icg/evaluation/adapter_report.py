@@ -250,8 +250,8 @@ def evaluate_adapter(
             "personalization": personalization_score(style, taste, permutations, seed),
             "between_user_pixel_std": round(float(images.std(0).mean()) if len(images) > 1 else 0.0, 4),
         }  # fmt: skip
-    result["icg"]["swap_test"] = swap_test(rewards["judge"], generated["icg"], texts, user_texts)
-    result["icg"]["swap_test_optimised"] = swap_test(rewards["optimised"], generated["icg"], texts, user_texts)
+    for key, reward in (("swap_test", rewards["judge"]), ("swap_test_optimised", rewards["optimised"])):
+        result["icg"][key] = swap_test(reward, generated["icg"], texts, user_texts)
     diff = (judged["icg"] - judged["rule_based"]).ravel()
     result["icg_minus_rule_based_judge"] = {
         "mean": round(float(diff.mean()), 4),
