@@ -13,7 +13,17 @@ from rich.console import Console
 from rich.table import Table
 
 from icg.batch.cli import batch as batch_cmd
+from icg.cli_options import (
+    ClipOpt,
+    DatasetArg,
+    PathOpt,
+    SignalOpt,
+    ThreadsOpt,
+    load_data,
+    print_json,
+)
 from icg.errors import ICGError
+from icg.evaluation.cli import evaluate_app
 from icg.rating.cli import rate_app
 from icg.serve.cli import serve as serve_cmd
 
@@ -26,33 +36,10 @@ train_app = typer.Typer(help="Train ICG's components.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(covers_app, name="covers")
 app.add_typer(train_app, name="train")
-evaluate_app = typer.Typer(help="Evaluate ICG's components: the paper's tables.", no_args_is_help=True)
 app.add_typer(evaluate_app, name="evaluate")
 app.add_typer(rate_app, name="rate")
 
 console = Console(stderr=True)
-
-DatasetArg = Annotated[
-    str, typer.Argument(help="ml-100k, ml-1m, ml-20m, ml-25m, ml-latest, ml-latest-small, pixelrec or logs.")
-]
-PathOpt = Annotated[
-    Path | None, typer.Option("--path", help="Folder holding the dataset's files (ml-100k: optional).")
-]
-SignalOpt = Annotated[
-    str | None,
-    typer.Option("--signal", help="PixelRec: engagement column used as relevance (view_number, …)."),
-]
-
-
-def _load(dataset: str, path: Path | None, signal: str | None = None):
-    from icg.data.registry import load_dataset
-
-    options = {"signal": signal} if signal else {}
-    return load_dataset(dataset, path, **options)
-
-
-def _print_json(payload: object) -> None:
-    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
 
 
 @app.callback()
@@ -74,9 +61,9 @@ def data_stats(
     """Counts of users, items, ratings and how many users have ≥ 6 interactions."""
     from icg.data.stats import dataset_stats
 
-    stats = dataset_stats(_load(dataset, path, signal))
+    stats = dataset_stats(load_data(dataset, path, signal))
     if as_json:
-        _print_json(stats)
+        print_json(stats)
         return
     table = Table(title=f"{stats['dataset']} ({stats['source']})")
     table.add_column("statistic")
@@ -105,13 +92,13 @@ def data_pairs(
     from icg.data.pairs import PairConfig, build_pairs
 
     config = PairConfig(k1=k1, k2=k2, seed=seed, min_interactions=min_interactions)
-    data = _load(dataset, path, signal)
+    data = load_data(dataset, path, signal)
     pairs, summary = build_pairs(data.interactions, config)
     with atomic_path(out) as tmp:
         pairs.to_parquet(tmp, index=False)
     payload = {"dataset": data.name, "out": str(out), "config": config.__dict__, **summary.to_dict()}
     write_text_atomic(out.with_suffix(out.suffix + ".json"), json.dumps(payload, indent=2, default=str))
-    _print_json(payload)
+    print_json(payload)
 
 
 @covers_app.command("render")
@@ -127,7 +114,7 @@ def covers_render(
     from icg.data.covers.contact_sheet import write_contact_sheet
     from icg.data.covers.render import render_covers
 
-    data = _load(dataset, path)
+    data = load_data(dataset, path)
     rendered = render_covers(data.items, out, size=size, limit=limit, variant=variant)
     sheet = write_contact_sheet(rendered, out, title=f"{data.name} reference covers ({size}px)")
     console.print(f"wrote {len(rendered)} covers and [bold]{sheet}[/bold]")
@@ -143,8 +130,8 @@ def covers_probe(
     """Measure the genre signal in rendered covers: colour-histogram logistic regression vs chance."""
     from icg.data.covers.genre_probe import measure_genre_signal
 
-    data = _load(dataset, path)
-    _print_json({"dataset": data.name, **measure_genre_signal(data.items, size=size, seed=seed)})
+    data = load_data(dataset, path)
+    print_json({"dataset": data.name, **measure_genre_signal(data.items, size=size, seed=seed)})
 
 
 @train_app.command("user-encoder")
@@ -159,8 +146,8 @@ def train_user_encoder_cmd(
     from icg.users.train import train_user_encoder
 
     options = {"epochs": epochs} if epochs is not None else {}
-    metrics = train_user_encoder(_load(dataset, path), out, seed=seed, **options)
-    _print_json(metrics)
+    metrics = train_user_encoder(load_data(dataset, path), out, seed=seed, **options)
+    print_json(metrics)
 
 
 @train_app.command("clip")
@@ -189,20 +176,11 @@ def train_clip_cmd(
         overrides = {k: v for k, v in (("epochs", epochs), ("seed", seed)) if v is not None}
         config = dataclasses.replace(config, **overrides)
         metrics = train_mini_clip(
-            _load(dataset, path), out, config, resume=resume, max_minutes=minutes, threads=threads
+            load_data(dataset, path), out, config, resume=resume, max_minutes=minutes, threads=threads
         )
     except ValueError as exc:
         raise ICGError(str(exc)) from exc
-    _print_json(metrics)
-
-
-ClipOpt = Annotated[
-    str | None,
-    typer.Option(help="CLIP folder (`icg train clip`) or 'random'; default: the mini preset's, if present."),
-]
-ThreadsOpt = Annotated[
-    int | None, typer.Option(help="torch CPU threads; small ops on a busy 2-core machine run fastest on 1.")
-]
+    print_json(metrics)
 
 
 @train_app.command("reward-model")
@@ -230,56 +208,12 @@ def train_reward_model_cmd(
         torch.set_num_threads(threads)
     try:
         metrics = train_from_dataset(
-            _load(dataset, path), out, preset, clip=clip, seed=seed, epochs=epochs,
+            load_data(dataset, path), out, preset, clip=clip, seed=seed, epochs=epochs,
             trainable_clip_layers=trainable_clip_layers, resume=resume, max_minutes=minutes,
         )  # fmt: skip
     except ValueError as exc:
         raise ICGError(str(exc)) from exc
-    _print_json({k: v for k, v in metrics.items() if k != "history"})
-
-
-@evaluate_app.command("table6")
-def evaluate_table6_cmd(
-    preset: Annotated[str, typer.Option(help="Reward-model recipe (only 'mini' for now).")] = "mini",
-    dataset: Annotated[str, typer.Option(help="Dataset of users, items and ratings.")] = "ml-100k",
-    path: PathOpt = None,
-    out: Annotated[Path, typer.Option("--out", help="Folder for table6.json/.md and the runs.")] = Path(
-        "runs/table6"
-    ),
-    clip: ClipOpt = None,
-    seeds: Annotated[str, typer.Option(help="Comma-separated seeds (pairs split + model).")] = "0,1,2",
-    trainable_clip_layers: Annotated[
-        int, typer.Option(help="Last k CLIP layers that train; 0 (frozen, cached CLIP) fits the CPU budget.")
-    ] = 0,
-    epochs: Annotated[int | None, typer.Option(help="Maximum epochs per run (default: preset's).")] = None,
-    patience: Annotated[int | None, typer.Option(help="Early-stopping patience (default: preset's).")] = None,
-    threads: ThreadsOpt = 1,
-) -> None:
-    """Paper Table 6: test-pair accuracy of the reward model and its ablations beside the paper's figures."""
-    import dataclasses
-
-    import torch
-
-    from icg.evaluation.table6 import markdown, run_table6
-    from icg.training.reward_model import resolve_clip, reward_model_preset
-
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
-        base, train = reward_model_preset(preset)
-        base = dataclasses.replace(base, trainable_clip_layers=trainable_clip_layers)
-        overrides = {k: v for k, v in (("epochs", epochs), ("patience", patience)) if v is not None}
-        train = dataclasses.replace(train, **overrides)
-        data = _load(dataset, path)
-        model, processor, source = resolve_clip(clip, data.items)
-        result = run_table6(
-            data, model, processor, out, clip_source=source, base=base, train=train, seeds=seed_list,
-            command="icg " + " ".join(sys.argv[1:]),
-        )  # fmt: skip
-    except ValueError as exc:
-        raise ICGError(str(exc)) from exc
-    sys.stdout.write(markdown(result))
+    print_json({k: v for k, v in metrics.items() if k != "history"})
 
 
 @train_app.command("mini")
@@ -307,11 +241,11 @@ def train_mini_cmd(
     from icg.training.mini import STEPS, check_steps, package_mini, train_mini
 
     steps = check_steps(step or STEPS)
-    results = train_mini(_load(dataset, None), work, steps, threads=threads)
+    results = train_mini(load_data(dataset, None), work, steps, threads=threads)
     if package:
         folder = package_mini(work, out)
         console.print(f"mini preset written to [bold]{folder}[/bold]")
-    _print_json(
+    print_json(
         {k: {m: v for m, v in r.items() if not isinstance(v, (list, dict))} for k, r in results.items()}
     )
 
@@ -367,216 +301,12 @@ def train_adapter_cmd(
         )  # fmt: skip
         spec = get_preset(preset).replace(adapter=str(init_adapter) if init_adapter else None)
         metrics = train_adapter_from_preset(
-            spec, _load("ml-100k", None), out, config, hpsv2=hpsv2, pickscore=pickscore,
+            spec, load_data("ml-100k", None), out, config, hpsv2=hpsv2, pickscore=pickscore,
             max_minutes=minutes, threads=threads,
         )  # fmt: skip
     except ValueError as exc:
         raise ICGError(str(exc)) from exc
-    _print_json({k: v for k, v in metrics.items() if not isinstance(v, list)})
-
-
-@evaluate_app.command("mini")
-def evaluate_mini_cmd(
-    preset: Annotated[str, typer.Option(help="'mini' or a preset folder of the same kind.")] = "mini",
-    dataset: Annotated[str, typer.Option(help="Dataset whose held-out items are measured.")] = "ml-100k",
-    out: Annotated[Path, typer.Option("--out", help="Folder for mini_eval.json/.md and sample grid.")] = Path(
-        "results"
-    ),
-    steps: Annotated[int, typer.Option(help="DDIM steps.")] = 15,
-    guidance: Annotated[float, typer.Option(help="Guidance scale.")] = 7.0,
-    threads: ThreadsOpt = None,
-) -> None:
-    """Quality of the mini backbone: VAE PSNR, FD-miniCLIP (floor, ceiling), zero-shot genre accuracy."""
-    import torch
-
-    from icg.atomic import write_text_atomic
-    from icg.evaluation.mini import evaluate_mini, mini_report_markdown
-    from icg.presets import get_preset, icg_home
-
-    if threads is not None:
-        torch.set_num_threads(threads)
-    spec = get_preset(preset)
-    if spec.clip is None or spec.base_model is None:
-        raise ICGError(f"preset '{spec.name}' names no CLIP or no base model to evaluate")
-    out.mkdir(parents=True, exist_ok=True)
-    result = evaluate_mini(
-        Path(spec.base_model), Path(spec.clip), _load(dataset, None).items, cache_dir=icg_home() / "covers",
-        num_inference_steps=steps, guidance_scale=guidance, out_dir=out,
-    )  # fmt: skip
-    result["command"] = "icg " + " ".join(sys.argv[1:])
-    write_text_atomic(out / "mini_eval.json", json.dumps(result, indent=2, default=str))
-    report = mini_report_markdown(result)
-    write_text_atomic(out / "mini_eval.md", report)
-    sys.stdout.write(report)
-
-
-@evaluate_app.command("adapter")
-def evaluate_adapter_cmd(
-    preset: Annotated[str, typer.Option(help="'mini' or a preset folder with adapter and judge.")] = "mini",
-    adapter: Annotated[Path | None, typer.Option(help="Adapter folder to evaluate instead.")] = None,
-    out: Annotated[Path, typer.Option("--out", help="Folder for adapter_heldout.json/.md/.png.")] = Path(
-        "results"
-    ),
-    users: Annotated[int | None, typer.Option(help="Held-out users (default: all test-split users).")] = None,
-    items: Annotated[int, typer.Option(help="Held-out items per user.")] = 12,
-    seed: Annotated[int, typer.Option(help="Seed of the subsets, noise and permutation test.")] = 0,
-    threads: ThreadsOpt = None,
-) -> None:
-    """The adapter on held-out users and items: judge reward, SSIM, LPIPS-miniCLIP, personalization score
-    for rule-based vs context-only vs ICG with the user."""
-    import torch
-
-    from icg.evaluation.adapter_report import adapter_report_markdown, evaluate_adapter
-    from icg.presets import get_preset, icg_home
-
-    if threads is not None:
-        torch.set_num_threads(threads)
-    spec = get_preset(preset).replace(adapter=str(adapter) if adapter else None)
-    result = evaluate_adapter(
-        spec, _load("ml-100k", None), n_users=users, n_items=items, seed=seed,
-        cache_dir=icg_home() / "covers", out_dir=out,
-    )  # fmt: skip
-    sys.stdout.write(adapter_report_markdown(result))
-
-
-TableUsers = Annotated[int, typer.Option("--users", help="Held-out (test-split) users.")]
-TableItems = Annotated[int, typer.Option("--items", help="Held-out (test-split) items per user.")]
-TableOut = Annotated[Path, typer.Option("--out", help="Folder for tableN_mini.json/.md.")]
-
-
-def _table(table: str, preset: str, methods, users: int, items: int, out: Path, threads: int | None) -> None:
-    import torch
-
-    from icg.evaluation.metrics import build_metrics
-    from icg.evaluation.tables import run_table, table_markdown
-    from icg.presets import get_preset, icg_home
-
-    if threads is not None:
-        torch.set_num_threads(threads)
-    spec = get_preset(preset)
-    suite = build_metrics(clip=spec.clip)
-    result = run_table(
-        table, spec, _load("ml-100k", None), methods(spec), suite, n_users=users, n_items=items,
-        cache_dir=icg_home() / "covers", out_dir=out,
-    )  # fmt: skip
-    sys.stdout.write(table_markdown(result))
-
-
-@evaluate_app.command("table1")
-def evaluate_table1_cmd(
-    work: Annotated[
-        Path, typer.Option("--work", help="Folder for the Textual Inversion words (resumable).")
-    ] = Path("runs/table1"),
-    preset: Annotated[str, typer.Option(help="'mini' or a preset folder.")] = "mini",
-    users: TableUsers = 16,
-    items: TableItems = 16,
-    out: TableOut = Path("results"),
-    threads: ThreadsOpt = None,
-) -> None:
-    """Paper Table 1: ICG vs rule-based, Textual Inversion and PMG (LPIPS, SSIM, FID, aesthetics or their
-    stand-ins); learns the users' Textual Inversion words first."""
-    from icg.evaluation.table1 import table1_methods
-    from icg.presets import icg_home
-
-    def methods(spec):
-        return table1_methods(_load("ml-100k", None), work, icg_home() / "covers", threads=threads or 1)
-
-    _table("table1", preset, methods, users, items, out, threads)
-
-
-@evaluate_app.command("table3")
-def evaluate_table3_cmd(
-    work: Annotated[Path, typer.Option("--work", help="Folder for the 8 variants (resumable).")] = Path(
-        "runs/table3"
-    ),
-    preset: Annotated[
-        str, typer.Option(help="'mini' or a preset folder: the base of every variant.")
-    ] = "mini",
-    tokens: Annotated[list[int] | None, typer.Option("--tokens", help="N values (default 1 2 4 8).")] = None,
-    users: TableUsers = 16,
-    items: TableItems = 16,
-    out: TableOut = Path("results"),
-    threads: ThreadsOpt = None,
-) -> None:
-    """Paper Table 3: N meta tokens × with/without the meta-token stage (LPIPS or its stand-in); trains the
-    variants first (a reduced budget, resumable)."""
-    from icg.evaluation.table3 import T3_TOKENS, table3_methods
-
-    def methods(spec):
-        return table3_methods(
-            _load("ml-100k", None), spec, work, tokens=tuple(tokens or T3_TOKENS), threads=threads or 1
-        )
-
-    _table("table3", preset, methods, users, items, out, threads)
-
-
-@evaluate_app.command("table4")
-def evaluate_table4_cmd(
-    preset: Annotated[str, typer.Option(help="'mini' or a preset folder.")] = "mini",
-    users: TableUsers = 16,
-    items: TableItems = 16,
-    out: TableOut = Path("results"),
-    threads: ThreadsOpt = None,
-) -> None:
-    """Paper Table 4: ICG vs w/o meta token / w/o user feature / w/o both (LPIPS, FID or their stand-ins)."""
-    from icg.evaluation.tables import table4_methods
-
-    _table("table4", preset, lambda spec: table4_methods(), users, items, out, threads)
-
-
-@evaluate_app.command("table5")
-def evaluate_table5_cmd(
-    no_clip: Annotated[Path, typer.Option(help="Adapter folder trained with --lambda-rec 0.")],
-    no_personal: Annotated[Path, typer.Option(help="Adapter folder trained with --lambda-per 0.")],
-    no_public: Annotated[
-        Path | None, typer.Option(help="Adapter trained without HPSv2+PickScore (default: the preset's).")
-    ] = None,
-    preset: Annotated[str, typer.Option(help="'mini' or a preset folder.")] = "mini",
-    users: TableUsers = 16,
-    items: TableItems = 16,
-    out: TableOut = Path("results"),
-    threads: ThreadsOpt = None,
-) -> None:
-    """Paper Table 5: ICG vs adapters retrained without each reward (LPIPS, FID, aesthetics or stand-ins)."""
-    from icg.evaluation.tables import table5_methods
-
-    def methods(spec):
-        for folder in (no_clip, no_personal, no_public):
-            if folder is not None and not folder.is_dir():
-                raise ICGError(f"{folder}: not an adapter folder (train one with `icg train adapter`)")
-        public = str(no_public) if no_public else None
-        return table5_methods(spec, str(no_clip), str(no_personal), public)
-
-    _table("table5", preset, methods, users, items, out, threads)
-
-
-@evaluate_app.command("table7")
-def evaluate_table7_cmd(
-    work: Annotated[
-        Path, typer.Option("--work", help="Folder for cached features and finished runs (resumable).")
-    ] = Path("runs/table7"),
-    preset: Annotated[str, typer.Option(help="'mini' or a preset folder.")] = "mini",
-    seeds: Annotated[
-        list[int] | None, typer.Option("--seed", help="Seeds (repeatable; default 0 1 2).")
-    ] = None,
-    out: TableOut = Path("results"),
-    threads: ThreadsOpt = 1,
-) -> None:
-    """Paper Table 7: MMGCN on ml-100k without images, with item images, averaged-user and generated-user
-    features (Recall@10, NDCG@10, full ranking, mean ± std over seeds)."""
-    import shutil
-
-    from icg.evaluation.table7 import JSON_NAME, MD_NAME, run_table7, table7_markdown
-    from icg.presets import get_preset
-
-    result = run_table7(
-        _load("ml-100k", None), get_preset(preset), work, seeds=tuple(seeds or (0, 1, 2)), threads=threads,
-        command="icg " + " ".join(sys.argv[1:]),
-    )  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    for name, suffix in ((JSON_NAME, ".json"), (MD_NAME, ".md")):
-        shutil.copyfile(work / name, out / f"table7_ml100k{suffix}")
-    sys.stdout.write(table7_markdown(result))
+    print_json({k: v for k, v in metrics.items() if not isinstance(v, list)})
 
 
 @app.command("report")
@@ -609,8 +339,8 @@ def report_cmd(
         if not folder.is_dir():
             raise ICGError(f"--run {folder}: not a folder (an `icg train adapter --out` folder)")
     index = build_report(
-        get_preset(preset), _load("ml-100k", None), out, results_dir=results, runs=run or [], n_items=items,
-        seed=seed,
+        get_preset(preset), load_data("ml-100k", None), out, results_dir=results, runs=run or [],
+        n_items=items, seed=seed,
     )  # fmt: skip
     console.print(f"open [bold]{index}[/bold]")
 
@@ -632,7 +362,7 @@ def demo_cmd(
     if threads is not None:
         torch.set_num_threads(threads)
 
-    sheet = run_demo(_load("ml-100k", None), out, preset=preset, seed=seed)
+    sheet = run_demo(load_data("ml-100k", None), out, preset=preset, seed=seed)
     console.print(f"open [bold]{sheet}[/bold] (or {sheet.with_suffix('.png')})")
 
 

@@ -1,0 +1,45 @@
+"""What every `icg` sub-command module shares: option types, dataset loading, JSON output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+DatasetArg = Annotated[
+    str, typer.Argument(help="ml-100k, ml-1m, ml-20m, ml-25m, ml-latest, ml-latest-small, pixelrec or logs.")
+]
+
+PathOpt = Annotated[
+    Path | None, typer.Option("--path", help="Folder holding the dataset's files (ml-100k: optional).")
+]
+
+SignalOpt = Annotated[
+    str | None,
+    typer.Option("--signal", help="PixelRec: engagement column used as relevance (view_number, …)."),
+]
+
+ClipOpt = Annotated[
+    str | None,
+    typer.Option(help="CLIP folder (`icg train clip`) or 'random'; default: the mini preset's, if present."),
+]
+
+ThreadsOpt = Annotated[
+    int | None, typer.Option(help="torch CPU threads; small ops on a busy 2-core machine run fastest on 1.")
+]
+
+
+def load_data(dataset: str, path: Path | None, signal: str | None = None):
+    """A dataset by name; imported lazily so that `icg --help` stays fast."""
+    from icg.data.registry import load_dataset
+
+    options = {"signal": signal} if signal else {}
+    return load_dataset(dataset, path, **options)
+
+
+def print_json(payload: object) -> None:
+    """Machine-readable results on stdout (logs and progress go to stderr)."""
+    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")

@@ -1,0 +1,270 @@
+"""`icg evaluate …`: the paper's tables and the held-out reports, each beside the paper's figures.
+
+Registered in `icg.cli` with `app.add_typer(evaluate_app, name="evaluate")`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from icg.cli_options import ClipOpt, PathOpt, ThreadsOpt, load_data
+from icg.errors import ICGError
+
+evaluate_app = typer.Typer(help="Evaluate ICG's components: the paper's tables.", no_args_is_help=True)
+
+
+@evaluate_app.command("table6")
+def evaluate_table6_cmd(
+    preset: Annotated[str, typer.Option(help="Reward-model recipe (only 'mini' for now).")] = "mini",
+    dataset: Annotated[str, typer.Option(help="Dataset of users, items and ratings.")] = "ml-100k",
+    path: PathOpt = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for table6.json/.md and the runs.")] = Path(
+        "runs/table6"
+    ),
+    clip: ClipOpt = None,
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds (pairs split + model).")] = "0,1,2",
+    trainable_clip_layers: Annotated[
+        int, typer.Option(help="Last k CLIP layers that train; 0 (frozen, cached CLIP) fits the CPU budget.")
+    ] = 0,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs per run (default: preset's).")] = None,
+    patience: Annotated[int | None, typer.Option(help="Early-stopping patience (default: preset's).")] = None,
+    threads: ThreadsOpt = 1,
+) -> None:
+    """Paper Table 6: test-pair accuracy of the reward model and its ablations beside the paper's figures."""
+    import dataclasses
+
+    import torch
+
+    from icg.evaluation.table6 import markdown, run_table6
+    from icg.training.reward_model import resolve_clip, reward_model_preset
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
+        base, train = reward_model_preset(preset)
+        base = dataclasses.replace(base, trainable_clip_layers=trainable_clip_layers)
+        overrides = {k: v for k, v in (("epochs", epochs), ("patience", patience)) if v is not None}
+        train = dataclasses.replace(train, **overrides)
+        data = load_data(dataset, path)
+        model, processor, source = resolve_clip(clip, data.items)
+        result = run_table6(
+            data, model, processor, out, clip_source=source, base=base, train=train, seeds=seed_list,
+            command="icg " + " ".join(sys.argv[1:]),
+        )  # fmt: skip
+    except ValueError as exc:
+        raise ICGError(str(exc)) from exc
+    sys.stdout.write(markdown(result))
+
+
+@evaluate_app.command("mini")
+def evaluate_mini_cmd(
+    preset: Annotated[str, typer.Option(help="'mini' or a preset folder of the same kind.")] = "mini",
+    dataset: Annotated[str, typer.Option(help="Dataset whose held-out items are measured.")] = "ml-100k",
+    out: Annotated[Path, typer.Option("--out", help="Folder for mini_eval.json/.md and sample grid.")] = Path(
+        "results"
+    ),
+    steps: Annotated[int, typer.Option(help="DDIM steps.")] = 15,
+    guidance: Annotated[float, typer.Option(help="Guidance scale.")] = 7.0,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Quality of the mini backbone: VAE PSNR, FD-miniCLIP (floor, ceiling), zero-shot genre accuracy."""
+    import torch
+
+    from icg.atomic import write_text_atomic
+    from icg.evaluation.mini import evaluate_mini, mini_report_markdown
+    from icg.presets import get_preset, icg_home
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    spec = get_preset(preset)
+    if spec.clip is None or spec.base_model is None:
+        raise ICGError(f"preset '{spec.name}' names no CLIP or no base model to evaluate")
+    out.mkdir(parents=True, exist_ok=True)
+    result = evaluate_mini(
+        Path(spec.base_model), Path(spec.clip), load_data(dataset, None).items,
+        cache_dir=icg_home() / "covers", num_inference_steps=steps, guidance_scale=guidance, out_dir=out,
+    )  # fmt: skip
+    result["command"] = "icg " + " ".join(sys.argv[1:])
+    write_text_atomic(out / "mini_eval.json", json.dumps(result, indent=2, default=str))
+    report = mini_report_markdown(result)
+    write_text_atomic(out / "mini_eval.md", report)
+    sys.stdout.write(report)
+
+
+@evaluate_app.command("adapter")
+def evaluate_adapter_cmd(
+    preset: Annotated[str, typer.Option(help="'mini' or a preset folder with adapter and judge.")] = "mini",
+    adapter: Annotated[Path | None, typer.Option(help="Adapter folder to evaluate instead.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for adapter_heldout.json/.md/.png.")] = Path(
+        "results"
+    ),
+    users: Annotated[int | None, typer.Option(help="Held-out users (default: all test-split users).")] = None,
+    items: Annotated[int, typer.Option(help="Held-out items per user.")] = 12,
+    seed: Annotated[int, typer.Option(help="Seed of the subsets, noise and permutation test.")] = 0,
+    threads: ThreadsOpt = None,
+) -> None:
+    """The adapter on held-out users and items: judge reward, SSIM, LPIPS-miniCLIP, personalization score
+    for rule-based vs context-only vs ICG with the user."""
+    import torch
+
+    from icg.evaluation.adapter_report import adapter_report_markdown, evaluate_adapter
+    from icg.presets import get_preset, icg_home
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    spec = get_preset(preset).replace(adapter=str(adapter) if adapter else None)
+    result = evaluate_adapter(
+        spec, load_data("ml-100k", None), n_users=users, n_items=items, seed=seed,
+        cache_dir=icg_home() / "covers", out_dir=out,
+    )  # fmt: skip
+    sys.stdout.write(adapter_report_markdown(result))
+
+
+TableUsers = Annotated[int, typer.Option("--users", help="Held-out (test-split) users.")]
+
+
+TableItems = Annotated[int, typer.Option("--items", help="Held-out (test-split) items per user.")]
+
+
+TableOut = Annotated[Path, typer.Option("--out", help="Folder for tableN_mini.json/.md.")]
+
+
+def _table(table: str, preset: str, methods, users: int, items: int, out: Path, threads: int | None) -> None:
+    import torch
+
+    from icg.evaluation.metrics import build_metrics
+    from icg.evaluation.tables import run_table, table_markdown
+    from icg.presets import get_preset, icg_home
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    spec = get_preset(preset)
+    suite = build_metrics(clip=spec.clip)
+    result = run_table(
+        table, spec, load_data("ml-100k", None), methods(spec), suite, n_users=users, n_items=items,
+        cache_dir=icg_home() / "covers", out_dir=out,
+    )  # fmt: skip
+    sys.stdout.write(table_markdown(result))
+
+
+@evaluate_app.command("table1")
+def evaluate_table1_cmd(
+    work: Annotated[
+        Path, typer.Option("--work", help="Folder for the Textual Inversion words (resumable).")
+    ] = Path("runs/table1"),
+    preset: Annotated[str, typer.Option(help="'mini' or a preset folder.")] = "mini",
+    users: TableUsers = 16,
+    items: TableItems = 16,
+    out: TableOut = Path("results"),
+    threads: ThreadsOpt = None,
+) -> None:
+    """Paper Table 1: ICG vs rule-based, Textual Inversion and PMG (LPIPS, SSIM, FID, aesthetics or their
+    stand-ins); learns the users' Textual Inversion words first."""
+    from icg.evaluation.table1 import table1_methods
+    from icg.presets import icg_home
+
+    def methods(spec):
+        return table1_methods(load_data("ml-100k", None), work, icg_home() / "covers", threads=threads or 1)
+
+    _table("table1", preset, methods, users, items, out, threads)
+
+
+@evaluate_app.command("table3")
+def evaluate_table3_cmd(
+    work: Annotated[Path, typer.Option("--work", help="Folder for the 8 variants (resumable).")] = Path(
+        "runs/table3"
+    ),
+    preset: Annotated[
+        str, typer.Option(help="'mini' or a preset folder: the base of every variant.")
+    ] = "mini",
+    tokens: Annotated[list[int] | None, typer.Option("--tokens", help="N values (default 1 2 4 8).")] = None,
+    users: TableUsers = 16,
+    items: TableItems = 16,
+    out: TableOut = Path("results"),
+    threads: ThreadsOpt = None,
+) -> None:
+    """Paper Table 3: N meta tokens × with/without the meta-token stage (LPIPS or its stand-in); trains the
+    variants first (a reduced budget, resumable)."""
+    from icg.evaluation.table3 import T3_TOKENS, table3_methods
+
+    def methods(spec):
+        return table3_methods(
+            load_data("ml-100k", None), spec, work, tokens=tuple(tokens or T3_TOKENS), threads=threads or 1
+        )
+
+    _table("table3", preset, methods, users, items, out, threads)
+
+
+@evaluate_app.command("table4")
+def evaluate_table4_cmd(
+    preset: Annotated[str, typer.Option(help="'mini' or a preset folder.")] = "mini",
+    users: TableUsers = 16,
+    items: TableItems = 16,
+    out: TableOut = Path("results"),
+    threads: ThreadsOpt = None,
+) -> None:
+    """Paper Table 4: ICG vs w/o meta token / w/o user feature / w/o both (LPIPS, FID or their stand-ins)."""
+    from icg.evaluation.tables import table4_methods
+
+    _table("table4", preset, lambda spec: table4_methods(), users, items, out, threads)
+
+
+@evaluate_app.command("table5")
+def evaluate_table5_cmd(
+    no_clip: Annotated[Path, typer.Option(help="Adapter folder trained with --lambda-rec 0.")],
+    no_personal: Annotated[Path, typer.Option(help="Adapter folder trained with --lambda-per 0.")],
+    no_public: Annotated[
+        Path | None, typer.Option(help="Adapter trained without HPSv2+PickScore (default: the preset's).")
+    ] = None,
+    preset: Annotated[str, typer.Option(help="'mini' or a preset folder.")] = "mini",
+    users: TableUsers = 16,
+    items: TableItems = 16,
+    out: TableOut = Path("results"),
+    threads: ThreadsOpt = None,
+) -> None:
+    """Paper Table 5: ICG vs adapters retrained without each reward (LPIPS, FID, aesthetics or stand-ins)."""
+    from icg.evaluation.tables import table5_methods
+
+    def methods(spec):
+        for folder in (no_clip, no_personal, no_public):
+            if folder is not None and not folder.is_dir():
+                raise ICGError(f"{folder}: not an adapter folder (train one with `icg train adapter`)")
+        public = str(no_public) if no_public else None
+        return table5_methods(spec, str(no_clip), str(no_personal), public)
+
+    _table("table5", preset, methods, users, items, out, threads)
+
+
+@evaluate_app.command("table7")
+def evaluate_table7_cmd(
+    work: Annotated[
+        Path, typer.Option("--work", help="Folder for cached features and finished runs (resumable).")
+    ] = Path("runs/table7"),
+    preset: Annotated[str, typer.Option(help="'mini' or a preset folder.")] = "mini",
+    seeds: Annotated[
+        list[int] | None, typer.Option("--seed", help="Seeds (repeatable; default 0 1 2).")
+    ] = None,
+    out: TableOut = Path("results"),
+    threads: ThreadsOpt = 1,
+) -> None:
+    """Paper Table 7: MMGCN on ml-100k without images, with item images, averaged-user and generated-user
+    features (Recall@10, NDCG@10, full ranking, mean ± std over seeds)."""
+    import shutil
+
+    from icg.evaluation.table7 import JSON_NAME, MD_NAME, run_table7, table7_markdown
+    from icg.presets import get_preset
+
+    result = run_table7(
+        load_data("ml-100k", None), get_preset(preset), work, seeds=tuple(seeds or (0, 1, 2)),
+        threads=threads, command="icg " + " ".join(sys.argv[1:]),
+    )  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    for name, suffix in ((JSON_NAME, ".json"), (MD_NAME, ".md")):
+        shutil.copyfile(work / name, out / f"table7_ml100k{suffix}")
+    sys.stdout.write(table7_markdown(result))
