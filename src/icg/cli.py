@@ -271,6 +271,9 @@ def train_adapter_cmd(
     personal_contrast: Annotated[
         bool, typer.Option(help="Personalized reward minus its mean over the batch's other users.")
     ] = False,
+    users_per_item: Annotated[
+        int, typer.Option(help="G > 1: G users per item, same noise, reward = own cover − the others'.")
+    ] = 1,
     grad_steps: Annotated[int, typer.Option(help="K: denoising steps with gradients.")] = 1,
     mixed_precision: Annotated[str, typer.Option(help="no, fp16 or bf16 (accelerate).")] = "no",
     checkpoint_every: Annotated[int, typer.Option(help="save_state every M steps.")] = 100,
@@ -294,7 +297,8 @@ def train_adapter_cmd(
         config = AdapterTrainConfig(
             stage=stage, steps=steps, batch_size=batch_size, lr=lr, lambda_hps=lambda_hps,
             lambda_per=lambda_per, lambda_pick=lambda_pick, lambda_rec=lambda_rec,
-            denoise_weight=denoise_weight, personal_contrast=personal_contrast, grad_steps=grad_steps,
+            denoise_weight=denoise_weight, personal_contrast=personal_contrast,
+            users_per_item=users_per_item, grad_steps=grad_steps,
             mixed_precision=mixed_precision,
             checkpoint_every=checkpoint_every, sample_every=checkpoint_every, seed=seed,
             guard_every=guard_every, guard_stop=guard_stop,

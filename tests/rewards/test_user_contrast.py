@@ -63,3 +63,17 @@ def test_the_trainer_wraps_the_personalized_reward_when_asked():
     assert isinstance(contrast.rewards["personalized"], UserContrastReward)
     with pytest.raises(ValueError, match="personal_contrast must be a bool"):
         AdapterTrainConfig(personal_contrast=1)
+
+
+def test_swap_scores_own_cover_against_the_groups_other_covers():
+    from icg.rewards.user_contrast import UserSwapReward
+
+    base = ToyReward(interaction=1.0)
+    images, users = torch.rand(4, 3, 8, 8), ["a", "b", "c", "a"]  # two groups of 2
+    got = UserSwapReward(base, group=2).score(images, None, users, grad=False)
+    swapped = base.score(images[[1, 0, 3, 2]], None, users, grad=False)
+    torch.testing.assert_close(got, base.score(images, None, users, grad=False) - swapped)
+    with pytest.raises(ValueError, match="groups of 2"):
+        UserSwapReward(base, group=2).score(images[:3], None, users[:3])
+    with pytest.raises(ValueError, match="at least 2"):
+        UserSwapReward(base, group=1)

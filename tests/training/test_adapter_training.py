@@ -297,3 +297,42 @@ def test_loss_falls_on_a_learnable_reward(parts, data, tmp_path):
     losses = [h["loss/total"] for h in metrics["history"]]
     assert sum(losses[-3:]) / 3 < sum(losses[:2]) / 2 - 0.005, losses
     assert brightness() > before + 0.005
+
+
+def test_groups_share_their_item_and_stay_whole_in_the_stream(data):
+    from icg.training.adapter_data import GroupedSampleStream
+
+    grouped = data.grouped_by_item(2, seed=0)
+    assert len(grouped) == 2 * len(data) and grouped.info["users_per_item"] == 2
+    pairs = grouped.samples.view(-1, 2, 2)  # (group, member, (user, item))
+    assert torch.equal(pairs[:, 0], data.samples)  # each group starts with the original sample
+    assert (pairs[:, 0, 1] == pairs[:, 1, 1]).all() and (pairs[:, 0, 0] != pairs[:, 1, 0]).all()
+    stream = GroupedSampleStream(len(grouped), 2, seed=3)
+    rows = stream.take(0, 2 * len(data))
+    assert sorted(rows.tolist()) == list(range(len(grouped))) and (rows.view(-1, 2)[:, 0] % 2 == 0).all()
+    assert torch.equal(torch.cat([stream.take(0, 4), stream.take(4, 6)]), stream.take(0, 10))
+    with pytest.raises(ValueError, match="multiples of 2"):
+        stream.take(1, 2)
+    with pytest.raises(ValueError, match="users_per_item"):
+        data.grouped_by_item(3)  # only 2 users
+
+
+def test_users_per_item_trains_on_groups_and_resumes_exactly(parts, data, tmp_path):
+    from icg.rewards.user_contrast import UserSwapReward
+
+    config = AdapterTrainConfig(steps=2, users_per_item=2, **FAST)
+    with pytest.raises(ValueError, match="multiple of users_per_item"):
+        AdapterTrainConfig(**{**FAST, "batch_size": 3}, users_per_item=2)
+    straight = load_cover_pipeline(parts["spec"])
+    metrics = train_adapter(straight, _rewards(parts), data, tmp_path / "a", config, progress=False)
+    assert metrics["completed"] and metrics["data"]["users_per_item"] == 2
+    first = load_cover_pipeline(parts["spec"])
+    train_adapter(first, _rewards(parts), data, tmp_path / "b", config, progress=False, max_steps=1)
+    resumed = load_cover_pipeline(parts["spec"])
+    train_adapter(resumed, _rewards(parts), data, tmp_path / "b", config, progress=False)
+    a, b = _trainable(straight), _trainable(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    from icg.training.adapter import _build_objective
+
+    objective = _build_objective(_rewards(parts), config)
+    assert isinstance(objective.rewards["personalized"], UserSwapReward)

@@ -41,3 +41,33 @@ class UserContrastReward(Reward):
             for shift in range(1, batch)
         ]
         return own - torch.stack(others).mean(0)
+
+
+class UserSwapReward(Reward):
+    """For groups of `group` consecutive samples that share an item (and noise): R(u_b, x_b) − the mean of
+    R(u_b, x_b') over the group's other covers x_b' — does the cover made for u suit u better than the same
+    item's covers made for other users? The swap test of `icg evaluate adapter`, as a training signal."""
+
+    frozen = True
+
+    def __init__(self, base: Reward, group: int) -> None:
+        super().__init__()
+        if group < 2:
+            raise ValueError(f"the swap reward needs groups of at least 2 users, got {group}")
+        self.base, self.group = base, group
+        self.name, self.needs_texts, self.default_loss = base.name, base.needs_texts, base.default_loss
+
+    def _score(self, images: Tensor, texts: list[str] | None, users: Users) -> Tensor:
+        if users is None or isinstance(users, Tensor):
+            raise ValueError("the swap reward needs users as B profile sentences (strings)")
+        batch, g = len(users), self.group
+        if batch % g:
+            raise ValueError(f"batch of {batch} is not made of groups of {g}")
+        own = self.base.score(images, texts, users)
+        start = torch.arange(batch) // g * g
+        others = []
+        for shift in range(1, g):
+            index = start + (torch.arange(batch) - start + shift) % g  # another cover of the same group
+            swapped_texts = None if texts is None else [texts[i] for i in index.tolist()]
+            others.append(self.base.score(images[index.to(images.device)], swapped_texts, users))
+        return own - torch.stack(others).mean(0)

@@ -46,6 +46,7 @@ from icg.rewards.base import Reward, RewardTerm, WeightedRewards
 from icg.training import loop
 from icg.training.adapter_data import (
     AdapterData,
+    GroupedSampleStream,
     SampleStream,
     frozen_latents,
     item_features,
@@ -94,6 +95,9 @@ class AdapterTrainConfig(loop.JsonConfig):
     denoise_weight: float = 0.0  # ε-MSE on reference-cover latents (ReFL's pre-training loss); 0 = off
     # the personalized reward minus its mean over the batch's other users (icg.rewards.user_contrast)
     personal_contrast: bool = False
+    # G > 1: each sample comes with G − 1 other users of its item, the same noise for the G covers, and the
+    # personalized reward becomes the swap form: own cover − the item's other covers, judged for the user
+    users_per_item: int = 1
     max_prompt_tokens: int = 77  # explicit prompt length (the preset's explicit_prompt_tokens)
     mixed_precision: str = "no"
     gradient_accumulation_steps: int = 1
@@ -118,7 +122,7 @@ class AdapterTrainConfig(loop.JsonConfig):
             raise ValueError(f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}")
         positive = ("steps", "batch_size", "num_inference_steps", "grad_steps", "stop_window")
         positive += ("max_prompt_tokens", "gradient_accumulation_steps", "checkpoint_every")
-        positive += ("keep_checkpoints", "num_sample_covers")
+        positive += ("keep_checkpoints", "num_sample_covers", "users_per_item")
         for name in (*positive, "warmup_steps", "sample_every", "guard_every", "seed"):
             value, low = getattr(self, name), int(name in positive)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -134,6 +138,12 @@ class AdapterTrainConfig(loop.JsonConfig):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.lr == 0:
             raise ValueError("lr must be > 0")
+        if self.batch_size % self.users_per_item:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of users_per_item ({self.users_per_item})"
+            )
+        if self.users_per_item > 1 and self.personal_contrast:
+            raise ValueError("users_per_item > 1 already contrasts users (swap form): drop personal_contrast")
         n = self.num_inference_steps
         if self.stop_window > n:
             raise ValueError(f"stop_window {self.stop_window} exceeds num_inference_steps {n}")
@@ -282,6 +292,10 @@ def _build_objective(rewards: Mapping[str, Reward], config: AdapterTrainConfig) 
         from icg.rewards.user_contrast import UserContrastReward
 
         rewards = {**rewards, "personalized": UserContrastReward(rewards["personalized"])}
+    if config.users_per_item > 1 and "personalized" in weights:
+        from icg.rewards.user_contrast import UserSwapReward
+
+        rewards = {**rewards, "personalized": UserSwapReward(rewards["personalized"], config.users_per_item)}
     terms = {n: RewardTerm(rewards[n], w, rewards[n].default_loss) for n, w in weights.items()}
     return WeightedRewards(terms)
 
@@ -354,6 +368,8 @@ def _train(
     from diffusers.optimization import get_scheduler
 
     started = time.perf_counter()
+    if config.users_per_item > 1:
+        data = data.grouped_by_item(config.users_per_item, config.seed)
     fingerprint = data.fingerprint()
     full_key = hashlib.sha256((fingerprint + config.to_json()).encode()).hexdigest()
     metrics_file = out / METRICS_NAME
@@ -403,10 +419,16 @@ def _train(
     )
     module, optimizer, schedule = accelerator.prepare(module, optimizer, schedule)
     step_fn = backbone.step_class(pipe, data, feats, objective, config, device, ref_latents)
-    stream = SampleStream(len(data), config.seed)
+    stream = (
+        GroupedSampleStream(len(data), config.users_per_item, config.seed)
+        if config.users_per_item > 1
+        else SampleStream(len(data), config.seed)
+    )
     monitor, guard_fn = None, None
     if guard is not None:
         held_out, judges = guard
+        if config.users_per_item > 1:  # the swap reward reads groups: the guard's samples come in them too
+            held_out = held_out.grouped_by_item(config.users_per_item, config.seed)
         with accelerator.main_process_first():
             held_feats = item_features(pipe, held_out, cache_dir, config.max_prompt_tokens)
         guard_fn = backbone.step_class(pipe, held_out, held_feats, objective, config, device, None)

@@ -75,6 +75,21 @@ class AdapterData:
         info = {**self.info, "subset": f"{len(rows)} of {len(self)} samples (seed {seed})"}
         return dataclasses.replace(self, samples=self.samples[rows], info=info)
 
+    def grouped_by_item(self, users_per_item: int, seed: int = 0) -> AdapterData:
+        """Each sample (u, i) followed by `users_per_item` − 1 other users of the same item: groups of
+        consecutive samples (P·G, 2) in which only the user differs (users drawn without replacement, seeded
+        per sample, never u). For training that compares one item's covers across users."""
+        g, n_users = users_per_item, len(self.user_ids)
+        if g < 1 or g > n_users:
+            raise ValueError(f"users_per_item must be between 1 and the {n_users} users, got {g}")
+        rows = []
+        for k, (user, item) in enumerate(self.samples.tolist()):
+            generator = torch.Generator().manual_seed(_mix_seed(seed, "group", k))
+            others = [u for u in torch.randperm(n_users, generator=generator).tolist() if u != user][: g - 1]
+            rows += [(user, item)] + [(u, item) for u in others]
+        info = {**self.info, "users_per_item": g}
+        return dataclasses.replace(self, samples=torch.tensor(rows, dtype=torch.int64), info=info)
+
     def fingerprint(self) -> str:
         h = hashlib.sha256(json.dumps([self.item_ids, self.titles, self.user_ids, self.profiles]).encode())
         h.update(self.samples.numpy().tobytes())
@@ -173,6 +188,22 @@ class SampleStream:
             out.append(chunk)
             position += len(chunk)
         return torch.cat(out)
+
+
+@dataclass(frozen=True)
+class GroupedSampleStream:
+    """A `SampleStream` over groups of `group` consecutive samples (`AdapterData.grouped_by_item`): the
+    groups are shuffled, never split; positions count samples and must be multiples of `group`."""
+
+    n: int  # samples, a multiple of `group`
+    group: int
+    seed: int
+
+    def take(self, start: int, count: int) -> Tensor:
+        if start % self.group or count % self.group:
+            raise ValueError(f"positions and counts must be multiples of {self.group}, got {start}, {count}")
+        groups = SampleStream(self.n // self.group, self.seed).take(start // self.group, count // self.group)
+        return (groups[:, None] * self.group + torch.arange(self.group)).flatten()
 
 
 @dataclass(frozen=True)

@@ -156,7 +156,8 @@ class AdapterStep:
         """Loss and log values of the micro-batch `rows` (stream positions first … first + B − 1)."""
         cfg = self.config
         prompts, text, cond_p, uncond_p = self.conditioning(rows)
-        seeds = [_mix_seed(cfg.seed, "noise", first + b) for b in range(len(rows))]
+        group = cfg.users_per_item  # a group's covers share their noise: only the user differs
+        seeds = [_mix_seed(cfg.seed, "noise", (first + b) // group) for b in range(len(rows))]
         stop_gen = torch.Generator().manual_seed(_mix_seed(cfg.seed, "stop", micro))
         stop = cfg.num_inference_steps - 1 - int(torch.randint(0, cfg.stop_window, (1,), generator=stop_gen))
         images = self.rollout(text, cond_p, uncond_p, seeds, stop, grad=True)
