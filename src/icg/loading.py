@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -129,6 +130,34 @@ def untrained_projector(spec: PresetSpec, context_encoder, user_encoder, width: 
     )
 
 
+def load_conditioning(
+    spec: PresetSpec,
+    torch_dtype: torch.dtype,
+    with_context_encoder: bool,
+    load: Callable[[], tuple[object, PersonalizedProjector | None]],
+    install: Callable[[], object],
+    width: int,
+) -> tuple[ContextEncoder | None, object | None, PersonalizedProjector]:
+    """(context encoder, user encoder, projector) for a loaded backbone, whichever it is: the adapter
+    (`load()`) before the MLLM, so a wrong adapter fails in seconds, not after minutes; without one, an
+    untrained dual path (`install()`) and a projector of c_p width `width`."""
+    projector = None
+    if spec.adapter is not None:
+        try:
+            _, projector = load()
+        except ValueError as exc:
+            raise ICGError(
+                f"{spec.adapter}: cannot load the adapter into the backbone {spec.base_model}: {exc}"
+            ) from exc
+        if projector is None:
+            raise ICGError(f"{spec.adapter}: adapter checkpoint has no projector")
+    context_encoder, user_encoder = load_encoders(spec, torch_dtype, with_context_encoder)
+    if spec.adapter is None:
+        install()
+        projector = untrained_projector(spec, context_encoder, user_encoder, width)
+    return context_encoder, user_encoder, projector
+
+
 def load_cover_pipeline(
     spec: PresetSpec,
     device: str | torch.device = "cpu",
@@ -150,20 +179,10 @@ def load_cover_pipeline(
     unet, vae, text_encoder, tokenizer, scheduler = load_backbone(
         spec.base_model, spec.base_config, torch_dtype
     )
-    projector = None
-    if spec.adapter is not None:  # before the MLLM: a wrong adapter fails in seconds, not after minutes
-        try:
-            _, projector = load_adapter(spec.adapter, unet)
-        except ValueError as exc:
-            raise ICGError(
-                f"{spec.adapter}: cannot load the adapter into the backbone {spec.base_model}: {exc}"
-            ) from exc
-        if projector is None:
-            raise ICGError(f"{spec.adapter}: adapter checkpoint has no projector")
-    context_encoder, user_encoder = load_encoders(spec, torch_dtype, with_context_encoder)
-    if spec.adapter is None:
-        install_dual_path_adapter(unet, init="zeros")
-        projector = untrained_projector(spec, context_encoder, user_encoder, unet.config.cross_attention_dim)
+    context_encoder, user_encoder, projector = load_conditioning(
+        spec, torch_dtype, with_context_encoder, lambda: load_adapter(spec.adapter, unet),
+        lambda: install_dual_path_adapter(unet, init="zeros"), unet.config.cross_attention_dim,
+    )  # fmt: skip
     pipe = CoverPipeline(
         vae=vae,
         text_encoder=text_encoder,

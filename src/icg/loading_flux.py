@@ -16,7 +16,7 @@ from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokeniz
 
 from icg.adapter.flux import install_flux_dual_path_adapter, load_flux_adapter
 from icg.errors import ICGError
-from icg.loading import _offline, load_encoders, untrained_projector
+from icg.loading import _offline, load_conditioning
 from icg.pipeline_flux import FluxCoverPipeline
 from icg.presets import PresetSpec
 
@@ -70,21 +70,11 @@ def load_flux_cover_pipeline(
         raise ICGError(f"preset '{spec.name}': base_config (single-file backbones) is not supported for flux")
     parts = load_flux_backbone(spec.base_model, torch_dtype)
     transformer = parts["transformer"]
-    projector = None
-    if spec.adapter is not None:  # before the MLLM: a wrong adapter fails in seconds, not after minutes
-        try:
-            _, projector = load_flux_adapter(spec.adapter, transformer)
-        except ValueError as exc:
-            raise ICGError(
-                f"{spec.adapter}: cannot load the adapter into the Flux backbone {spec.base_model}: {exc}"
-            ) from exc
-        if projector is None:
-            raise ICGError(f"{spec.adapter}: adapter checkpoint has no projector")
-    context_encoder, user_encoder = load_encoders(spec, torch_dtype, with_context_encoder)
-    if spec.adapter is None:
-        install_flux_dual_path_adapter(transformer, init="zeros")
-        width = transformer.config.joint_attention_dim
-        projector = untrained_projector(spec, context_encoder, user_encoder, width)
+    context_encoder, user_encoder, projector = load_conditioning(
+        spec, torch_dtype, with_context_encoder, lambda: load_flux_adapter(spec.adapter, transformer),
+        lambda: install_flux_dual_path_adapter(transformer, init="zeros"),
+        transformer.config.joint_attention_dim,
+    )  # fmt: skip
     pipe = FluxCoverPipeline(
         **parts,
         context_encoder=context_encoder,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -44,7 +45,7 @@ class JudgeInputs:
     profiles: list[str]  # user profile sentences
 
 
-class Judge:
+class Judge(ABC):
     """A held-out measure: `__call__(images (B,3,H,W) in [0,1], inputs) -> (B,)`; `higher_is_better`."""
 
     name: str = "judge"
@@ -53,8 +54,9 @@ class Judge:
     def to(self, device: torch.device) -> Judge:
         return self
 
+    @abstractmethod
     def __call__(self, images: Tensor, inputs: JudgeInputs) -> Tensor:
-        raise NotImplementedError
+        """Scores (B,) of the covers."""
 
 
 class RewardJudge(Judge):
