@@ -38,25 +38,43 @@ class PersonalTokens:
     scale: float | None = None
 
 
-class DualPathAttnProcessor(nn.Module):
+class PersonalKV(nn.Module):
+    """The trainable half of a dual-path processor: W_k^p, W_v^p and the default scale, whatever backbone's
+    attention they join (`DualPathAttnProcessor` for the UNet, `FluxDualPathAttnProcessor` for Flux)."""
+
+    def __init__(self, hidden_size: int, cross_attention_dim: int, scale: float = 1.0, bias: bool = False):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.cross_attention_dim = cross_attention_dim
+        self.scale = float(scale)
+        self.to_k_p = nn.Linear(cross_attention_dim, hidden_size, bias=bias)
+        self.to_v_p = nn.Linear(cross_attention_dim, hidden_size, bias=bias)
+
+    def extra_repr(self) -> str:
+        dims = f"hidden_size={self.hidden_size}, cross_attention_dim={self.cross_attention_dim}"
+        return f"{dims}, scale={self.scale}"
+
+    def split_personal(self, personal: Any) -> tuple[torch.Tensor | None, float]:
+        """PersonalTokens | Tensor | None → (c_p or None, the scale of this call)."""
+        scale = self.scale
+        if isinstance(personal, PersonalTokens):
+            scale = self.scale if personal.scale is None else float(personal.scale)
+            personal = personal.tokens
+        if personal is not None and not isinstance(personal, torch.Tensor):
+            raise ValueError(
+                f"personal tokens must be a tensor (B, M, {self.cross_attention_dim}) or PersonalTokens, "
+                f"got {type(personal).__name__}"
+            )
+        return personal, scale
+
+
+class DualPathAttnProcessor(PersonalKV):
     """Cross-attention processor with a second key/value path for the personalized tokens c_p.
 
     Follows diffusers' `AttnProcessor2_0` step for step (spatial norm, group norm, norm_cross, norm_q/norm_k,
     to_out, residual, rescale), so that without personal tokens, or with scale 0, it is that processor bit for
     bit. With tokens it equals `IPAdapterAttnProcessor2_0` given the same weights (to_k_ip → to_k_p).
     """
-
-    def __init__(self, hidden_size: int, cross_attention_dim: int, scale: float = 1.0) -> None:
-        super().__init__()
-        self.hidden_size = hidden_size
-        self.cross_attention_dim = cross_attention_dim
-        self.scale = float(scale)
-        self.to_k_p = nn.Linear(cross_attention_dim, hidden_size, bias=False)
-        self.to_v_p = nn.Linear(cross_attention_dim, hidden_size, bias=False)
-
-    def extra_repr(self) -> str:
-        dims = f"hidden_size={self.hidden_size}, cross_attention_dim={self.cross_attention_dim}"
-        return f"{dims}, scale={self.scale}"
 
     def _split_context(
         self, encoder_hidden_states: Any
@@ -70,16 +88,7 @@ class DualPathAttnProcessor(nn.Module):
                 f"got a tuple of {len(encoder_hidden_states)} items"
             )
         text, personal = encoder_hidden_states
-        scale = self.scale
-        if isinstance(personal, PersonalTokens):
-            scale = self.scale if personal.scale is None else float(personal.scale)
-            personal = personal.tokens
-        if personal is not None and not isinstance(personal, torch.Tensor):
-            raise ValueError(
-                f"personal tokens must be a tensor (B, M, {self.cross_attention_dim}), "
-                f"got {type(personal).__name__}"
-            )
-        return text, personal, scale
+        return (text, *self.split_personal(personal))
 
     def __call__(
         self,

@@ -26,7 +26,7 @@ from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import _get_qkv_projections
 from torch import nn
 
-from icg.adapter.attention import AdapterLayers, InitMode, PersonalTokens
+from icg.adapter.attention import AdapterLayers, InitMode, PersonalKV, PersonalTokens
 from icg.adapter.checkpoint import (
     AdapterCheckpointConfig,
     IPAdapterImport,
@@ -42,7 +42,7 @@ DOUBLE_BLOCK_PREFIX = "transformer_blocks."
 PERSONAL_KWARG = "ip_hidden_states"  # quiet in FluxAttention.forward for processors that do not take it
 
 
-class FluxDualPathAttnProcessor(nn.Module):
+class FluxDualPathAttnProcessor(PersonalKV):
     """Flux joint-attention processor with a second key/value path for the personalized tokens c_p.
 
     Holds only W_k^p and W_v^p (with bias, as IP-Adapter-Flux's `to_k_ip`/`to_v_ip`). The text/image joint
@@ -53,29 +53,7 @@ class FluxDualPathAttnProcessor(nn.Module):
     _parallel_config = None
 
     def __init__(self, hidden_size: int, cross_attention_dim: int, scale: float = 1.0) -> None:
-        super().__init__()
-        self.hidden_size = hidden_size
-        self.cross_attention_dim = cross_attention_dim
-        self.scale = float(scale)
-        self.to_k_p = nn.Linear(cross_attention_dim, hidden_size, bias=True)
-        self.to_v_p = nn.Linear(cross_attention_dim, hidden_size, bias=True)
-
-    def extra_repr(self) -> str:
-        dims = f"hidden_size={self.hidden_size}, cross_attention_dim={self.cross_attention_dim}"
-        return f"{dims}, scale={self.scale}"
-
-    def _split_personal(self, personal: Any) -> tuple[torch.Tensor | None, float]:
-        """PersonalTokens | Tensor | None → (c_p or None, scale)."""
-        scale = self.scale
-        if isinstance(personal, PersonalTokens):
-            scale = self.scale if personal.scale is None else float(personal.scale)
-            personal = personal.tokens
-        if personal is not None and not isinstance(personal, torch.Tensor):
-            raise ValueError(
-                f"{PERSONAL_KWARG} must be a tensor (B, M, {self.cross_attention_dim}) or PersonalTokens, "
-                f"got {type(personal).__name__}"
-            )
-        return personal, scale
+        super().__init__(hidden_size, cross_attention_dim, scale, bias=True)
 
     def __call__(
         self,
@@ -86,7 +64,7 @@ class FluxDualPathAttnProcessor(nn.Module):
         image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
         ip_hidden_states: PersonalTokens | torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        personal, scale = self._split_personal(ip_hidden_states)
+        personal, scale = self.split_personal(ip_hidden_states)
         query, key, value, encoder_query, encoder_key, encoder_value = _get_qkv_projections(
             attn, hidden_states, encoder_hidden_states
         )
