@@ -2,6 +2,8 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
+# a dropped connection mid-wheel resumes instead of failing the set-up
+PIP     := $(BIN)/pip --retries 10 --resume-retries 10
 # A matching torch/torchvision pair, installed first and pinned together (see README for other CUDA versions).
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
 OUT     ?= out/demo
@@ -13,13 +15,13 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.torch-installed: | $(BIN)/python
-	$(BIN)/pip install $(TORCH)
+	$(PIP) install $(TORCH)
 	touch $@
 
 $(VENV)/.icg-installed: pyproject.toml $(VENV)/.torch-installed
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(PIP) install --quiet -e ".[dev]"
 	# recbole only carries the MovieLens-100k files we read; its own dependencies are not wanted.
-	$(BIN)/pip install --quiet --no-deps recbole==1.2.1
+	$(PIP) install --quiet --no-deps recbole==1.2.1
 	touch $@
 
 setup: $(VENV)/.icg-installed
