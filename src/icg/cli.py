@@ -16,9 +16,12 @@ from icg.batch.cli import batch as batch_cmd
 from icg.cli_options import (
     ClipOpt,
     DatasetArg,
+    DeviceOpt,
+    DtypeOpt,
     PathOpt,
     SignalOpt,
     ThreadsOpt,
+    device_and_dtype,
     load_data,
     print_json,
 )
@@ -400,6 +403,8 @@ def generate_cmd(
     unknown_user: Annotated[
         str, typer.Option(help="'error' or 'cold-start' for a --user-id the user encoder does not know.")
     ] = "error",
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
 ) -> None:
     """Personalized covers for items × users → PNG + JSON sidecar per cover + index.html."""
     from icg.context import ContextCache
@@ -428,7 +433,8 @@ def generate_cmd(
         user_encoder=user_encoder,
         context_encoder=context_encoder,
     )
-    pipe = load_cover_pipeline(spec)
+    where, torch_dtype = device_and_dtype(device, dtype)
+    pipe = load_cover_pipeline(spec, device=where, torch_dtype=torch_dtype)
     # item context (explicit prompt + C_ref) is computed once per item and model, then read from disk
     pipe.context_encoder.cache = ContextCache(icg_home() / "context_cache")
     try:  # the pipeline raises ValueError for bad input, as diffusers pipelines do

@@ -43,3 +43,29 @@ def load_data(dataset: str, path: Path | None, signal: str | None = None):
 def print_json(payload: object) -> None:
     """Machine-readable results on stdout (logs and progress go to stderr)."""
     sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+DeviceOpt = Annotated[
+    str, typer.Option(help="auto (the GPU when there is one, else the CPU), cpu, cuda or cuda:N.")
+]
+
+DtypeOpt = Annotated[
+    str, typer.Option(help="auto (bfloat16 on a GPU, float32 on the CPU), float32, float16 or bfloat16.")
+]
+
+
+def device_and_dtype(device: str, dtype: str):
+    """(torch.device, torch.dtype) from the --device/--dtype options; a bad value is one clear error."""
+    from icg.errors import ICGError
+    from icg.modules import resolve_device, resolve_dtype
+
+    try:
+        where = resolve_device(device)
+        if where.type == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError(f"--device {device}: no CUDA device is available here")
+        return where, resolve_dtype(dtype, where)
+    except ValueError as err:
+        raise ICGError(str(err)) from err

@@ -24,6 +24,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from icg.adapter.attention import personalized_unet_inputs
+from icg.modules import check_finite
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ class CoverConditioningMixin:
         embeds = self.user_encoder.encode_users(
             [u.user_id for u in users], [u.profile for u in users], strict=strict
         )
-        _check_finite("user embeddings", embeds)
+        check_finite("user embeddings", embeds)
         return embeds
 
     def personal_tokens(
@@ -155,7 +156,7 @@ class CoverConditioningMixin:
         context = context.to(device=device, dtype=dtype)
         if drop_meta_tokens:
             context = torch.zeros_like(context)
-        _check_finite("context embeddings", context)
+        check_finite("context embeddings", context)
         user_embeds = self.encode_users(users, strict_users).to(device, dtype) if users else None
         n_users = len(users) if users else 1
         if prompt_suffixes is not None and len(prompt_suffixes) != n_users:
@@ -185,7 +186,7 @@ class CoverConditioningMixin:
         user_embeds = None if user_embeds is None else user_embeds.to(device=device, dtype=dtype)
         for name, tensor in (("context embeddings", context), ("user embeddings", user_embeds)):
             if tensor is not None:
-                _check_finite(name, tensor)
+                check_finite(name, tensor)
         return context, user_embeds
 
     def cover_output(
@@ -360,7 +361,8 @@ class CoverPipeline(DiffusionPipeline, TextualInversionLoaderMixin, CoverConditi
         unet_inputs = personalized_unet_inputs(text, personal, adapter_scale)
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
         latents = self.prepare_latents(len(seeds), height, width, text.dtype, generators, device)
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        # timesteps stay on the CPU: the scheduler's table look-ups are host-side, no device sync per step
+        self.scheduler.set_timesteps(num_inference_steps)
         for t in self.progress_bar(self.scheduler.timesteps):
             model_input = torch.cat([latents] * 2) if do_cfg else latents
             model_input = self.scheduler.scale_model_input(model_input, t)
@@ -454,8 +456,3 @@ class CoverPipeline(DiffusionPipeline, TextualInversionLoaderMixin, CoverConditi
 
 def _dtype_of(module: torch.nn.Module) -> torch.dtype:
     return next(module.parameters()).dtype
-
-
-def _check_finite(name: str, tensor: torch.Tensor) -> None:
-    if not torch.isfinite(tensor).all():
-        raise ValueError(f"{name} contain NaN or infinite values; check the model weights and inputs")

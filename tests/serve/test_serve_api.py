@@ -262,7 +262,7 @@ def test_a_preset_is_loaded_once(monkeypatch, serve_spec, serve_pipeline, ml100k
 
     loads = []
 
-    def fake_load(spec):
+    def fake_load(spec, *args, **kwargs):
         loads.append(spec)
         return serve_pipeline
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from icg.modules import DeviceDtypeMixin
+from icg.modules import DeviceDtypeMixin, has_values
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def _check_input(name: str, x: Any, expected: tuple[int | str, ...]) -> None:
         raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {shown}")
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if not torch.isfinite(x).all():
+    if has_values(x) and not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or Inf values")
 
 

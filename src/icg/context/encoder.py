@@ -7,6 +7,7 @@ appended after the image and title (see `meta_tokens.py` for how they are splice
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -33,7 +34,7 @@ from icg.context.meta_tokens import (
     splice_meta,
 )
 from icg.errors import ICGError
-from icg.modules import DeviceDtypeMixin
+from icg.modules import DeviceDtypeMixin, has_values
 
 logger = logging.getLogger(__name__)
 
@@ -250,7 +251,8 @@ class ContextEncoder(DeviceDtypeMixin, nn.Module):
 
     def processor_batch(self, images: list[Image.Image], titles: list[str]) -> dict[str, torch.Tensor]:
         """Chat template + processor, left-padded (the layout generation, meta splicing and the explicit
-        prompt's training loss all use)."""
+        prompt's training loss all use). On the CPU by design: the token layout is host-side data work
+        (boolean masks, per-row loops); `to_device` moves the finished batch once."""
         texts = [
             self.processor.apply_chat_template(
                 self.conversation(t), tokenize=False, add_generation_prompt=True
@@ -260,7 +262,6 @@ class ContextEncoder(DeviceDtypeMixin, nn.Module):
         batch = self.processor(
             text=texts, images=images, padding=True, padding_side="left", return_tensors="pt"
         )
-        batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         if "mm_token_type_ids" not in batch:  # older processors: derive the modality of each token
             ids = batch["input_ids"]
             cfg = self.model.config
@@ -268,6 +269,11 @@ class ContextEncoder(DeviceDtypeMixin, nn.Module):
                 ids == cfg.video_token_id
             ).long()
         return batch
+
+    def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Every tensor of a host-side batch on the model's device (floating ones in the model's dtype are
+        left to the model, which casts pixel values itself)."""
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     def prepare(
         self, images: list[ImageInput], titles: list[str], text_targets: list[str] | None = None
@@ -302,8 +308,14 @@ class ContextEncoder(DeviceDtypeMixin, nn.Module):
             seq.mm_token_type_ids,
             image_grid_thw=batch["image_grid_thw"],
             attention_mask=seq.attention_mask,
-        )  # (3, B, L)
-        return ContextBatch(seq, batch["pixel_values"], batch["image_grid_thw"], position_ids)
+        )  # (3, B, L), computed on the CPU like the layout it reads
+        device = self.device
+        seq = MetaSequence(
+            **{k: None if v is None else v.to(device) for k, v in dataclasses.asdict(seq).items()}
+        )
+        return ContextBatch(
+            seq, batch["pixel_values"].to(device), batch["image_grid_thw"].to(device), position_ids.to(device)
+        )
 
     # -- outputs ---------------------------------------------------------------------------------------------
     def forward(
@@ -326,8 +338,8 @@ class ContextEncoder(DeviceDtypeMixin, nn.Module):
         )
         hidden = out.last_hidden_state  # (B, L, D), after the final norm
         context = gather_meta(hidden, seq.meta_index)  # (B, N, D)
-        bad = (~torch.isfinite(context)).flatten(1).any(1)  # (B,)
-        if bad.any():
+        bad = (~torch.isfinite(context)).flatten(1).any(1) if has_values(context) else None  # (B,)
+        if bad is not None and bad.any():
             raise ICGError(f"non-finite C_ref for items {bad.nonzero().flatten().tolist()} (titles {titles})")
         lm_loss = None
         if seq.labels is not None:
@@ -351,7 +363,7 @@ class ContextEncoder(DeviceDtypeMixin, nn.Module):
     ) -> list[str]:
         """P_exp = MLLM(I_ref, T_title, T_sys): batched (left-padded) generation; only the new text."""
         pil = self.check_inputs(images, titles)
-        batch = self.processor_batch(pil, titles)
+        batch = self.to_device(self.processor_batch(pil, titles))
         generated = self.model.generate(
             **batch,
             max_new_tokens=max_new_tokens,

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from icg.modules import has_values
+
 IGNORE_INDEX = -100  # label value that cross-entropy skips
 
 
@@ -50,6 +52,8 @@ class MetaTokens(nn.Module):
 
     def fingerprint(self) -> str:
         """Short digest of the current values: cached contexts computed with other meta weights must miss."""
+        if not has_values(self.weight):  # fake/meta weights (device checks) have no values to digest
+            return "no-values"
         data = self.weight.detach().float().cpu().contiguous().numpy().tobytes()
         return hashlib.sha256(data).hexdigest()[:16]
 
@@ -83,18 +87,19 @@ def append_meta_placeholders(
     batch = input_ids.shape[0]
     if answers is not None and len(answers) != batch:
         raise ValueError(f"got {len(answers)} answers for {batch} prompts")
+    device = input_ids.device  # the encoder builds this on the CPU (host-side layout), then moves it
     rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (ids, types, labels) per row
     for b in range(batch):
         keep = attention_mask[b].bool()
         prompt, types = input_ids[b][keep], mm_token_type_ids[b][keep]  # (P,), (P,)
-        answer = torch.tensor(answers[b] if answers is not None else [], dtype=input_ids.dtype)  # (A,)
-        meta = torch.full((num_meta,), placeholder_id, dtype=input_ids.dtype)
-        ids = torch.cat([prompt, meta, answer.to(prompt.device)])
+        answer = torch.tensor(answers[b] if answers is not None else [], dtype=input_ids.dtype, device=device)
+        meta = torch.full((num_meta,), placeholder_id, dtype=input_ids.dtype, device=device)
+        ids = torch.cat([prompt, meta, answer])  # (P + N + A,)
         kinds = torch.cat(
             [types, torch.zeros(num_meta + len(answer), dtype=types.dtype, device=types.device)]
         )
         labels = torch.full_like(ids, IGNORE_INDEX)
-        labels[len(prompt) + num_meta :] = answer.to(ids.device)
+        labels[len(prompt) + num_meta :] = answer
         rows.append((ids, kinds, labels))
 
     length = max(len(r[0]) for r in rows)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from icg.errors import ICGError
+from icg.modules import has_values
 
 logger = logging.getLogger(__name__)
 
@@ -147,8 +148,9 @@ def check_inputs(images: Tensor, texts: Sequence[str] | None, users: Users, *, n
     if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] == 0:
         raise ValueError(f"images must have shape (B, 3, H, W) with B >= 1, got {tuple(images.shape)}")
     batch = images.shape[0]
-    with torch.no_grad():
-        lo, hi = images.aminmax()
+    if has_values(images):  # fake tensors (device checks) carry no values to range-check
+        with torch.no_grad():
+            lo, hi = images.aminmax()
         if not (torch.isfinite(lo) and torch.isfinite(hi)) or lo < 0.0 or hi > 1.0:
             raise ValueError(
                 f"images must lie in [0, 1] (decode with (x / 2 + 0.5).clamp(0, 1)); got [{lo:.4g}, {hi:.4g}]"

@@ -120,16 +120,19 @@ class Encoded:
     hidden: Tensor  # (N, D) CLIP features when k = 0, else (N, T, W) hidden states entering layer L−k
     attention_mask: Tensor | None = None  # (N, T) text towers with k > 0
     eos_index: Tensor | None = None  # (N,) text towers with k > 0: the pooled (EOS) position
+    max_eos: int | None = None  # host copy of an upper bound of eos_index: the trim length, no device sync
 
     def select(self, index: Tensor) -> Encoded:
         """Rows `index` (N',) of every field."""
         pick = [None if t is None else t[index] for t in (self.attention_mask, self.eos_index)]
-        return Encoded(self.hidden[index], *pick)
+        return Encoded(self.hidden[index], *pick, self.max_eos)
 
     @staticmethod
     def cat(parts: Sequence[Encoded]) -> Encoded:
         fields = zip(*[(p.hidden, p.attention_mask, p.eos_index) for p in parts], strict=True)
-        return Encoded(*[None if f[0] is None else torch.cat(f) for f in fields])
+        bounds = [p.max_eos for p in parts]
+        bound = None if None in bounds else max(bounds)
+        return Encoded(*[None if f[0] is None else torch.cat(f) for f in fields], bound)
 
 
 class PersonalizedRewardModel(Reward):
@@ -251,13 +254,16 @@ class PersonalizedRewardModel(Reward):
             truncation=True,
             max_length=self.max_length,
             return_tensors="pt",
-        ).to(self.clip.device)
-        ids, mask = enc.input_ids, enc.attention_mask  # (B, T)
+        )  # on the CPU: the EOS positions are host-side data
         legacy = tm.eos_token_id == 2  # transformers' legacy rule: EOS is the largest id
+        ids = enc.input_ids  # (B, T)
         eos = ids.argmax(dim=-1) if legacy else (ids == tm.eos_token_id).int().argmax(dim=-1)  # (B,)
+        device = self.clip.device
+        ids, mask = ids.to(device), enc.attention_mask.to(device)
         h = tm.embeddings(input_ids=ids)  # (B, T, W)
         layers = tm.encoder.layers
-        out = Encoded(h, mask, eos)
+        out = Encoded(h, mask, eos.to(device), int(eos.max()))
+        eos = out.eos_index
         if len(layers) > self._k:
             out.hidden = self._text_layers(out, layers[: len(layers) - self._k], trim=self._k == 0)
         return Encoded(self._text_out(out.hidden, eos)) if self._k == 0 else out
@@ -265,7 +271,8 @@ class PersonalizedRewardModel(Reward):
     def _text_layers(self, enc: Encoded, layers: Sequence[nn.Module], trim: bool = True) -> Tensor:
         """Text layers under CLIP's causal + padding mask; `trim` drops positions after the last EOS (causal:
         they never reach a pooled position), `trim=False` keeps (B, T) so stems of two batches concatenate."""
-        length = int(enc.eos_index.max()) + 1 if trim else enc.hidden.shape[1]
+        longest = enc.max_eos if enc.max_eos is not None else int(enc.eos_index.max())
+        length = longest + 1 if trim else enc.hidden.shape[1]
         h, mask = enc.hidden[:, :length], enc.attention_mask[:, :length]
         causal = create_causal_mask(
             config=self.clip.text_model.config, inputs_embeds=h, attention_mask=mask, cache=None

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import torch
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -81,6 +82,8 @@ def create_app(
     max_queue: int = DEFAULT_MAX_QUEUE,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_steps: int = 50,
+    device: str | torch.device = "cpu",
+    torch_dtype: torch.dtype = torch.float32,
 ) -> FastAPI:
     """The API for one model: a PresetSpec or preset name is loaded here, once; a ready pipeline as is.
 
@@ -98,7 +101,7 @@ def create_app(
     root = Path(cache_dir) if cache_dir is not None else icg_home() / "serve-cache"
     if isinstance(spec_or_pipeline, PresetSpec):
         spec = spec_or_pipeline
-        pipe = load_cover_pipeline(spec)  # the one load of the model for this app's life
+        pipe = load_cover_pipeline(spec, device, torch_dtype)  # the one load of the model for this app's life
         pipe.set_progress_bar_config(disable=True)  # a server logs requests, not denoising steps
         pipe.context_encoder.cache = BoundedContextCache(root / "context")  # P_exp + C_ref, once per item
     else:

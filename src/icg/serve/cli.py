@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from icg.cli_options import DeviceOpt, DtypeOpt, device_and_dtype
 from icg.loopback import is_loopback
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ def serve(
         int | None, typer.Option(help="torch threads for generation (default: torch's).")
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
 ) -> None:
     """Serve personalized covers: POST /v1/covers, GET /v1/covers/{id}, /healthz, /docs, the gallery at /."""
     import torch
@@ -48,6 +51,7 @@ def serve(
     from icg.presets import get_preset
     from icg.serve.app import create_app
 
+    where, torch_dtype = device_and_dtype(device, dtype)
     if threads is not None:
         torch.set_num_threads(threads)
     data = None if dataset.lower() == "none" else load_dataset(dataset)
@@ -58,6 +62,8 @@ def serve(
         max_queue=max_queue,
         max_upload_bytes=max_upload_kb * 1024,
         max_steps=max_steps,
+        device=where,
+        torch_dtype=torch_dtype,
     )
     if not is_loopback(host):
         logger.warning("binding %s: the cover API is reachable from other machines (no authentication)", host)

@@ -117,7 +117,8 @@ class AdapterStep:
         shape = (len(seeds), self.pipe.unet.config.in_channels, side, side)
         latents = randn_tensor(shape, generator=generators, device=self.device, dtype=torch.float32)
         latents = latents * self.scheduler.init_noise_sigma  # (B, C, h, w) float32
-        self.scheduler.set_timesteps(self.config.num_inference_steps, device=self.device)
+        # timesteps on the CPU, as in the pipeline: the scheduler's look-ups stay host-side (no device sync)
+        self.scheduler.set_timesteps(self.config.num_inference_steps)
         for i, t in enumerate(self.scheduler.timesteps[: stop + 1]):
             with torch.set_grad_enabled(grad and i > stop - k):
                 model_input = torch.cat([latents] * 2) if cfg else latents

@@ -174,14 +174,15 @@ def prompt_lm_loss(encoder: ContextEncoder, images: list[Image.Image], titles: l
     )  # [left pad][prompt][answer], labels on the answer only
     ids, mask, types, grid = seq.input_ids, seq.attention_mask, seq.mm_token_type_ids, batch["image_grid_thw"]
     position_ids, _ = encoder.model.model.get_rope_index(ids, types, image_grid_thw=grid, attention_mask=mask)
+    device = encoder.device  # the layout is built on the CPU (see ContextEncoder.processor_batch), then moved
     out = encoder.model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=position_ids,  # (3, B, L)
-        pixel_values=batch["pixel_values"],
-        image_grid_thw=grid,
-        mm_token_type_ids=types,
-        labels=seq.labels,
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=position_ids.to(device),  # (3, B, L)
+        pixel_values=batch["pixel_values"].to(device),
+        image_grid_thw=grid.to(device),
+        mm_token_type_ids=types.to(device),
+        labels=seq.labels.to(device),
         use_cache=False,
     )
     return out.loss
