@@ -267,9 +267,9 @@ class PersonalizedRewardModel(Reward):
         they never reach a pooled position), `trim=False` keeps (B, T) so stems of two batches concatenate."""
         length = int(enc.eos_index.max()) + 1 if trim else enc.hidden.shape[1]
         h, mask = enc.hidden[:, :length], enc.attention_mask[:, :length]
-        causal = create_causal_mask(
-            config=self.clip.text_model.config, inputs_embeds=h, attention_mask=mask, cache=None
-        )
+        # The 4th parameter (no KV cache) is `past_key_values` in transformers <= 5.17 and `cache` in 5.25:
+        # passed by position, this call works on both (tests/rewards/test_personalized.py).
+        causal = create_causal_mask(self.clip.text_model.config, h, mask, None)
         for layer in layers:
             h = layer(h, causal, is_causal=True)
         return h
