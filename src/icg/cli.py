@@ -310,7 +310,10 @@ def train_adapter_cmd(
         )  # fmt: skip
     except ValueError as exc:
         raise ICGError(str(exc)) from exc
-    print_json({k: v for k, v in metrics.items() if not isinstance(v, list)})
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # under torchrun / accelerate launch: one JSON, from rank 0
+        print_json({k: v for k, v in metrics.items() if not isinstance(v, list)})
 
 
 @app.command("report")
