@@ -595,6 +595,19 @@ def _train(
     return json.loads(text)
 
 
+def import_ip_adapter(pipe, path: str | Path):
+    """Start `pipe`'s dual path from an IP-Adapter checkpoint: `load_ip_adapter_sd15` on a UNet pipeline,
+    `load_ip_adapter_flux` on a Flux one (the projector's context path takes `image_proj` when the shapes
+    agree; the result says whether it did)."""
+    if getattr(pipe, "transformer", None) is not None:
+        from icg.adapter.flux import load_ip_adapter_flux
+
+        return load_ip_adapter_flux(pipe.transformer, path, projector=pipe.projector)
+    from icg.adapter.checkpoint import load_ip_adapter_sd15
+
+    return load_ip_adapter_sd15(pipe.unet, path, projector=pipe.projector)
+
+
 def train_adapter_from_preset(
     spec,
     data,
@@ -604,6 +617,7 @@ def train_adapter_from_preset(
     hpsv2: str | Path | None = None,
     pickscore: str | Path | None = None,
     pickscore_processor: str | Path | None = None,
+    ip_adapter: str | Path | None = None,
     max_users: int | None = None,
     **options: object,
 ) -> dict[str, object]:
@@ -616,7 +630,9 @@ def train_adapter_from_preset(
     `GUARD_SAMPLES` positives of validation users on validation items with `default_judges` (the preset's
     `reward_judge`, SSIM, LPIPS-miniCLIP on its CLIP) unless `held_out`/`judges` are given. Stage 2 starts
     from the adapter of `spec` (e.g. `spec.replace(adapter=<stage 1 out>/adapter)`); with none, from a
-    zero-initialised one.
+    zero-initialised one. `ip_adapter` (an IP-Adapter-SD15 `.bin`/`.safetensors`, or IP-Adapter-Flux for a
+    Flux preset) replaces the dual path's K/V by its `to_k_ip`/`to_v_ip` (`import_ip_adapter`) before
+    training.
     """
     from icg.errors import ICGError
     from icg.loading import load_cover_pipeline
@@ -635,6 +651,8 @@ def train_adapter_from_preset(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # a fresh (zero-init) adapter's projector is drawn from torch's RNG
         pipe = load_cover_pipeline(spec)
+        if ip_adapter is not None:
+            import_ip_adapter(pipe, ip_adapter)
     rewards: dict[str, Reward] = {}
     for name in config.reward_weights():
         kwargs = (
