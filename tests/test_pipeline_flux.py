@@ -16,7 +16,13 @@ from icg.adapter.flux import FluxDualPathAttnProcessor
 from icg.data.covers import render_cover
 from icg.loading import load_cover_pipeline
 from icg.pipeline import CoverItem, CoverUser
-from icg.pipeline_flux import FluxCoverPipeline, flux_pipeline_kwargs
+from icg.pipeline_flux import (
+    FluxCoverPipeline,
+    flux_pipeline_kwargs,
+    latent_image_ids,
+    pack_latents,
+    unpack_latents,
+)
 from icg.presets import get_preset, load_preset_folder
 from icg.testing_flux import TINY_FLUX_SIZE, TINY_T5_LENGTH, materialize_tiny_flux_preset
 
@@ -98,6 +104,30 @@ def test_adapter_scale_zero_equals_diffusers_flux_pipeline(pipe: FluxCoverPipeli
     other = pipe(_items()[:1], users[1:], seed=3, output_type="pt", **FAST)
     assert (both.images[0] - ours.images[0]).abs().max().item() > 1e-3
     assert (both.images[0] - other.images[0]).abs().max().item() > 1e-3
+
+
+@pytest.mark.skipif(
+    not hasattr(FluxPipeline, "_pack_latents"),
+    reason="diffusers no longer has FluxPipeline's private helpers",
+)
+@pytest.mark.parametrize(("height", "width"), [(32, 48), (64, 64)])
+def test_own_latent_packing_equals_flux_pipelines_private_helpers(height: int, width: int) -> None:
+    """ICG's copies of FluxPipeline._pack_latents / _unpack_latents / _prepare_latent_image_ids are the same
+    functions (the covers test above checks the whole layout against FluxPipeline's public __call__)."""
+    scale, channels = 8, 16
+    h, w = height // scale, width // scale
+    latents = torch.randn(2, channels, h, w, generator=torch.Generator().manual_seed(0))
+    packed = pack_latents(latents)
+    assert torch.equal(packed, FluxPipeline._pack_latents(latents, 2, channels, h, w))
+    assert torch.equal(unpack_latents(packed, height, width, scale), latents)
+    assert torch.equal(
+        unpack_latents(packed, height, width, scale),
+        FluxPipeline._unpack_latents(packed, height, width, scale),
+    )
+    for dtype in (torch.float32, torch.bfloat16):
+        want = FluxPipeline._prepare_latent_image_ids(2, h // 2, w // 2, torch.device("cpu"), dtype)
+        got = latent_image_ids(h // 2, w // 2, torch.device("cpu"), dtype)
+        assert got.dtype == want.dtype and torch.equal(got, want)
 
 
 def test_true_cfg_suffixes_and_bad_input(pipe: FluxCoverPipeline) -> None:

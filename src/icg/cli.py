@@ -282,6 +282,20 @@ def train_adapter_cmd(
     checkpoint_every: Annotated[int, typer.Option(help="save_state every M steps.")] = 100,
     hpsv2: Annotated[str | None, typer.Option(help="HPSv2.1 checkpoint (.pt) to enable that reward.")] = None,
     pickscore: Annotated[str | None, typer.Option(help="PickScore_v1 folder to enable that reward.")] = None,
+    pickscore_processor: Annotated[
+        str | None,
+        typer.Option(
+            help="CLIPProcessor folder for --pickscore when its folder has none (PickScore_v1 uses the one "
+            "of laion/CLIP-ViT-H-14-laion2B-s32B-b79K)."
+        ),
+    ] = None,
+    ip_adapter: Annotated[
+        Path | None,
+        typer.Option(
+            help="IP-Adapter checkpoint (ip-adapter_sd15.bin/.safetensors; IP-Adapter-Flux for Flux): the "
+            "dual path's K/V start from its to_k_ip/to_v_ip (instead of the preset's or --init-adapter's)."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of sampling, noise and stop steps.")] = 0,
     guard_every: Annotated[
         int, typer.Option(help="Reward-hacking guard: held-out judges every N steps (0 = off).")
@@ -306,14 +320,20 @@ def train_adapter_cmd(
             checkpoint_every=checkpoint_every, sample_every=checkpoint_every, seed=seed,
             guard_every=guard_every, guard_stop=guard_stop,
         )  # fmt: skip
+        if init_adapter is not None and ip_adapter is not None:
+            raise ICGError("--init-adapter and --ip-adapter both set the dual path: give one of them")
         spec = get_preset(preset).replace(adapter=str(init_adapter) if init_adapter else None)
         metrics = train_adapter_from_preset(
             spec, load_data("ml-100k", None), out, config, hpsv2=hpsv2, pickscore=pickscore,
-            max_minutes=minutes, threads=threads,
+            pickscore_processor=pickscore_processor, ip_adapter=ip_adapter, max_minutes=minutes,
+            threads=threads,
         )  # fmt: skip
     except ValueError as exc:
         raise ICGError(str(exc)) from exc
-    print_json({k: v for k, v in metrics.items() if not isinstance(v, list)})
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # under torchrun / accelerate launch: one JSON, from rank 0
+        print_json({k: v for k, v in metrics.items() if not isinstance(v, list)})
 
 
 @app.command("report")

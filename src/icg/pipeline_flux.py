@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline, FluxPipeline
+from diffusers import DiffusionPipeline
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -35,6 +35,33 @@ from icg.pipeline import (
 logger = logging.getLogger(__name__)
 
 T5_MAX_LENGTH = 512  # FLUX.1-dev's max_sequence_length
+
+
+# FLUX's 2×2 latent packing and image position ids. diffusers keeps them as private static methods of
+# FluxPipeline (`_pack_latents`, `_unpack_latents`, `_prepare_latent_image_ids`), so ICG owns these copies;
+# tests/test_pipeline_flux.py checks them against FluxPipeline (its covers through the public __call__, and
+# the private methods themselves while they exist).
+def pack_latents(latents: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) → (B, h/2·w/2, 4C): each 2×2 patch becomes one token (channels, then the 2×2)."""
+    batch, channels, h, w = latents.shape
+    latents = latents.view(batch, channels, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return latents.reshape(batch, (h // 2) * (w // 2), channels * 4)
+
+
+def unpack_latents(latents: torch.Tensor, height: int, width: int, vae_scale_factor: int) -> torch.Tensor:
+    """Packed (B, L, 4C) → (B, C, h, w) for an image of `height` × `width` pixels."""
+    batch, _, channels = latents.shape
+    h, w = 2 * (int(height) // (vae_scale_factor * 2)), 2 * (int(width) // (vae_scale_factor * 2))
+    latents = latents.view(batch, h // 2, w // 2, channels // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return latents.reshape(batch, channels // 4, h, w)
+
+
+def latent_image_ids(height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Position ids (height·width, 3) of the packed tokens: (0, row, column), made on `device`."""
+    ids = torch.zeros(height, width, 3, device=device)  # (h/2, w/2, 3), float32 as FluxPipeline's
+    ids[..., 1] = torch.arange(height, device=device)[:, None]
+    ids[..., 2] = torch.arange(width, device=device)[None, :]
+    return ids.reshape(height * width, 3).to(dtype)
 
 
 class FluxCoverPipeline(DiffusionPipeline, CoverConditioningMixin):
@@ -148,8 +175,8 @@ class FluxCoverPipeline(DiffusionPipeline, CoverConditioningMixin):
         channels = self.transformer.config.in_channels // 4
         h, w = height // self.vae_scale_factor, width // self.vae_scale_factor
         latents = randn_tensor((batch_size, channels, h, w), generator=generators, device=device, dtype=dtype)
-        latents = FluxPipeline._pack_latents(latents, batch_size, channels, h, w)
-        image_ids = FluxPipeline._prepare_latent_image_ids(batch_size, h // 2, w // 2, device, dtype)
+        latents = pack_latents(latents)
+        image_ids = latent_image_ids(h // 2, w // 2, device, dtype)
         return latents, image_ids
 
     def timesteps(self, num_inference_steps: int, image_seq_len: int, device: torch.device) -> torch.Tensor:
@@ -164,7 +191,7 @@ class FluxCoverPipeline(DiffusionPipeline, CoverConditioningMixin):
 
     def decode(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Packed latents → images (B, 3, H, W) in [0, 1]."""
-        latents = FluxPipeline._unpack_latents(latents, height, width, self.vae_scale_factor)
+        latents = unpack_latents(latents, height, width, self.vae_scale_factor)
         latents = latents / self.vae.config.scaling_factor + self.vae.config.shift_factor
         images = self.vae.decode(latents.to(self.vae.dtype)).sample
         return (images / 2 + 0.5).clamp(0, 1)

@@ -328,3 +328,25 @@ def materialize_tiny_preset(folder: str | Path, seed: int = 0) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staging, folder)
     return folder
+
+
+def random_fid_inception_state(seed: int = 3) -> dict[str, torch.Tensor]:
+    """torch-fidelity's FeatureExtractorInceptionV3 state dict with random weights, in the layout of its
+    `weights-inception-2015-12-05-6726825d.pth` (what `load_fid` reads). Its constructor always loads that
+    file: the loading is stubbed here only to build the random layout, never to download."""
+    from unittest import mock
+
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+    from torch import nn
+
+    with (
+        mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}),
+        mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None),
+        torch.random.fork_rng(devices=[]),
+    ):
+        torch.manual_seed(seed)
+        model = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+        for module in model.modules():  # variance-keeping init so the random 2048-d features are not ~1e-8
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    return model.state_dict()

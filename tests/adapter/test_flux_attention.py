@@ -87,6 +87,24 @@ def test_scale_zero_and_no_tokens_equal_the_plain_processor_exactly(caplog) -> N
     assert "not expected" not in caplog.text  # single-stream blocks drop the personal tokens quietly
 
 
+def test_fused_projections_equal_the_plain_processor() -> None:
+    """`qkv_projections` (ICG's copy of diffusers' private `_get_qkv_projections`) reads fused Q/K/V too."""
+    plain, ours = _transformer(), _transformer()
+    load_ip_adapter_flux(ours, tiny_ip_adapter_flux_state_dict(ours))
+    kwargs, tokens = _inputs(3)
+    for model in (plain, ours):
+        for module in model.modules():
+            if hasattr(module, "fuse_projections"):
+                module.fuse_projections()
+    assert any(getattr(m, "fused_projections", False) for m in ours.modules())
+    with torch.no_grad():
+        expected = plain(**kwargs).sample
+        got = ours(**kwargs, joint_attention_kwargs=personalized_flux_kwargs(tokens, scale=0.0)).sample
+        live = ours(**kwargs, joint_attention_kwargs=personalized_flux_kwargs(tokens)).sample
+    assert (got - expected).abs().max().item() <= 1e-5
+    assert (live - expected).abs().max().item() > 1e-3
+
+
 def test_zero_init_equals_plain_and_only_new_projections_train() -> None:
     plain = _transformer()
     ours = _transformer()

@@ -27,7 +27,7 @@ from icg.evaluation.metrics import (
 )
 from icg.evaluation.perceptual import ssim_per_image
 from icg.rewards.aesthetic import AestheticHead, load_aesthetic
-from icg.testing import tiny_clip_model
+from icg.testing import random_fid_inception_state, tiny_clip_model
 
 TEXTS = [
     "a cartoon cat in a city at night",
@@ -47,22 +47,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _random_inception_state() -> dict[str, torch.Tensor]:
-    """torch-fidelity's FeatureExtractorInceptionV3 with random weights (its constructor always loads a file:
-    the loading is stubbed here only to build the random layout, never to download)."""
-    import torch_fidelity.feature_extractor_inceptionv3 as fe
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(fe, "load_state_dict_from_url", lambda *a, **k: {})
-        mp.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
-        torch.manual_seed(3)
-        model = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    for module in model.modules():  # variance-keeping init so the random 2048-d features are not ~1e-8
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    return model.state_dict()
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("metric_weights")
@@ -74,7 +58,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     )
     lin = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(ALEX_CHANNELS)}
     torch.save(lin, root / "alex_lin.pth")
-    torch.save(_random_inception_state(), root / "inception.pth")
+    torch.save(random_fid_inception_state(), root / "inception.pth")
     clip, processor = tiny_clip_model(seed=1)
     clip.save_pretrained(root / "clip")
     processor.save_pretrained(root / "clip")

@@ -16,7 +16,7 @@ from icg.pipeline import CoverItem, CoverUser
 from icg.presets import tiny_preset
 from icg.rewards import load_reward
 from icg.rewards.base import Reward
-from icg.testing import tiny_clip_model
+from icg.testing import tiny_clip_model, tiny_ip_adapter_state_dict
 from icg.training.adapter import AdapterTrainConfig, checkpoints, train_adapter
 from icg.training.adapter_data import AdapterData, SampleStream
 from icg.training.clip_data import to_pil
@@ -139,6 +139,68 @@ def test_from_preset_loads_its_rewards_and_switches_off_the_missing(parts, data,
     assert metrics["config"]["lambda_hps"] == 0.0 and metrics["config"]["max_prompt_tokens"] == 12
     with pytest.raises(ValueError, match="no checkpoint for any enabled reward"):
         train_adapter_from_preset(parts["spec"], data, tmp_path / "none", config)
+
+
+def test_from_preset_starts_from_an_ip_adapter_and_trains_with_pickscore(parts, data, tmp_path):
+    """`ip_adapter` (official .bin layout) sets the dual path's K/V before training; PickScore loads from a
+    model folder + a separate processor folder (PickScore_v1's layout) and enters the objective."""
+    from icg.training.adapter import train_adapter_from_preset
+
+    pipe = load_cover_pipeline(parts["spec"])
+    state = tiny_ip_adapter_state_dict(pipe.unet, image_embed_dim=24, seed=5)
+    torch.save(state, tmp_path / "ip-adapter_sd15.bin")
+    clip, processor = tiny_clip_model(seed=2)
+    clip.save_pretrained(tmp_path / "PickScore_v1")
+    processor.save_pretrained(tmp_path / "pick_processor")
+    spec = dataclasses.replace(parts["spec"], clip=str(parts["clip"]), reward_model=str(parts["reward"]))
+    config = AdapterTrainConfig(steps=1, **{**FAST, "lambda_pick": 0.25, "lr": 1e-7})
+    metrics = train_adapter_from_preset(
+        spec, data, tmp_path / "run", config, pickscore=tmp_path / "PickScore_v1",
+        pickscore_processor=tmp_path / "pick_processor", ip_adapter=tmp_path / "ip-adapter_sd15.bin",
+        progress=False,
+    )  # fmt: skip
+    assert metrics["rewards"] == {"personalized": 0.25, "pickscore": 0.25, "clip": 0.25}
+    assert "loss/pickscore" in metrics["history"][0]
+    trained = get_adapter_layers(
+        load_cover_pipeline(spec.replace(adapter=str(tmp_path / "run/adapter"))).unet
+    )
+    preset = get_adapter_layers(pipe.unet)
+    for k, (layer, before) in enumerate(zip(trained.layers, preset.layers, strict=True)):
+        for part in ("k", "v"):
+            ip = state["ip_adapter"][f"{2 * k + 1}.to_{part}_ip.weight"]
+            got = getattr(layer, f"to_{part}_p").weight
+            torch.testing.assert_close(got, ip, atol=1e-6, rtol=0)  # one AdamW step of lr 1e-7 from it
+            assert (getattr(before, f"to_{part}_p").weight - ip).abs().max() > 1e-2  # not the preset's
+
+
+def test_cli_train_adapter_passes_the_real_weight_options(parts, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import icg.training.adapter as adapter_module
+    from icg.cli import app
+
+    seen: dict[str, object] = {}
+
+    def fake(spec, data, out, config, **kwargs):
+        seen.update(kwargs, adapter=spec.adapter)
+        return {"completed": True}
+
+    monkeypatch.setattr(adapter_module, "train_adapter_from_preset", fake)
+    args = [
+        "train",
+        "adapter",
+        "--preset",
+        str(Path(parts["spec"].base_model).parent),
+        "--out",
+        str(tmp_path),
+    ]
+    options = ["--pickscore", "P", "--pickscore-processor", "Q", "--ip-adapter", "ip.bin", "--hpsv2", "H"]
+    result = CliRunner().invoke(app, [*args, *options])
+    assert result.exit_code == 0, result.output
+    assert seen["pickscore"] == "P" and seen["pickscore_processor"] == "Q" and seen["hpsv2"] == "H"
+    assert seen["ip_adapter"] == Path("ip.bin")
+    both = CliRunner().invoke(app, [*args, "--ip-adapter", "ip.bin", "--init-adapter", str(tmp_path)])
+    assert "give one of them" in str(both.exception) or "give one of them" in both.output
 
 
 def test_resume_after_a_kill_is_exact(parts, data, tmp_path):

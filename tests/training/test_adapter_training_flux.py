@@ -75,3 +75,21 @@ def test_reward_steps_on_tiny_flux_change_only_adapter_and_projector(tmp_path: P
     loaded = load_cover_pipeline(dataclasses.replace(spec, adapter=str(tmp_path / "run/adapter")))
     reloaded = _state({"adapter": get_flux_adapter_layers(loaded.transformer), "projector": loaded.projector})
     assert all(torch.equal(v, reloaded[k]) for k, v in after.items())
+
+
+def test_import_ip_adapter_on_a_flux_preset_fills_the_double_stream_dual_path(tmp_path: Path) -> None:
+    """`icg train adapter --ip-adapter` on a Flux preset: IP-Adapter-Flux's to_{k,v}_ip → to_{k,v}_p."""
+    from icg.testing_flux import tiny_ip_adapter_flux_state_dict
+    from icg.training.adapter import import_ip_adapter
+
+    pipe = load_cover_pipeline(load_preset_folder(materialize_tiny_flux_preset(tmp_path / "tiny-flux")))
+    state = tiny_ip_adapter_flux_state_dict(pipe.transformer, seed=7)
+    torch.save(state, tmp_path / "ip-adapter-flux.bin")
+    import_ip_adapter(pipe, tmp_path / "ip-adapter-flux.bin")
+    layers = get_flux_adapter_layers(pipe.transformer).layers
+    assert len(layers) == len(pipe.transformer.transformer_blocks)
+    for k, layer in enumerate(layers):
+        for part in ("k", "v"):
+            linear = getattr(layer, f"to_{part}_p")
+            assert torch.equal(linear.weight, state["ip_adapter"][f"{k}.to_{part}_ip.weight"])
+            assert torch.equal(linear.bias, state["ip_adapter"][f"{k}.to_{part}_ip.bias"])

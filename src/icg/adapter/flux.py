@@ -23,7 +23,6 @@ from typing import Any
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
-from diffusers.models.transformers.transformer_flux import _get_qkv_projections
 from torch import nn
 
 from icg.adapter.attention import AdapterLayers, InitMode, PersonalKV, PersonalTokens
@@ -40,6 +39,29 @@ logger = logging.getLogger(__name__)
 
 DOUBLE_BLOCK_PREFIX = "transformer_blocks."
 PERSONAL_KWARG = "ip_hidden_states"  # quiet in FluxAttention.forward for processors that do not take it
+
+
+def qkv_projections(
+    attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None
+) -> tuple[torch.Tensor | None, ...]:
+    """Q, K, V of the image tokens and of the text tokens (None without them) from a `FluxAttention`'s public
+    layers, fused (`to_qkv`/`to_added_qkv` after `fuse_projections()`) or not. What diffusers' private
+    `transformer_flux._get_qkv_projections` does; ICG keeps its own copy so no private name is imported
+    (tests/adapter/test_flux_attention.py: equal to `FluxAttnProcessor`, fused and unfused)."""
+    encoder_query = encoder_key = encoder_value = None
+    if getattr(attn, "fused_projections", False):
+        query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)  # each (B, L, H)
+        if encoder_hidden_states is not None and hasattr(attn, "to_added_qkv"):
+            encoder_query, encoder_key, encoder_value = attn.to_added_qkv(encoder_hidden_states).chunk(
+                3, dim=-1
+            )
+        return query, key, value, encoder_query, encoder_key, encoder_value
+    query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+    if encoder_hidden_states is not None and attn.added_kv_proj_dim is not None:
+        encoder_query = attn.add_q_proj(encoder_hidden_states)  # (B, T, H)
+        encoder_key = attn.add_k_proj(encoder_hidden_states)
+        encoder_value = attn.add_v_proj(encoder_hidden_states)
+    return query, key, value, encoder_query, encoder_key, encoder_value
 
 
 class FluxDualPathAttnProcessor(PersonalKV):
@@ -65,7 +87,7 @@ class FluxDualPathAttnProcessor(PersonalKV):
         ip_hidden_states: PersonalTokens | torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, ...]:
         personal, scale = self.split_personal(ip_hidden_states)
-        query, key, value, encoder_query, encoder_key, encoder_value = _get_qkv_projections(
+        query, key, value, encoder_query, encoder_key, encoder_value = qkv_projections(
             attn, hidden_states, encoder_hidden_states
         )
         query = query.unflatten(-1, (-1, attn.head_dim))  # (B, L, heads, d)

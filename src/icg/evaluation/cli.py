@@ -134,8 +134,72 @@ TableItems = Annotated[int, typer.Option("--items", help="Held-out (test-split) 
 
 TableOut = Annotated[Path, typer.Option("--out", help="Folder for tableN_mini.json/.md.")]
 
+# The real metrics' weights (icg.evaluation.metrics.build_metrics); without them a table reports the mini-CLIP
+# stand-ins under their own names (LPIPS-miniCLIP, FD-miniCLIP) and no aesthetics.
+LpipsBackboneOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="LPIPS: torchvision AlexNet (or VGG16) state dict .pth; reports LPIPS, not LPIPS-miniCLIP."
+    ),
+]
+LpipsNetOpt = Annotated[str, typer.Option(help="LPIPS backbone of --lpips-backbone: alex or vgg.")]
+LpipsLinOpt = Annotated[
+    Path | None,
+    typer.Option(help="LPIPS linear layers (lpips' weights/v0.1/alex.pth); default torchmetrics'."),
+]
+InceptionOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="FID: torch-fidelity's weights-inception-2015-12-05-6726825d.pth; reports FID, not FD-miniCLIP."
+    ),
+]
+FidAntialiasOpt = Annotated[
+    bool,
+    typer.Option(
+        help="FID resize to 299²: antialiased (torchmetrics) or TF1 bilinear (torch-fidelity, published)."
+    ),
+]
+AestheticOpt = Annotated[
+    Path | None,
+    typer.Option(help="LAION aesthetic head (sac+logos+ava1-l14-linearMSE.pth); needs --aesthetic-clip."),
+]
+AestheticClipOpt = Annotated[
+    Path | None,
+    typer.Option(help="CLIP ViT-L/14 transformers folder under the aesthetic head (and the CLIP score)."),
+]
+ClipScoreOpt = Annotated[
+    Path | None, typer.Option(help="CLIP folder of the real CLIP score (default: --aesthetic-clip).")
+]
 
-def _table(table: str, preset: str, methods, users: int, items: int, out: Path, threads: int | None) -> None:
+
+def _metric_weights(
+    lpips_backbone: Path | None,
+    lpips_net: str,
+    lpips_lin: Path | None,
+    inception: Path | None,
+    fid_antialias: bool,
+    aesthetic: Path | None,
+    aesthetic_clip: Path | None,
+    clip_score_model: Path | None,
+) -> dict[str, object]:
+    """The table commands' metric options as `build_metrics` arguments."""
+    return {
+        "lpips_backbone": lpips_backbone, "lpips_net": lpips_net, "lpips_lin": lpips_lin,
+        "inception": inception, "fid_antialias": fid_antialias, "aesthetic": aesthetic,
+        "aesthetic_clip": aesthetic_clip, "clip_score_model": clip_score_model,
+    }  # fmt: skip
+
+
+def _table(
+    table: str,
+    preset: str,
+    methods,
+    users: int,
+    items: int,
+    out: Path,
+    threads: int | None,
+    weights: dict[str, object] | None = None,
+) -> None:
     import torch
 
     from icg.evaluation.metrics import build_metrics
@@ -145,7 +209,10 @@ def _table(table: str, preset: str, methods, users: int, items: int, out: Path, 
     if threads is not None:
         torch.set_num_threads(threads)
     spec = get_preset(preset)
-    suite = build_metrics(clip=spec.clip)
+    try:
+        suite = build_metrics(clip=spec.clip, **(weights or {}))
+    except ValueError as exc:
+        raise ICGError(str(exc)) from exc
     result = run_table(
         table, spec, load_data("ml-100k", None), methods(spec), suite, n_users=users, n_items=items,
         cache_dir=icg_home() / "covers", out_dir=out,
@@ -162,6 +229,14 @@ def evaluate_table1_cmd(
     users: TableUsers = 16,
     items: TableItems = 16,
     out: TableOut = Path("results"),
+    lpips_backbone: LpipsBackboneOpt = None,
+    lpips_net: LpipsNetOpt = "alex",
+    lpips_lin: LpipsLinOpt = None,
+    inception: InceptionOpt = None,
+    fid_antialias: FidAntialiasOpt = True,
+    aesthetic: AestheticOpt = None,
+    aesthetic_clip: AestheticClipOpt = None,
+    clip_score_model: ClipScoreOpt = None,
     threads: ThreadsOpt = None,
 ) -> None:
     """Paper Table 1: ICG vs rule-based, Textual Inversion and PMG (LPIPS, SSIM, FID, aesthetics or their
@@ -172,7 +247,17 @@ def evaluate_table1_cmd(
     def methods(spec):
         return table1_methods(load_data("ml-100k", None), work, icg_home() / "covers", threads=threads or 1)
 
-    _table("table1", preset, methods, users, items, out, threads)
+    weights = _metric_weights(
+        lpips_backbone,
+        lpips_net,
+        lpips_lin,
+        inception,
+        fid_antialias,
+        aesthetic,
+        aesthetic_clip,
+        clip_score_model,
+    )
+    _table("table1", preset, methods, users, items, out, threads, weights)
 
 
 @evaluate_app.command("table3")
@@ -187,6 +272,14 @@ def evaluate_table3_cmd(
     users: TableUsers = 16,
     items: TableItems = 16,
     out: TableOut = Path("results"),
+    lpips_backbone: LpipsBackboneOpt = None,
+    lpips_net: LpipsNetOpt = "alex",
+    lpips_lin: LpipsLinOpt = None,
+    inception: InceptionOpt = None,
+    fid_antialias: FidAntialiasOpt = True,
+    aesthetic: AestheticOpt = None,
+    aesthetic_clip: AestheticClipOpt = None,
+    clip_score_model: ClipScoreOpt = None,
     threads: ThreadsOpt = None,
 ) -> None:
     """Paper Table 3: N meta tokens × with/without the meta-token stage (LPIPS or its stand-in); trains the
@@ -198,7 +291,17 @@ def evaluate_table3_cmd(
             load_data("ml-100k", None), spec, work, tokens=tuple(tokens or T3_TOKENS), threads=threads or 1
         )
 
-    _table("table3", preset, methods, users, items, out, threads)
+    weights = _metric_weights(
+        lpips_backbone,
+        lpips_net,
+        lpips_lin,
+        inception,
+        fid_antialias,
+        aesthetic,
+        aesthetic_clip,
+        clip_score_model,
+    )
+    _table("table3", preset, methods, users, items, out, threads, weights)
 
 
 @evaluate_app.command("table4")
@@ -207,12 +310,30 @@ def evaluate_table4_cmd(
     users: TableUsers = 16,
     items: TableItems = 16,
     out: TableOut = Path("results"),
+    lpips_backbone: LpipsBackboneOpt = None,
+    lpips_net: LpipsNetOpt = "alex",
+    lpips_lin: LpipsLinOpt = None,
+    inception: InceptionOpt = None,
+    fid_antialias: FidAntialiasOpt = True,
+    aesthetic: AestheticOpt = None,
+    aesthetic_clip: AestheticClipOpt = None,
+    clip_score_model: ClipScoreOpt = None,
     threads: ThreadsOpt = None,
 ) -> None:
     """Paper Table 4: ICG vs w/o meta token / w/o user feature / w/o both (LPIPS, FID or their stand-ins)."""
     from icg.evaluation.tables import table4_methods
 
-    _table("table4", preset, lambda spec: table4_methods(), users, items, out, threads)
+    weights = _metric_weights(
+        lpips_backbone,
+        lpips_net,
+        lpips_lin,
+        inception,
+        fid_antialias,
+        aesthetic,
+        aesthetic_clip,
+        clip_score_model,
+    )
+    _table("table4", preset, lambda spec: table4_methods(), users, items, out, threads, weights)
 
 
 @evaluate_app.command("table5")
@@ -226,6 +347,14 @@ def evaluate_table5_cmd(
     users: TableUsers = 16,
     items: TableItems = 16,
     out: TableOut = Path("results"),
+    lpips_backbone: LpipsBackboneOpt = None,
+    lpips_net: LpipsNetOpt = "alex",
+    lpips_lin: LpipsLinOpt = None,
+    inception: InceptionOpt = None,
+    fid_antialias: FidAntialiasOpt = True,
+    aesthetic: AestheticOpt = None,
+    aesthetic_clip: AestheticClipOpt = None,
+    clip_score_model: ClipScoreOpt = None,
     threads: ThreadsOpt = None,
 ) -> None:
     """Paper Table 5: ICG vs adapters retrained without each reward (LPIPS, FID, aesthetics or stand-ins)."""
@@ -238,7 +367,17 @@ def evaluate_table5_cmd(
         public = str(no_public) if no_public else None
         return table5_methods(spec, str(no_clip), str(no_personal), public)
 
-    _table("table5", preset, methods, users, items, out, threads)
+    weights = _metric_weights(
+        lpips_backbone,
+        lpips_net,
+        lpips_lin,
+        inception,
+        fid_antialias,
+        aesthetic,
+        aesthetic_clip,
+        clip_score_model,
+    )
+    _table("table5", preset, methods, users, items, out, threads, weights)
 
 
 @evaluate_app.command("table7")

@@ -274,9 +274,9 @@ class PersonalizedRewardModel(Reward):
         longest = enc.max_eos if enc.max_eos is not None else int(enc.eos_index.max())
         length = longest + 1 if trim else enc.hidden.shape[1]
         h, mask = enc.hidden[:, :length], enc.attention_mask[:, :length]
-        causal = create_causal_mask(
-            config=self.clip.text_model.config, inputs_embeds=h, attention_mask=mask, cache=None
-        )
+        # The 4th parameter (no KV cache) is `past_key_values` in transformers <= 5.17 and `cache` in 5.25:
+        # passed by position, this call works on both (tests/rewards/test_personalized.py).
+        causal = create_causal_mask(self.clip.text_model.config, h, mask, None)
         for layer in layers:
             h = layer(h, causal, is_causal=True)
         return h

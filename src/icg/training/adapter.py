@@ -202,6 +202,41 @@ def backbone_of(pipe) -> Backbone:
     return Backbone("sd15", pipe.unet, get_adapter_layers(pipe.unet), (pipe.text_encoder,), AdapterStep)
 
 
+def _has_accelerator() -> bool:
+    """A GPU (or other torch accelerator) is there: accelerate then picks its device and NCCL (etc.)."""
+    current = getattr(torch, "accelerator", None)
+    if current is not None:
+        return current.is_available()
+    return torch.cuda.is_available()
+
+
+def _warn_if_alone(num_processes: int) -> None:
+    """`accelerate launch` with a MULTI_CPU config (and no mpirun) starts ONE process with MASTER_ADDR set and
+    no WORLD_SIZE: say so instead of silently training alone."""
+    if num_processes == 1 and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ:
+        logger.warning(
+            "MASTER_ADDR is set but this is the only process (no WORLD_SIZE): a multi-process launch did not "
+            "happen. On CPUs use `torchrun --nproc_per_node N -m icg.cli ...` or `accelerate launch "
+            "--multi_gpu --num_processes N -m icg.cli ...` (an accelerate MULTI_CPU config needs mpirun)"
+        )
+
+
+def _any_process(accelerator, flag: bool) -> bool:
+    """True on every process when `flag` is True on any of them (one decision for all ranks)."""
+    if accelerator.num_processes == 1:
+        return bool(flag)
+    return bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), "sum").item() > 0)
+
+
+def _global_mean(accelerator, record: dict[str, float]) -> dict[str, float]:
+    """Each logged value averaged over the processes: the record of the global batch (all ranks equal)."""
+    if accelerator.num_processes == 1:
+        return record
+    values = torch.tensor([float(v) for v in record.values()], dtype=torch.float64, device=accelerator.device)
+    means = accelerator.reduce(values, "mean").tolist()
+    return dict(zip(record, means, strict=True))
+
+
 class TrainableAdapter(nn.Module):
     """The parameters that train (dual-path K/V + projector). `forward(step)` runs the whole step closure,
     so the wrappers `accelerator.prepare` adds (DDP's gradient sync, autocast) cover the generation."""
@@ -379,6 +414,9 @@ def _train(
         return done
     tensorboard = bool(is_tensorboard_available())
     accelerator = Accelerator(
+        # without cpu=True, accelerate maps a torchrun/`accelerate launch` world on a machine with no GPU to
+        # DistributedType.NO: every process then trains alone on the same samples (issue 15)
+        cpu=not _has_accelerator(),
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         project_dir=str(out),
@@ -387,6 +425,7 @@ def _train(
     )
     device = accelerator.device
     main = accelerator.is_main_process
+    _warn_if_alone(accelerator.num_processes)
     if not resume and main and (out / "checkpoints").exists():
         logger.warning("resume=False: removing the old checkpoints in %s", out / "checkpoints")
         shutil.rmtree(out / "checkpoints")
@@ -472,7 +511,8 @@ def _train(
     )
     while step < config.steps:
         over_time = loop.time_is_up(started, step_seconds, max_minutes)
-        if over_time or (max_steps is not None and step - start >= max_steps):
+        # every process stops at the same step, or the others would wait forever in the next all-reduce
+        if _any_process(accelerator, over_time or (max_steps is not None and step - start >= max_steps)):
             logger.warning("stopping %s at step %d/%d (budget); resumable", out, step, config.steps)
             break
         tick, logs = time.perf_counter(), []
@@ -490,7 +530,7 @@ def _train(
                 optimizer.zero_grad(set_to_none=True)
             logs.append(result["log"])
         step += 1
-        record = {k: sum(log[k] for log in logs) / len(logs) for k in logs[0]}
+        record = _global_mean(accelerator, {k: sum(log[k] for log in logs) / len(logs) for k in logs[0]})
         record |= {"step": step, "lr": schedule.get_last_lr()[0]}
         if monitor is not None and step % config.guard_every == 0:
             record |= check(step)
@@ -503,7 +543,7 @@ def _train(
         trainer_state = {"step": step, "history": history, "data_fingerprint": fingerprint,
                          "num_processes": procs, "seconds": seconds,
                          "guard": monitor.checks if monitor is not None else []}  # fmt: skip
-        stop = monitor is not None and monitor.should_stop
+        stop = _any_process(accelerator, monitor is not None and monitor.should_stop)
         if step % config.checkpoint_every == 0 or step == config.steps or stop:
             _save_checkpoint(accelerator, out, step, config, trainer_state)
             saved = step
@@ -555,6 +595,19 @@ def _train(
     return json.loads(text)
 
 
+def import_ip_adapter(pipe, path: str | Path):
+    """Start `pipe`'s dual path from an IP-Adapter checkpoint: `load_ip_adapter_sd15` on a UNet pipeline,
+    `load_ip_adapter_flux` on a Flux one (the projector's context path takes `image_proj` when the shapes
+    agree; the result says whether it did)."""
+    if getattr(pipe, "transformer", None) is not None:
+        from icg.adapter.flux import load_ip_adapter_flux
+
+        return load_ip_adapter_flux(pipe.transformer, path, projector=pipe.projector)
+    from icg.adapter.checkpoint import load_ip_adapter_sd15
+
+    return load_ip_adapter_sd15(pipe.unet, path, projector=pipe.projector)
+
+
 def train_adapter_from_preset(
     spec,
     data,
@@ -564,6 +617,7 @@ def train_adapter_from_preset(
     hpsv2: str | Path | None = None,
     pickscore: str | Path | None = None,
     pickscore_processor: str | Path | None = None,
+    ip_adapter: str | Path | None = None,
     max_users: int | None = None,
     **options: object,
 ) -> dict[str, object]:
@@ -576,7 +630,9 @@ def train_adapter_from_preset(
     `GUARD_SAMPLES` positives of validation users on validation items with `default_judges` (the preset's
     `reward_judge`, SSIM, LPIPS-miniCLIP on its CLIP) unless `held_out`/`judges` are given. Stage 2 starts
     from the adapter of `spec` (e.g. `spec.replace(adapter=<stage 1 out>/adapter)`); with none, from a
-    zero-initialised one.
+    zero-initialised one. `ip_adapter` (an IP-Adapter-SD15 `.bin`/`.safetensors`, or IP-Adapter-Flux for a
+    Flux preset) replaces the dual path's K/V by its `to_k_ip`/`to_v_ip` (`import_ip_adapter`) before
+    training.
     """
     from icg.errors import ICGError
     from icg.loading import load_cover_pipeline
@@ -595,6 +651,8 @@ def train_adapter_from_preset(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # a fresh (zero-init) adapter's projector is drawn from torch's RNG
         pipe = load_cover_pipeline(spec)
+        if ip_adapter is not None:
+            import_ip_adapter(pipe, ip_adapter)
     rewards: dict[str, Reward] = {}
     for name in config.reward_weights():
         kwargs = (

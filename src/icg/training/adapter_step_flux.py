@@ -14,11 +14,10 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from diffusers import FluxPipeline
 from torch import Tensor
 
 from icg.adapter.flux import personalized_flux_kwargs
-from icg.pipeline_flux import flow_timesteps
+from icg.pipeline_flux import flow_timesteps, latent_image_ids, pack_latents
 from icg.training.adapter_data import _mix_seed
 from icg.training.adapter_step import AdapterStep
 
@@ -102,7 +101,7 @@ class FluxAdapterStep(AdapterStep):
         items = self.data.samples[rows, 1]
         z0 = self.ref_latents[items].to(self.device)  # (B, C, h, w), shifted and scaled
         batch, channels, h, w = z0.shape
-        z0 = FluxPipeline._pack_latents(z0, batch, channels, h, w)  # (B, L, 4C)
+        z0 = pack_latents(z0)  # (B, L, 4C)
         gens = [
             torch.Generator().manual_seed(_mix_seed(self.config.seed, "denoise", first + b))
             for b in range(batch)
@@ -110,6 +109,6 @@ class FluxAdapterStep(AdapterStep):
         noise = torch.stack([torch.randn(z0.shape[1:], generator=g) for g in gens]).to(self.device)
         sigma = torch.stack([torch.rand((), generator=g) for g in gens]).to(self.device)  # (B,) in [0, 1)
         noisy = (1 - sigma[:, None, None]) * z0 + sigma[:, None, None] * noise
-        image_ids = FluxPipeline._prepare_latent_image_ids(batch, h // 2, w // 2, self.device, text.ids.dtype)
+        image_ids = latent_image_ids(h // 2, w // 2, self.device, text.ids.dtype)
         velocity = self._velocity(noisy, sigma, text, image_ids, cond_p)
         return F.mse_loss(velocity, noise - z0)
