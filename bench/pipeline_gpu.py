@@ -22,6 +22,7 @@ Imports only torch, diffusers, transformers and icg (src/ is put on sys.path).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -50,6 +51,7 @@ from icg.adapter.attention import (  # noqa: E402
 from icg.adapter.projector import PersonalizedProjector, ProjectorConfig  # noqa: E402
 from icg.modules import DeviceDtypeMixin  # noqa: E402
 from icg.pipeline import CoverItem, CoverPipeline, CoverUser  # noqa: E402
+from icg.speed import SpeedOptions, apply_speed_options  # noqa: E402
 from icg.testing import (  # noqa: E402  (SD1.5's DDIM config, not tiny-specific)
     BOS_TOKEN,
     EOS_TOKEN,
@@ -178,6 +180,15 @@ def reference_images(n: int) -> list:
     return [Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(n)]
 
 
+def image_agreement(fast: torch.Tensor, eager: torch.Tensor) -> dict[str, float]:
+    """max |Δ| on the 0–255 scale and SSIM (torchmetrics) of two (B, 3, H, W) batches in [0, 1]."""
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+    fast, eager = fast.nan_to_num(0.0).clamp(0, 1), eager.nan_to_num(0.0).clamp(0, 1)
+    diff = float((fast - eager).abs().max()) * 255
+    return {"max_abs_diff_255": diff, "ssim": float(ssim(fast, eager, data_range=1.0))}
+
+
 class Timer:
     """Wall time per call with device synchronisation; peak allocated memory per phase."""
 
@@ -216,6 +227,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--reps", type=int, default=2 if TINY else 3)
     parser.add_argument("--cpu-threads", type=int, default=1, help="torch threads when there is no GPU")
+    parser.add_argument("--compile-mode", default=SpeedOptions().compile_mode, help="torch.compile mode")
+    parser.add_argument("--no-compile", action="store_true", help="speed options without torch.compile")
+    parser.add_argument("--compile-backend", default="inductor", help="aot_eager: trace only (CPU checks)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     diffusers_logging.set_verbosity_error()
@@ -391,8 +405,44 @@ def main() -> None:
                     f"{name:<26}{b:>6}{r['min_s']:>9.3f}{r['median_s']:>9.3f}{r['covers_per_s']:>10.2f}"
                     f"{r['s_per_cover']:>9.3f}{r['peak_gib']:>10.2f}"
                 )
+        # --- ours with the speed options (icg.speed: what `icg generate/serve/batch` apply on CUDA) -------
+        unet.set_attn_processor(dict(dual_procs))
+        reference = {
+            b: ours(items[:b], user, output_type="pt", **common).images.float() for b in args.batches
+        }
+        speed = (
+            SpeedOptions(compile_mode=args.compile_mode, compile_backend=args.compile_backend)
+            if not args.no_compile
+            else SpeedOptions(compile=False)
+        )
+        apply_speed_options(ours, speed)
+        for b in sorted(args.batches):
+            name = "ours_fast"
+            try:
+                start = time.perf_counter()
+                fast = ours(items[:b], user, output_type="pt", **common).images.float()
+                timer.sync()
+                first = time.perf_counter() - start  # compile + capture of this shape
+                r = timer.run(lambda b=b: ours(items[:b], user, output_type="pt", **common), 1, args.reps)
+                r |= {"covers_per_s": b / r["min_s"], "s_per_cover": r["min_s"] / b, "first_call_s": first}
+                r |= image_agreement(fast, reference[b])
+                results[f"{name}_b{b}"] = r
+                print(
+                    f"{name:<26}{b:>6}{r['min_s']:>9.3f}{r['median_s']:>9.3f}{r['covers_per_s']:>10.2f}"
+                    f"{r['s_per_cover']:>9.3f}{r['peak_gib']:>10.2f}   first call {first:.1f} s, "
+                    f"max|Δ| {r['max_abs_diff_255']:.1f}/255, SSIM {r['ssim']:.4f} vs eager"
+                )
+            except Exception as err:  # the benchmark reports and goes on
+                results[f"{name}_b{b}"] = {"error": f"{type(err).__name__}: {err}"[:500]}
+                print(f"{name:<26}{b:>6}  FAILED {type(err).__name__}: {str(err)[:300]}")
+        results["speed_options"] = dataclasses.asdict(speed)
     print()
     for b in sorted(args.batches):
+        fast_s = results.get(f"ours_fast_b{b}", {}).get("min_s")
+        if fast_s is not None:
+            sd = results[f"diffusers_sd_pipeline_b{b}"]["min_s"]
+            print(f"batch {b}: ours with speed options / diffusers pipeline = {fast_s / sd:.3f} "
+                  f"({sd / fast_s:.2f}× faster)")  # fmt: skip
         ours_s = results[f"ours_generation_only_b{b}"]["min_s"]
         sd = results[f"diffusers_sd_pipeline_b{b}"]["min_s"]
         loop = results[f"anchor_loop_b{b}"]["min_s"]

@@ -20,10 +20,12 @@ from icg.cli_options import (
     DtypeOpt,
     PathOpt,
     SignalOpt,
+    SpeedOpt,
     ThreadsOpt,
     device_and_dtype,
     load_data,
     print_json,
+    speed_options,
 )
 from icg.errors import ICGError
 from icg.evaluation.cli import evaluate_app
@@ -425,6 +427,7 @@ def generate_cmd(
     ] = "error",
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    speed: SpeedOpt = None,
 ) -> None:
     """Personalized covers for items × users → PNG + JSON sidecar per cover + index.html."""
     from icg.context import ContextCache
@@ -432,6 +435,7 @@ def generate_cmd(
     from icg.loading import adapter_hash, load_cover_pipeline
     from icg.pipeline import CoverItem
     from icg.presets import get_preset, icg_home
+    from icg.speed import apply_speed_options
 
     if unknown_user not in ("error", "cold-start"):
         raise ICGError(f"--unknown-user must be 'error' or 'cold-start', got '{unknown_user}'")
@@ -454,7 +458,9 @@ def generate_cmd(
         context_encoder=context_encoder,
     )
     where, torch_dtype = device_and_dtype(device, dtype)
-    pipe = load_cover_pipeline(spec, device=where, torch_dtype=torch_dtype)
+    pipe = apply_speed_options(
+        load_cover_pipeline(spec, device=where, torch_dtype=torch_dtype), speed_options(where, speed)
+    )
     # item context (explicit prompt + C_ref) is computed once per item and model, then read from disk
     pipe.context_encoder.cache = ContextCache(icg_home() / "context_cache")
     try:  # the pipeline raises ValueError for bad input, as diffusers pipelines do

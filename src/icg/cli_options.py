@@ -69,3 +69,21 @@ def device_and_dtype(device: str, dtype: str):
         return where, resolve_dtype(dtype, where)
     except ValueError as err:
         raise ICGError(str(err)) from err
+
+
+SpeedOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--speed/--no-speed",
+        help="torch.compile, channels-last, fused self-attention Q/K/V (icg.speed); default: on a GPU only.",
+    ),
+]
+
+
+def speed_options(device, speed: bool | None):
+    """The `icg.speed.SpeedOptions` of --speed/--no-speed on `device` (None: the device's default)."""
+    from icg.speed import SpeedOptions, default_speed_options
+
+    if speed is None:
+        return default_speed_options(device)
+    return SpeedOptions() if speed else None

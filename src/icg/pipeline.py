@@ -361,12 +361,15 @@ class CoverPipeline(DiffusionPipeline, TextualInversionLoaderMixin, CoverConditi
         unet_inputs = personalized_unet_inputs(text, personal, adapter_scale)
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
         latents = self.prepare_latents(len(seeds), height, width, text.dtype, generators, device)
-        # timesteps stay on the CPU: the scheduler's table look-ups are host-side, no device sync per step
+        # the scheduler's timesteps stay on the CPU (its table look-ups are host-side) and the UNet reads a
+        # device copy made once: no host-device synchronisation inside the loop
         self.scheduler.set_timesteps(num_inference_steps)
-        for t in self.progress_bar(self.scheduler.timesteps):
+        timesteps = self.scheduler.timesteps
+        unet_timesteps = timesteps.to(device)
+        for i, t in enumerate(self.progress_bar(timesteps)):
             model_input = torch.cat([latents] * 2) if do_cfg else latents
             model_input = self.scheduler.scale_model_input(model_input, t)
-            noise = self.unet(model_input, t, **unet_inputs).sample
+            noise = self.unet(model_input, unet_timesteps[i], **unet_inputs).sample
             if do_cfg:
                 noise_uncond, noise_cond = noise.chunk(2)
                 noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from icg.cli_options import SpeedOpt
 from icg.errors import ICGError
 
 
@@ -51,6 +52,7 @@ def batch(
     ] = None,
     dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16.")] = "float32",
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    speed: SpeedOpt = None,
 ) -> None:
     """Covers for items × user segments (k-means over user embeddings) on Ray Data; rerun to resume."""
     from icg.batch.job import BatchConfig, run_batch
@@ -62,7 +64,7 @@ def batch(
         executor=executor, address=address, context_workers=context_workers,
         generation_workers=generation_workers, context_batch_size=context_batch_size,
         generation_batch_size=generation_batch_size, threads=threads, gpus_per_worker=gpus_per_worker,
-        context_gpus_per_worker=context_gpus_per_worker, torch_dtype=dtype, progress=not quiet,
+        context_gpus_per_worker=context_gpus_per_worker, torch_dtype=dtype, speed=speed, progress=not quiet,
     )  # fmt: skip
     result = run_batch(config)
     typer.echo(

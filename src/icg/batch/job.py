@@ -74,6 +74,7 @@ class BatchConfig:
     gpus_per_worker: float | None = None
     context_gpus_per_worker: float | None = None
     torch_dtype: str = "float32"
+    speed: bool | None = None  # icg.speed options in the generation actors; None: on a GPU only
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -251,6 +252,7 @@ def _stage_args(config: BatchConfig, spec, segments: Segments, steps: int, guida
             "fmt": config.image_format,
             "threads": config.threads,
             "torch_dtype": config.torch_dtype,
+            "speed": config.speed,
         },
     }
 

@@ -139,12 +139,17 @@ class GenerateStage:
         device: str | None = None,
         threads: int | None = 1,
         torch_dtype: str = "float32",
+        speed: bool | None = None,
     ):
         from icg.presets import PresetSpec
+        from icg.speed import SpeedOptions, apply_speed_options, default_speed_options
 
         _setup_worker(threads)
         spec = PresetSpec.from_json(spec_json)
-        self.pipe = generation_pipeline(spec, _device(device), getattr(torch, torch_dtype))
+        where = _device(device)
+        self.pipe = generation_pipeline(spec, where, getattr(torch, torch_dtype))
+        options = default_speed_options(where) if speed is None else (SpeedOptions() if speed else None)
+        apply_speed_options(self.pipe, options)
         self.pipe.set_progress_bar_config(disable=True)
         if not self.pipe.projector.config.has_user_path:
             raise ValueError("the preset's projector has no user path: segments cannot condition it")

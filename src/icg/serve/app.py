@@ -40,6 +40,7 @@ from icg.serve.catalog import Catalog
 from icg.serve.gallery import GALLERY_CSP, GALLERY_HTML
 from icg.serve.inputs import ResolvedUser, decode_image, field_error, resolve_user, upload_item_key
 from icg.serve.worker import GenerationWorker, QueueFullError, WorkerClosedError
+from icg.speed import SpeedOptions, apply_speed_options
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ def create_app(
     max_steps: int = 50,
     device: str | torch.device = "cpu",
     torch_dtype: torch.dtype = torch.float32,
+    speed: SpeedOptions | None = None,
 ) -> FastAPI:
     """The API for one model: a PresetSpec or preset name is loaded here, once; a ready pipeline as is.
 
@@ -102,6 +104,7 @@ def create_app(
     if isinstance(spec_or_pipeline, PresetSpec):
         spec = spec_or_pipeline
         pipe = load_cover_pipeline(spec, device, torch_dtype)  # the one load of the model for this app's life
+        apply_speed_options(pipe, speed)
         pipe.set_progress_bar_config(disable=True)  # a server logs requests, not denoising steps
         pipe.context_encoder.cache = BoundedContextCache(root / "context")  # P_exp + C_ref, once per item
     else:

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from icg.cli_options import DeviceOpt, DtypeOpt, device_and_dtype
+from icg.cli_options import DeviceOpt, DtypeOpt, SpeedOpt, device_and_dtype, speed_options
 from icg.loopback import is_loopback
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ def serve(
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    speed: SpeedOpt = None,
 ) -> None:
     """Serve personalized covers: POST /v1/covers, GET /v1/covers/{id}, /healthz, /docs, the gallery at /."""
     import torch
@@ -64,6 +65,7 @@ def serve(
         max_steps=max_steps,
         device=where,
         torch_dtype=torch_dtype,
+        speed=speed_options(where, speed),
     )
     if not is_loopback(host):
         logger.warning("binding %s: the cover API is reachable from other machines (no authentication)", host)

@@ -119,11 +119,12 @@ class AdapterStep:
         latents = latents * self.scheduler.init_noise_sigma  # (B, C, h, w) float32
         # timesteps on the CPU, as in the pipeline: the scheduler's look-ups stay host-side (no device sync)
         self.scheduler.set_timesteps(self.config.num_inference_steps)
+        unet_timesteps = self.scheduler.timesteps.to(self.device)  # one copy: no sync inside the loop
         for i, t in enumerate(self.scheduler.timesteps[: stop + 1]):
             with torch.set_grad_enabled(grad and i > stop - k):
                 model_input = torch.cat([latents] * 2) if cfg else latents
                 model_input = self.scheduler.scale_model_input(model_input, t).to(self.unet_dtype)
-                noise = self.pipe.unet(model_input, t, **inputs).sample.float()
+                noise = self.pipe.unet(model_input, unet_timesteps[i], **inputs).sample.float()
                 if cfg:
                     noise_uncond, noise_cond = noise.chunk(2)
                     noise = noise_uncond + self.config.guidance_scale * (noise_cond - noise_uncond)
