@@ -107,9 +107,10 @@ def serve_request(device: str, env: dict[str, str], timeout: float) -> CheckResu
 
 
 def commands(device: str, work: Path) -> list[CheckResult]:
+    path = os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p)
     env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT / "src"),
+        "PYTHONPATH": path,
         "ICG_HOME": str(work / "home"),
         "HF_HUB_OFFLINE": "1",
     }
