@@ -85,11 +85,33 @@ def best_seconds(fn: Callable[[], object], reps: int, device: str) -> float:
     return min(times)
 
 
+def profile(fn: Callable[[], object], device: str, top: int = 15) -> list[dict[str, object]]:
+    """Where one call's device time goes: the `top` kernels by total time (torch.profiler), printed."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    key = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)[:top]
+    total = sum(getattr(e, key) for e in prof.key_averages()) or 1.0
+    rows = [{"name": e.key[:90], "ms": round(getattr(e, key) / 1e3, 3),
+             "share": round(getattr(e, key) / total, 4), "calls": e.count} for e in events]  # fmt: skip
+    print(f"profile ({key}), top {top}:")
+    for r in rows:
+        print(f"  {r['ms']:>9.3f} ms {r['share']:>7.1%} {r['calls']:>6}×  {r['name']}")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2] if TINY else [1, 16])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="top kernels of `ours` at the largest batch")
     parser.add_argument("--out", default=None, help="JSON file for the results")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -123,6 +145,8 @@ def main() -> None:
                 )
             if device == "cuda":
                 result[f"peak_memory_GiB/b{batch}"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            if args.profile and batch == max(args.batches):
+                result[f"profile/b{batch}"] = profile(rows["ours"], device)
     print("FINAL", json.dumps(result))
     if args.out:
         with open(args.out, "w") as f:
