@@ -24,6 +24,7 @@ import os
 import platform
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,16 @@ from icg.adapter.flux import FluxDualPathAttnProcessor, install_flux_dual_path_a
 from icg.adapter.projector import PersonalizedProjector, ProjectorConfig  # noqa: E402
 from icg.pipeline import CoverItem, CoverUser  # noqa: E402
 from icg.pipeline_flux import FluxCoverPipeline, flux_pipeline_kwargs  # noqa: E402
+from icg.speed import SpeedOptions, apply_speed_options  # noqa: E402
 from icg.testing import BOS_TOKEN, EOS_TOKEN, tiny_clip_tokenizer, tiny_clip_vocab  # noqa: E402
 from icg.testing_flux import tiny_flux_scheduler, tiny_t5_tokenizer  # noqa: E402
-from pipeline_gpu import StandInUserEncoder, Timer, context_encoder, reference_images  # noqa: E402
+from pipeline_gpu import (  # noqa: E402
+    StandInUserEncoder,
+    Timer,
+    context_encoder,
+    image_agreement,
+    reference_images,
+)
 
 TINY = os.environ.get("TINY") == "1"
 if TINY:
@@ -120,6 +128,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--cpu-threads", type=int, default=1, help="torch threads when there is no GPU")
+    parser.add_argument("--no-speed", action="store_true", help="skip the row with icg.speed options")
+    parser.add_argument("--compile-mode", default=SpeedOptions().compile_mode, help="torch.compile mode")
+    parser.add_argument("--compile-backend", default="inductor", help="aot_eager: trace only (CPU checks)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     diffusers_logging.set_verbosity_error()
@@ -228,6 +239,33 @@ def main() -> None:
                 )
                 results[f"ours_vs_diffusers_{size}_b{b}"] = ratio
                 print(f"{'':<26}{size:>6}{b:>6}  ours / FluxPipeline time = {ratio:.3f}")
+        if not args.no_speed:  # ours with icg.speed (what `icg generate/serve/batch` apply on CUDA), last
+            transformer.set_attn_processor(dict(dual_procs))
+            size, b = min(args.sizes), min(args.batches)
+            eager = ours(items[:b], user, output_type="pt", **common(size)).images.float()
+            speed = SpeedOptions(compile_mode=args.compile_mode, compile_backend=args.compile_backend)
+            apply_speed_options(ours, speed)
+            try:
+                start = time.perf_counter()
+                fast = ours(items[:b], user, output_type="pt", **common(size)).images.float()
+                timer.sync()
+                first = time.perf_counter() - start
+                fn = lambda: ours(items[:b], user, output_type="pt", **common(size))  # noqa: E731
+                r = timer.run(fn, 0, args.reps)
+                r |= {"covers_per_s": b / r["min_s"], "s_per_cover": r["min_s"] / b, "first_call_s": first}
+                r |= image_agreement(fast, eager)
+                base = results[f"diffusers_flux_pipeline_{size}_b{b}"]["min_s"]
+                r["vs_diffusers"] = r["min_s"] / base
+                results[f"ours_fast_{size}_b{b}"] = r
+                print(
+                    f"{'ours_fast':<26}{size:>6}{b:>6}{r['min_s']:>9.3f}{r['median_s']:>9.3f}"
+                    f"{r['covers_per_s']:>10.3f}{r['peak_gib']:>10.2f}  first call {first:.1f} s, "
+                    f"max|Δ| {r['max_abs_diff_255']:.1f}/255, SSIM {r['ssim']:.4f} vs eager; "
+                    f"ours fast / FluxPipeline time = {r['vs_diffusers']:.3f}"
+                )
+            except Exception as err:  # the benchmark reports and goes on
+                results[f"ours_fast_{size}_b{b}"] = {"error": f"{type(err).__name__}: {err}"[:500]}
+                print(f"ours_fast {size} b{b} FAILED {type(err).__name__}: {str(err)[:300]}")
 
     out = args.out or (Path(os.environ["OUT"]) / "flux_gpu.json" if os.environ.get("OUT") else None)
     if out is not None:
