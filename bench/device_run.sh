@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# One call of the GPU machine, as run for bench/RESULTS.md (wheels from bench/device_wheels.sh, carried in .whl).
+#   bash bench/device_run.sh check   # gpu_check.py (issue 15) + pipeline_gpu.py (generation speed)
+#   bash bench/device_run.sh speed   # train_step.py (reward overhead, memory) + flux_gpu.py + mllm_gpu.py
+# Each script has its own time limit so the call ends inside the device's 10-minute command limit.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+what=${1:?check or speed}
+sets="common serve"
+[ "$what" = speed ] && sets="common clip"
+wheels=$(for s in $sets; do ls .whl/"$s"/*.whl; done)
+# shellcheck disable=SC2086
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $wheels \
+  || exit 1
+export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+OUT=${OUT:-/tmp/icg-device-out}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+python3 -c "import torch, transformers, diffusers; print('torch', torch.__version__, 'transformers', \
+transformers.__version__, 'diffusers', diffusers.__version__, 'cuda', torch.version.cuda)"
+run() {  # run SECONDS NAME ARGS...: one script, its log and JSON under $OUT
+  local limit=$1 name=$2
+  shift 2
+  echo "=== $name (limit ${limit} s) ==="
+  timeout "$limit" python3 "bench/$name.py" "$@" --out "$OUT/$name.json" 2>&1 | grep -v 'it/s]' \
+    | tee "$OUT/$name.log"
+  echo "=== $name: exit ${PIPESTATUS[0]} ==="
+}
+case $what in
+  check)
+    run 210 gpu_check --device cuda
+    run 240 pipeline_gpu --reps 2 ;;
+  speed)
+    run 160 train_step --gpu
+    run 150 flux_gpu --sizes 512 --batches 1
+    run 80 mllm_gpu --no-compile --profile --reps 2 ;;
+  *) echo "unknown: $what"; exit 2 ;;
+esac
