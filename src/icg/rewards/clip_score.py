@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor, PreTrainedTokenizerBase
 
 from icg.rewards.base import ImageSpec, Reward, RewardCheckpointError, RewardLoss, Users, preprocess
+from icg.rewards.fast import TextFeatureCache, current_tape
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class CLIPEncoder(nn.Module):
         positions = model.config.text_config.max_position_embeddings
         limit = getattr(tokenizer, "model_max_length", positions) if tokenizer is not None else positions
         self.max_length = min(int(limit), positions)
+        self.text_cache = TextFeatureCache()  # on with RewardSpeed.cache_texts
 
     @property
     def logit_scale(self) -> Tensor:
@@ -75,20 +77,30 @@ class CLIPEncoder(nn.Module):
 
     def image_features(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) in [0, 1] → (B, D) unit vectors; differentiable w.r.t. images."""
+        pixels = preprocess(images, self.spec)  # (B, 3, S, S) float32
+        tape = current_tape()
+        if tape is not None and id(self.model) in tape.shared_towers:  # another reward holds this model
+            key = ("clip-image", id(self.model), id(pixels))
+            return tape.shared(key, (self.model, pixels), lambda: self._image_features(pixels))
+        return self._image_features(pixels)
+
+    def _image_features(self, pixels: Tensor) -> Tensor:
         dtype = self.model.visual_projection.weight.dtype
-        pixels = preprocess(images, self.spec).to(dtype)  # (B, 3, S, S)
-        feats = self.model.get_image_features(pixel_values=pixels)
-        feats = (
-            feats if isinstance(feats, Tensor) else feats.pooler_output
-        )  # transformers 5 returns an output
-        return F.normalize(feats.float(), dim=-1)  # (B, D)
+        feats = self.model.get_image_features(pixel_values=pixels.to(dtype))
+        feats = feats if isinstance(feats, Tensor) else feats.pooler_output  # transformers 5: an output
+        return F.normalize(feats.float(), dim=-1)  # (B, D), normalised in fp32
 
     @torch.no_grad()
     def text_features(self, texts: Sequence[str]) -> Tensor:
         """B strings → (B, D) unit vectors. Padded to the longest text of the batch (as PickScore does): the
-        causal mask and end-token pooling keep a text's features independent of the padding."""
+        causal mask and end-token pooling keep a text's features independent of the padding (and of which
+        other texts the cache encodes with it)."""
         if self.tokenizer is None:
             raise ValueError("this CLIP encoder was loaded without a tokenizer; it cannot encode texts")
+        params = list(self.model.parameters())
+        return self.text_cache.lookup(texts, self._text_features, params, training=self.model.training)
+
+    def _text_features(self, texts: list[str]) -> Tensor:
         enc = self.tokenizer(
             list(texts),
             padding=True,
@@ -151,6 +163,16 @@ class CLIPSimilarityReward(Reward):
         img = self.encoder.image_features(images)  # (B, D)
         txt = self.encoder.text_features(texts)  # (B, D), no graph
         return self.scale * (img * txt).sum(-1)  # (B,)
+
+    def towers(self) -> list[nn.Module]:
+        return [self.encoder.model]
+
+    def tower_slots(self) -> list[tuple[nn.Module, str, nn.Module]]:
+        return [(self.encoder, "model", self.encoder.model)]
+
+    def warm_text_cache(self, texts: Sequence[str], users: Sequence[str] | None = None) -> None:
+        if texts:
+            self.encoder.text_features(texts)
 
 
 def load_clip_similarity(

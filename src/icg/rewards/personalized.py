@@ -51,6 +51,7 @@ from icg.rewards.base import (
     read_state_file,
 )
 from icg.rewards.clip_score import image_spec_from_processor
+from icg.rewards.fast import TextFeatureCache
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +155,7 @@ class PersonalizedRewardModel(Reward):
                 )
         positions = clip.config.text_config.max_position_embeddings
         self.max_length = min(int(getattr(self.tokenizer, "model_max_length", positions)), positions)
+        self.text_cache = TextFeatureCache()  # on with RewardSpeed.cache_texts (frozen use only)
 
         d, feat = config.hidden_size, clip.config.projection_dim
         n_text = int(config.use_title) + int(config.use_caption)
@@ -286,6 +288,24 @@ class PersonalizedRewardModel(Reward):
         h = self._text_layers(enc, self.clip.text_model.encoder.layers[-self._k :])
         return self._text_out(h, enc.eos_index)
 
+    def text_features(self, texts: Sequence[str]) -> Tensor:
+        """B strings → (B, D) unit CLIP text features (stem then top); cached per string when the cache is
+        on and the text tower is frozen (a reward model in training bypasses the cache)."""
+        text = self.clip.text_model
+        params = [*text.parameters(), *self.clip.text_projection.parameters()]
+        encode = lambda t: self.text_top(self.text_stem(t))  # noqa: E731
+        return self.text_cache.lookup(texts, encode, params, training=self.training)
+
+    def towers(self) -> list[nn.Module]:
+        return [self.clip]  # heads, fusion and FC_per stay fp32
+
+    def warm_text_cache(self, texts: Sequence[str], users: Sequence[str] | None = None) -> None:
+        titles, captions = self.split_texts(texts) if texts else (None, None)
+        people = users if self.config.use_user else None
+        for strings in (titles, captions, people):
+            if strings:
+                self.text_features(strings)
+
     def stem(self, name: str, inputs: Tensor | Sequence[str]) -> Encoded:
         """Frozen part for one input kind: images for "image", strings for the others."""
         return self.image_stem(inputs) if name == "image" else self.text_stem(inputs)  # type: ignore[arg-type]
@@ -337,7 +357,10 @@ class PersonalizedRewardModel(Reward):
             raise ValueError("the personalized reward needs users as B profile sentences (strings)")
         titles, captions = self.split_texts(texts)
         raw = {"title": titles, "caption": captions, "image": images, "user": users}
-        features = {n: self.top(n, self.stem(n, raw[n])) for n in self.config.inputs}  # type: ignore[arg-type]
+        features = {
+            n: self.image_top(self.image_stem(images)) if n == "image" else self.text_features(raw[n])
+            for n in self.config.inputs
+        }  # type: ignore[arg-type]
         return self.preference(features)
 
     # ------------------------------------------------------------------ persistence

@@ -29,6 +29,12 @@ class UserContrastReward(Reward):
         self.needs_texts = base.needs_texts
         self.default_loss = base.default_loss
 
+    def towers(self) -> list:
+        return self.base.towers()
+
+    def warm_text_cache(self, texts, users=None) -> None:
+        self.base.warm_text_cache(texts, users)
+
     def _score(self, images: Tensor, texts: list[str] | None, users: Users) -> Tensor:
         if users is None or isinstance(users, Tensor):
             raise ValueError("the user-contrast reward needs users as B profile sentences (strings)")
@@ -56,6 +62,12 @@ class UserSwapReward(Reward):
             raise ValueError(f"the swap reward needs groups of at least 2 users, got {group}")
         self.base, self.group = base, group
         self.name, self.needs_texts, self.default_loss = base.name, base.needs_texts, base.default_loss
+
+    def towers(self) -> list:
+        return self.base.towers()
+
+    def warm_text_cache(self, texts, users=None) -> None:
+        self.base.warm_text_cache(texts, users)
 
     def _score(self, images: Tensor, texts: list[str] | None, users: Users) -> Tensor:
         if users is None or isinstance(users, Tensor):
