@@ -11,8 +11,9 @@ differs:
   (e) all rewards, eager: every reward of the setting, λ = 0.25 each, fp32 weights, `RewardSpeed.off()` —
       the path issue 20 measured (+44.6 % / +23.0 %, 39.4 GiB);
   (c) all rewards, ours: the same rewards (a copy, same weights) with `icg.rewards.fast.RewardSpeed` on —
-      bf16 towers, text features cached (warmed once before timing, as `AdapterStep` does), preprocessing
-      shared, resize as matmuls, each reward's backward inside the forward;
+      bf16 towers, text features cached (warmed once before timing, as `AdapterStep` does) and the text
+      towers then parked on the CPU, preprocessing shared, resize as matmuls, each reward's backward inside
+      the forward;
   (b) CLIP reward only, ours (`--variants` to add it).
   GPU: HPSv2 (open_clip ViT-H-14) + PickScore (CLIP ViT-H/14) + CLIP (ViT-L/14) + personalized
   (PersonalizedRewardModel on a CLIP ViT-L/14), real architectures at random weights. CPU mini: personalized +
@@ -297,15 +298,15 @@ def objectives(
     return out, eager_rewards
 
 
-def storages(module: nn.Module) -> dict[int, int]:
-    """data pointer → bytes of every storage behind the module's parameters and buffers."""
-    tensors = (*module.parameters(), *module.buffers())
+def storages(module: nn.Module, device: torch.device) -> dict[int, int]:
+    """data pointer → bytes of every storage on `device` behind the module's parameters and buffers."""
+    tensors = [t for t in (*module.parameters(), *module.buffers()) if t.device == device]
     return {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
 
 
-def others_bytes(variants: dict[str, WeightedRewards]) -> dict[str, int]:
-    """Per variant: bytes of the reward weights only the other variants hold (resident, untouched)."""
-    held = {v: storages(o) for v, o in variants.items()}
+def others_bytes(variants: dict[str, WeightedRewards], device: torch.device) -> dict[str, int]:
+    """Per variant: bytes of the reward weights on `device` only the other variants hold (untouched)."""
+    held = {v: storages(o, device) for v, o in variants.items()}
     out = {}
     for v in variants:
         rest = {ptr: n for w, h in held.items() if w != v for ptr, n in h.items() if ptr not in held[v]}
@@ -670,7 +671,7 @@ def main() -> None:
         built_at = time.perf_counter() - t0
         print(f"built in {built_at:.1f} s; AdapterStep set-up per variant (s): "
               f"{json.dumps({k: round(v, 3) for k, v in build_s.items()})}", flush=True)  # fmt: skip
-        other = others_bytes(variants)
+        other = others_bytes(variants, device)
         reserve = 0.0 if args.no_extras else (6.0 if tiny else 25.0)  # the reward part + profile
         names = list(variants)
         results = measure(

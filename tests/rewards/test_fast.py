@@ -216,3 +216,22 @@ def test_warming_the_caches_leaves_no_miss_for_training(tmp_path: Path) -> None:
     assert objective.warm_text_caches(texts, USERS) == 0
     _run(objective)
     assert objective.warm_text_caches(texts, USERS) == 0  # the training call met every string cached
+
+
+def test_cached_training_call_never_reads_the_text_towers(tmp_path: Path) -> None:
+    """What lets `offload_text_towers` park them: with every text cached, a training call reads only the
+    image paths — scrambling the text weights behind the cache's back (`.data`, no version bump) changes
+    nothing."""
+    objective = _objective(_rewards(tmp_path), RewardSpeed.on("fp32"))
+    objective.warm_text_caches(_texts(objective.rewards), USERS)
+    before, _ = _run(objective)
+    objective.offload_text_towers("cpu")  # where the rewards already are: moves nothing here
+    for reward in objective.rewards.values():
+        assert reward.text_tensors()
+        for tensor in reward.text_tensors():
+            if tensor.is_floating_point():
+                tensor.data.normal_()
+    after, grad = _run(objective)
+    assert grad.abs().sum() > 0
+    for name, score in before.scores.items():
+        torch.testing.assert_close(after.scores[name], score, atol=1e-6, rtol=0)

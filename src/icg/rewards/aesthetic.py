@@ -97,6 +97,9 @@ class AestheticReward(Reward):
     def tower_slots(self) -> list[tuple[nn.Module, str, nn.Module]]:
         return [(self.encoder, "model", self.encoder.model)]
 
+    def text_tensors(self) -> list[Tensor]:
+        return self.encoder.text_tensors()  # never read here: parked whole when offloaded
+
 
 def load_aesthetic(
     path: str | Path,

@@ -30,6 +30,7 @@ from icg.rewards.fast import (
     RewardSpeed,
     cast_tower,
     current_tape,
+    move_tensors,
     resize_matmul,
     share_equal_towers,
     tape,
@@ -233,15 +234,20 @@ class Reward(nn.Module, ABC):
     def train(self, mode: bool = True) -> Reward:
         return super().train(mode and not self.frozen)
 
+    def _first_weight(self) -> Tensor | None:
+        """The first parameter outside the text path (which `offload_text_towers` may park on the CPU)."""
+        text = {id(t) for t in self.text_tensors()}
+        return next((p for p in self.parameters() if id(p) not in text), None)
+
     @property
     def device(self) -> torch.device:
-        param = next(self.parameters(), None)
+        param = self._first_weight()
         return param.device if param is not None else torch.device("cpu")
 
     @property
     def dtype(self) -> torch.dtype:
         """dtype of the (first) tower's weights: preprocessed pixels are cast to it."""
-        param = next(self.parameters(), None)
+        param = self._first_weight()
         return param.dtype if param is not None else torch.float32
 
     def score(
@@ -274,6 +280,16 @@ class Reward(nn.Module, ABC):
     def tower_slots(self) -> list[tuple[nn.Module, str, nn.Module]]:
         """(owner, attribute, tower) for image towers that other rewards may share (`share_equal_towers`)."""
         return []
+
+    def text_tensors(self) -> list[Tensor]:
+        """Parameters and buffers only the text path reads (what `offload_text_towers` parks); none here."""
+        return []
+
+    def place_text_tower(self, device: torch.device | str) -> None:
+        """Move the text path's weights to `device` (values unchanged: the text caches are kept)."""
+        if move_tensors(self.text_tensors(), device):
+            for cache in text_caches(self):
+                cache.moved()
 
     def warm_text_cache(self, texts: Sequence[str], users: Sequence[str] | None = None) -> None:
         """Encode `texts` (this reward's protocol texts) and `users` into the text caches; none by default."""
@@ -377,6 +393,8 @@ class WeightedRewards(nn.Module):
                     cast_tower(tower, dtype)
         for reward in rewards:
             reward.set_text_cache(bool(speed.cache_texts))
+            if not speed.offload_text_towers:
+                reward.place_text_tower(reward.device)
         self._shared_towers = share_equal_towers(rewards) if speed.share_preprocessing else set()
         self.active_speed = speed
         return speed
@@ -392,11 +410,22 @@ class WeightedRewards(nn.Module):
             reward = self.rewards[name]
             if not on or not any(c.enabled for c in text_caches(reward)):
                 continue
+            parked = [t.device for t in reward.text_tensors()[:1]]
+            reward.place_text_tower(reward.device)  # an offloaded text tower comes back for the warm-up
             strings, people = list(dict.fromkeys(texts.get(name, []))), list(dict.fromkeys(users or []))
             for start in range(0, max(len(strings), len(people)), batch_size):
                 part = strings[start : start + batch_size]
                 reward.warm_text_cache(part, people[start : start + batch_size] or None)
+            if parked:
+                reward.place_text_tower(parked[0])
         return sum(c.misses for r in self.rewards.values() for c in text_caches(r)) - before
+
+    def offload_text_towers(self, device: torch.device | str = "cpu") -> None:
+        """Park the text paths of the enabled rewards whose text cache is on (`offload_text_towers`)."""
+        for name, on in self.enabled.items():
+            reward = self.rewards[name]
+            if on and any(c.enabled for c in text_caches(reward)):
+                reward.place_text_tower(device)
 
     def _texts_for(self, name: str, texts: Sequence[str] | Mapping[str, Sequence[str]]) -> Sequence[str]:
         if isinstance(texts, Mapping):

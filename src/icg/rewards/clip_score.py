@@ -100,17 +100,22 @@ class CLIPEncoder(nn.Module):
         params = list(self.model.parameters())
         return self.text_cache.lookup(texts, self._text_features, params, training=self.model.training)
 
+    def text_tensors(self) -> list[Tensor]:
+        text = self.model.text_model
+        return [*text.parameters(), *text.buffers(), *self.model.text_projection.parameters()]
+
     def _text_features(self, texts: list[str]) -> Tensor:
+        text_device = self.model.text_projection.weight.device  # the CPU when offloaded
         enc = self.tokenizer(
             list(texts),
             padding=True,
             truncation=True,
             max_length=self.max_length,
             return_tensors="pt",
-        ).to(self.model.device)
+        ).to(text_device)
         feats = self.model.get_text_features(input_ids=enc.input_ids, attention_mask=enc.attention_mask)
         feats = feats if isinstance(feats, Tensor) else feats.pooler_output
-        return F.normalize(feats.float(), dim=-1)  # (B, D)
+        return F.normalize(feats.float(), dim=-1).to(self.model.visual_projection.weight.device)  # (B, D)
 
 
 def load_clip_encoder(
@@ -173,6 +178,9 @@ class CLIPSimilarityReward(Reward):
     def warm_text_cache(self, texts: Sequence[str], users: Sequence[str] | None = None) -> None:
         if texts:
             self.encoder.text_features(texts)
+
+    def text_tensors(self) -> list[Tensor]:
+        return self.encoder.text_tensors()
 
 
 def load_clip_similarity(

@@ -17,6 +17,9 @@ so the CPU path stays the eager reference the options are tested against (tests/
   image); image features once per CLIP model that several rewards share. Exact.
 - `matmul_resize`: the antialiased bicubic resize as two matrix products whose matrices are that resize
   applied to the identity: the same weights, a fast backward. Within 1e-5 of `F.interpolate`.
+- `offload_text_towers`: once every text of the run is cached (`AdapterStep.warm_reward_texts`), the text
+  towers wait on the CPU (≈ 1.8 GiB of bf16 weights for the four SD1.5 rewards); a text seen only later is
+  encoded there (slow, logged) or by `WeightedRewards.warm_text_caches`, which brings them back for it. Exact.
 - `early_backward`: each reward's backward to the (shared) pixels runs inside the forward, right after its
   score, so one reward's activations live at a time; the image gradient is attached to the returned total
   (`AttachGrad`) and flows into the decoder in the caller's backward. Same gradient to fp32 rounding; only
@@ -37,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-OPTIONS = ("cache_texts", "share_preprocessing", "matmul_resize", "early_backward")
+OPTIONS = ("cache_texts", "share_preprocessing", "matmul_resize", "early_backward", "offload_text_towers")
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class RewardSpeed:
     share_preprocessing: bool | None = None
     matmul_resize: bool | None = None
     early_backward: bool | None = None
+    offload_text_towers: bool | None = None
 
     def __post_init__(self) -> None:
         if self.tower_dtype is not None and self.tower_dtype not in DTYPES:
@@ -59,11 +63,11 @@ class RewardSpeed:
     @classmethod
     def off(cls) -> RewardSpeed:
         """The eager path: weights as loaded, no caches, one preprocessing and one backward per reward."""
-        return cls("fp32", False, False, False, False)
+        return cls("fp32", False, False, False, False, False)
 
     @classmethod
     def on(cls, tower_dtype: str = "bf16") -> RewardSpeed:
-        return cls(tower_dtype, True, True, True, True)
+        return cls(tower_dtype, True, True, True, True, True)
 
     def resolved(self, device: torch.device | str) -> RewardSpeed:
         """Auto fields decided for `device`: every option on for CUDA, off elsewhere."""
@@ -138,8 +142,12 @@ class TextFeatureCache:
         self.enabled = False
         self.max_entries = max_entries
         self._store: dict[str, Tensor] = {}
-        self._stamp: tuple | None = None
+        self._stamp: tuple | str | None = None
         self.misses = 0
+
+    def moved(self) -> None:
+        """The weights were moved without changing their values: the next lookup keeps what is cached."""
+        self._stamp = "moved"
 
     def clear(self) -> None:
         self._store.clear()
@@ -164,7 +172,9 @@ class TextFeatureCache:
         if not self.enabled or training or grad_wanted:
             return encode(list(texts))
         stamp = self._weights_stamp(params)
-        if stamp != self._stamp:
+        if self._stamp == "moved":
+            self._stamp = stamp
+        elif stamp != self._stamp:
             self.clear()
             self._stamp = stamp
         missing = list(dict.fromkeys(t for t in texts if t not in self._store))
@@ -177,6 +187,16 @@ class TextFeatureCache:
             while len(self._store) > self.max_entries:  # oldest first
                 self._store.pop(next(iter(self._store)))
         return torch.stack([self._store[t] for t in texts])  # (B, D)
+
+
+def move_tensors(tensors: Iterable[Tensor], device: torch.device | str) -> bool:
+    """Move parameters / buffers in place (`.data`), the module objects unchanged; → whether any moved."""
+    moved = False
+    for tensor in tensors:
+        if tensor.device != torch.device(device):
+            tensor.data = tensor.data.to(device)
+            moved = True
+    return moved
 
 
 def text_caches(module: nn.Module) -> Iterator[TextFeatureCache]:

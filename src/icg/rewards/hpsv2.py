@@ -71,8 +71,14 @@ class HPSv2Reward(Reward):
 
     @torch.no_grad()
     def _text_features(self, texts: list[str]) -> Tensor:
-        tokens = self.tokenizer(texts).to(self.device)  # (B, L)
-        return F.normalize(self.model.encode_text(tokens).float(), dim=-1)  # (B, D)
+        text = self.text_tensors()
+        tokens = self.tokenizer(texts).to(text[0].device if text else self.device)  # (B, L)
+        return F.normalize(self.model.encode_text(tokens).float(), dim=-1).to(self.device)  # (B, D)
+
+    def text_tensors(self) -> list[Tensor]:
+        """open_clip keeps the text path beside `visual`: everything but `visual.*` and the logit scalars."""
+        named = (*self.model.named_parameters(), *self.model.named_buffers())
+        return [t for n, t in named if not n.startswith("visual.") and n not in ("logit_scale", "logit_bias")]
 
     def towers(self) -> list[nn.Module]:
         return [self.model]

@@ -253,7 +253,7 @@ class PersonalizedRewardModel(Reward):
             truncation=True,
             max_length=self.max_length,
             return_tensors="pt",
-        ).to(self.clip.device)
+        ).to(tm.embeddings.token_embedding.weight.device)  # the CPU when offloaded
         ids, mask = enc.input_ids, enc.attention_mask  # (B, T)
         legacy = tm.eos_token_id == 2  # transformers' legacy rule: EOS is the largest id
         eos = ids.argmax(dim=-1) if legacy else (ids == tm.eos_token_id).int().argmax(dim=-1)  # (B,)
@@ -293,8 +293,13 @@ class PersonalizedRewardModel(Reward):
         on and the text tower is frozen (a reward model in training bypasses the cache)."""
         text = self.clip.text_model
         params = [*text.parameters(), *self.clip.text_projection.parameters()]
-        encode = lambda t: self.text_top(self.text_stem(t))  # noqa: E731
+        device = self.clip.visual_projection.weight.device
+        encode = lambda t: self.text_top(self.text_stem(t)).to(device)  # noqa: E731
         return self.text_cache.lookup(texts, encode, params, training=self.training)
+
+    def text_tensors(self) -> list[Tensor]:
+        text = self.clip.text_model
+        return [*text.parameters(), *text.buffers(), *self.clip.text_projection.parameters()]
 
     def towers(self) -> list[nn.Module]:
         return [self.clip]  # heads, fusion and FC_per stay fp32

@@ -47,6 +47,9 @@ class PickScoreReward(Reward):
         if texts:
             self.encoder.text_features(texts)
 
+    def text_tensors(self) -> list[Tensor]:
+        return self.encoder.text_tensors()
+
 
 def load_pickscore(
     path: str | Path,

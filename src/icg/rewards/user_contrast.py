@@ -35,6 +35,9 @@ class UserContrastReward(Reward):
     def warm_text_cache(self, texts, users=None) -> None:
         self.base.warm_text_cache(texts, users)
 
+    def text_tensors(self) -> list:
+        return self.base.text_tensors()
+
     def _score(self, images: Tensor, texts: list[str] | None, users: Users) -> Tensor:
         if users is None or isinstance(users, Tensor):
             raise ValueError("the user-contrast reward needs users as B profile sentences (strings)")
@@ -68,6 +71,9 @@ class UserSwapReward(Reward):
 
     def warm_text_cache(self, texts, users=None) -> None:
         self.base.warm_text_cache(texts, users)
+
+    def text_tensors(self) -> list:
+        return self.base.text_tensors()
 
     def _score(self, images: Tensor, texts: list[str] | None, users: Users) -> Tensor:
         if users is None or isinstance(users, Tensor):

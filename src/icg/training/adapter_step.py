@@ -80,8 +80,9 @@ class AdapterStep:
 
     def warm_reward_texts(self, max_strings: int = 1 << 14) -> int:
         """Encode every item's reward texts and every user's profile once, up front and batched (as
-        `item_features` does for the context), when there are at most `max_strings`; else the caches fill
-        as samples come. → strings encoded."""
+        `item_features` does for the context), when there are at most `max_strings` (then, with
+        `offload_text_towers`, park the text towers on the CPU); else the caches fill as samples come.
+        → strings encoded."""
         items = self.data.samples[:, 1].unique().tolist()
         users = [self.data.profiles[u] for u in self.data.samples[:, 0].unique().tolist()]
         prompts = [self.feats.prompts[i] for i in items]
@@ -89,7 +90,10 @@ class AdapterStep:
         if 2 * len(items) + len(users) > max_strings:
             return 0
         texts = {name: personal if name == "personalized" else prompts for name in self.objective.enabled}
-        return self.objective.warm_text_caches(texts, users)
+        encoded = self.objective.warm_text_caches(texts, users)
+        if self.reward_speed.offload_text_towers:  # every text is cached: the text towers wait on the CPU
+            self.objective.offload_text_towers("cpu")
+        return encoded
 
     @torch.no_grad()
     def sample(self, rows: Tensor, tag: str) -> tuple[list[str], Tensor]:
