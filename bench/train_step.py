@@ -83,7 +83,13 @@ require("diffusers", "accelerate", "transformers", "torchvision", "open_clip")  
 
 from icg.rewards import Reward, RewardLoss, RewardSpeed, RewardTerm, WeightedRewards, load_reward  # noqa: E402
 from icg.rewards.fast import OPTIONS, text_caches  # noqa: E402
-from icg.training.adapter import AdapterTrainConfig, TrainableAdapter, _build_objective  # noqa: E402
+from icg.rewards.personalized import reward_text  # noqa: E402
+from icg.training.adapter import (  # noqa: E402
+    REWARD_WEIGHTS,
+    AdapterTrainConfig,
+    TrainableAdapter,
+    _build_objective,
+)
 from icg.training.adapter_data import AdapterData, SampleStream, item_features  # noqa: E402
 
 ALL_VARIANTS = ("no_reward", "all_rewards_eager", "all_rewards", "one_reward")
@@ -282,7 +288,7 @@ def objectives(
     """(a) the image mean; (e) every reward, eager, on a copy of the rewards (same weights, fp32); (c) every
     reward with `ours`; (b) CLIP only with `ours`. λ from the config (0.25 each). → (objectives, the copy)."""
     clip_only = {"lambda_hps": 0.0, "lambda_per": 0.0, "lambda_pick": 0.0}
-    every = {f: 0.0 for n, f in (("hpsv2", "lambda_hps"), ("pickscore", "lambda_pick")) if n not in rewards}
+    every = missing_off(rewards)
     eager_rewards = copy.deepcopy(rewards) if "all_rewards_eager" in variants else {}
     built = {
         "no_reward": lambda: WeightedRewards(
@@ -296,6 +302,26 @@ def objectives(
     for v, objective in out.items():
         objective.speed = ours if v in ("all_rewards", "one_reward") else RewardSpeed.off()
     return out, eager_rewards
+
+
+def missing_off(rewards: dict[str, Reward]) -> dict[str, float]:
+    """λ = 0 for the rewards of the setting that are not there (CPU presets; a reward that failed)."""
+    return {field: 0.0 for name, field in REWARD_WEIGHTS.items() if name not in rewards}
+
+
+def probe(rewards: dict[str, Reward], size: int, device: torch.device) -> dict[str, str]:
+    """Score one image with each reward (no graph); a reward that fails is dropped with its reason, so the
+    rest is still measured (e.g. a transformers version the personalized reward does not run on)."""
+    failed = {}
+    image = torch.full((1, 3, size, size), 0.5, device=device)
+    for name in list(rewards):
+        try:
+            text = [reward_text(TITLES[0], "a poster")] if name == "personalized" else ["a poster"]
+            rewards[name].score(image, text, [PROFILES[0]], grad=False)
+        except Exception as exc:
+            failed[name] = fail(f"reward {name} (dropped from every variant)", exc, device)
+            del rewards[name]
+    return failed
 
 
 def storages(module: nn.Module, device: torch.device) -> dict[int, int]:
@@ -342,10 +368,15 @@ def prepare(pipe, data: AdapterData, variants: dict[str, WeightedRewards], confi
     optimizer = torch.optim.AdamW(trainable.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     module, optimizer = accelerator.prepare(trainable, optimizer)
     steps, build_s = {}, {}
-    for v, objective in variants.items():
+    for v, objective in list(variants.items()):
         sync(device)
         start = time.perf_counter()
-        steps[v] = AdapterStep(pipe, data, feats, objective, config, device, None)
+        try:
+            steps[v] = AdapterStep(pipe, data, feats, objective, config, device, None)
+        except Exception as exc:  # e.g. warming the text caches: the variant is dropped, the run goes on
+            fail(f"{v}: AdapterStep set-up (variant dropped)", exc, device)
+            del variants[v]
+            continue
         sync(device)
         build_s[v] = time.perf_counter() - start
     stream = SampleStream(len(data), config.seed)
@@ -507,8 +538,7 @@ def reward_part(
     ours, eager = variants.get("all_rewards"), variants.get("all_rewards_eager")
     if ours is None or eager is None:
         return {}
-    every = {f: 0.0 for n, f in (("hpsv2", "lambda_hps"), ("pickscore", "lambda_pick")) if n not in rewards}
-    every_config = dataclasses.replace(config, **every)
+    every_config = dataclasses.replace(config, **missing_off(rewards))
     configs: dict[str, WeightedRewards] = {"eager": eager, "ours": ours}
     for option in ("tower_dtype", *OPTIONS):
         off = {option: "fp32" if option == "tower_dtype" else False}
@@ -664,6 +694,7 @@ def main() -> None:
             num_inference_steps=args.steps, grad_steps=1, mixed_precision=precision,
             max_prompt_tokens=min(77, prompt_tokens), gradient_checkpointing=True,
         )  # fmt: skip
+        dropped = probe(rewards, 64, device) if args.gpu else {}
         variants, eager_rewards = objectives(rewards, config, ours_speed, variants_wanted)
         train_step, steps, n_trainable, build_s = prepare(
             pipe, data, variants, config, accelerator, tmp / "ctx"
@@ -705,7 +736,8 @@ def main() -> None:
         "trainable_params_M": n_trainable / 1e6,
         "reward_params_M": {n: sum(p.numel() for p in r.parameters()) / 1e6 for n, r in rewards.items()},
         "other_variants_bytes_subtracted_GiB": {k: v / 2**30 for k, v in other.items()},
-        "adapter_step_setup_s": build_s, "text_features_cached": cached, "build_s": built_at,
+        "rewards_dropped": dropped, "adapter_step_setup_s": build_s, "text_features_cached": cached,
+        "build_s": built_at,
         "load_avg": os.getloadavg()[0],
     }  # fmt: skip
     print("\nsetup:", json.dumps(setup))
