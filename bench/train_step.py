@@ -385,11 +385,13 @@ def prepare(pipe, data: AdapterData, variants: dict[str, WeightedRewards], confi
         """One optimizer step, as `_train`'s micro-step; round r takes samples r·B … and stop draw r."""
         first = round_ * batch
         rows = stream.take(first, batch)
-        result = module(lambda: steps[variant](rows, first, round_))
-        accelerator.backward(result["loss"])
-        accelerator.clip_grad_norm_(module.parameters(), config.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        try:
+            result = module(lambda: steps[variant](rows, first, round_))
+            accelerator.backward(result["loss"])
+            accelerator.clip_grad_norm_(module.parameters(), config.grad_clip)
+            optimizer.step()
+        finally:  # a failed step leaves no gradient behind for the next variant
+            optimizer.zero_grad(set_to_none=True)
 
     return train_step, steps, sum(p.numel() for p in trainable.parameters()), build_s
 
@@ -557,7 +559,7 @@ def reward_part(
             try:
                 if name.startswith("ours without"):
                     objective.optimize(device)
-                    steps["all_rewards"].warm_reward_texts()  # no-op when this variant has no cache
+                    objective.warm_text_caches(texts, profiles)  # a no-op unless caches are on and cold
                 times = []
                 for r in range(1 + repeats):
                     x = images.clone().requires_grad_(True)

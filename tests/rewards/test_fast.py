@@ -24,7 +24,7 @@ from icg.rewards import (
     WeightedRewards,
 )
 from icg.rewards.clip_score import image_spec_from_processor
-from icg.rewards.fast import resize_matmul
+from icg.rewards.fast import TextFeatureCache, resize_matmul
 from icg.rewards.personalized import PersonalizedRewardConfig, PersonalizedRewardModel, reward_text
 from icg.rewards.user_contrast import UserContrastReward
 from icg.testing import tiny_clip_model
@@ -235,3 +235,39 @@ def test_cached_training_call_never_reads_the_text_towers(tmp_path: Path) -> Non
     assert grad.abs().sum() > 0
     for name, score in before.scores.items():
         torch.testing.assert_close(after.scores[name], score, atol=1e-6, rtol=0)
+
+
+class _ParkedText(base.Reward):
+    """A reward whose text path reports itself parked elsewhere; records where it is asked to go."""
+
+    name = "parked"
+    frozen = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.text = torch.nn.Linear(4, 4)
+        self.text_cache = TextFeatureCache()
+        self.moves: list[str] = []
+
+    def text_tensors(self) -> list[torch.Tensor]:
+        return [torch.empty(1, device="meta")]  # "parked" (never read)
+
+    def place_text_tower(self, device) -> None:
+        self.moves.append(str(device))
+
+    def warm_text_cache(self, texts, users=None) -> None:
+        params = list(self.text.parameters())
+        self.text_cache.lookup(texts, lambda t: torch.ones(len(t), 4), params)
+
+    def _score(self, images, texts, users):
+        return images.mean(dim=(1, 2, 3))
+
+
+def test_a_parked_text_tower_comes_back_only_for_misses() -> None:
+    reward = _ParkedText()
+    objective = _objective({"parked": reward}, RewardSpeed.on("fp32"))
+    objective.warm_text_caches({"parked": PROMPTS})
+    assert reward.moves == ["cpu", "meta"] and len(reward.text_cache) == len(PROMPTS)  # back, then parked
+    objective.warm_text_caches({"parked": PROMPTS[:2]})
+    assert reward.moves == ["cpu", "meta"]  # all cached: it stayed parked
+    assert not reward.text_cache.forbid_misses

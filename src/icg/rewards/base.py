@@ -410,13 +410,34 @@ class WeightedRewards(nn.Module):
             reward = self.rewards[name]
             if not on or not any(c.enabled for c in text_caches(reward)):
                 continue
-            parked = [t.device for t in reward.text_tensors()[:1]]
-            reward.place_text_tower(reward.device)  # an offloaded text tower comes back for the warm-up
             strings, people = list(dict.fromkeys(texts.get(name, []))), list(dict.fromkeys(users or []))
-            for start in range(0, max(len(strings), len(people)), batch_size):
-                part = strings[start : start + batch_size]
-                reward.warm_text_cache(part, people[start : start + batch_size] or None)
-            if parked:
+
+            def warm(
+                reward: Reward = reward, strings: list[str] = strings, people: list[str] = people
+            ) -> None:
+                for start in range(0, max(len(strings), len(people)), batch_size):
+                    part = strings[start : start + batch_size]
+                    reward.warm_text_cache(part, people[start : start + batch_size] or None)
+
+            parked = [t.device for t in reward.text_tensors()[:1] if t.device != reward.device]
+            if not parked:
+                warm()
+                continue
+            caches = list(text_caches(reward))
+            try:  # everything cached already: the parked text tower stays where it is
+                for cache in caches:
+                    cache.forbid_misses = True
+                warm()
+                continue
+            except LookupError:
+                pass
+            finally:
+                for cache in caches:
+                    cache.forbid_misses = False
+            reward.place_text_tower(reward.device)  # back on the device for the misses, then parked again
+            try:
+                warm()
+            finally:
                 reward.place_text_tower(parked[0])
         return sum(c.misses for r in self.rewards.values() for c in text_caches(r)) - before
 

@@ -144,6 +144,7 @@ class TextFeatureCache:
         self._store: dict[str, Tensor] = {}
         self._stamp: tuple | str | None = None
         self.misses = 0
+        self.forbid_misses = False  # a miss raises LookupError (a parked text tower is not used by accident)
 
     def moved(self) -> None:
         """The weights were moved without changing their values: the next lookup keeps what is cached."""
@@ -178,6 +179,8 @@ class TextFeatureCache:
             self.clear()
             self._stamp = stamp
         missing = list(dict.fromkeys(t for t in texts if t not in self._store))
+        if missing and self.forbid_misses:
+            raise LookupError(f"{len(missing)} texts are not cached")
         if missing:
             self.misses += len(missing)
             with torch.no_grad():
