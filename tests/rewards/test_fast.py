@@ -135,16 +135,17 @@ def test_exact_options_equal_the_eager_path(tmp_path: Path, monkeypatch: pytest.
     eager_out, eager_grad = _run(_objective(rewards, RewardSpeed.off()))
     plans = []
     monkeypatch.setattr(base, "run_plan", lambda *a, _f=base.run_plan: plans.append(a[1]) or _f(*a))
-    passes = []
+    passes, personal = [], []
     fast = _objective(rewards, RewardSpeed.on("fp32"))
     assert rewards["aesthetic"].encoder.model is rewards["clip"].encoder.model  # equal weights: shared
     fast.rewards["clip"].encoder.model.vision_model.register_forward_hook(lambda *a: passes.append(1))
+    personal_vision = fast.rewards["personalized"].base.clip.vision_model.embeddings
+    personal_vision.register_forward_hook(lambda *a: personal.append(1))
     for _ in range(2):  # the second call reads every text from the caches
-        plans.clear(), passes.clear()
+        plans.clear(), passes.clear(), personal.clear()
         fast_out, fast_grad = _run(fast)
-        assert (
-            len(plans) == 1 and len(passes) == 1
-        )  # eager: 4 preprocessings (+2 per contrast call), 2 passes
+        assert len(plans) == 1 and len(passes) == 1  # eager: 7 preprocessings, 2 CLIP-L passes
+        assert len(personal) == 1  # user contrast: 3 users share one pass over the covers (eager: 3)
         torch.testing.assert_close(fast_grad, eager_grad, atol=1e-6, rtol=1e-4)
         torch.testing.assert_close(fast_out.total, eager_out.total.detach(), atol=1e-5, rtol=0)
         for name, score in eager_out.scores.items():

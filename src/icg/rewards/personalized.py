@@ -51,7 +51,7 @@ from icg.rewards.base import (
     read_state_file,
 )
 from icg.rewards.clip_score import image_spec_from_processor
-from icg.rewards.fast import TextFeatureCache
+from icg.rewards.fast import TextFeatureCache, current_tape
 
 logger = logging.getLogger(__name__)
 
@@ -304,6 +304,18 @@ class PersonalizedRewardModel(Reward):
     def towers(self) -> list[nn.Module]:
         return [self.clip]  # heads, fusion and FC_per stay fp32
 
+    def tower_slots(self) -> list[tuple[nn.Module, str, nn.Module]]:
+        return [(self, "clip", self.clip)]
+
+    def image_features(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) → (B, D) unit CLIP image features; once per `WeightedRewards` call when the tower is
+        shared (the user-contrast reward scores the same covers under B users)."""
+        tape = current_tape()
+        compute = lambda: self.image_top(self.image_stem(images))  # noqa: E731
+        if tape is not None and id(self.clip) in tape.shared_towers:
+            return tape.shared(("personal-image", id(self.clip), id(images)), (self.clip, images), compute)
+        return compute()
+
     def warm_text_cache(self, texts: Sequence[str], users: Sequence[str] | None = None) -> None:
         titles, captions = self.split_texts(texts) if texts else (None, None)
         people = users if self.config.use_user else None
@@ -363,7 +375,7 @@ class PersonalizedRewardModel(Reward):
         titles, captions = self.split_texts(texts)
         raw = {"title": titles, "caption": captions, "image": images, "user": users}
         features = {
-            n: self.image_top(self.image_stem(images)) if n == "image" else self.text_features(raw[n])
+            n: self.image_features(images) if n == "image" else self.text_features(raw[n])
             for n in self.config.inputs
         }  # type: ignore[arg-type]
         return self.preference(features)

@@ -32,6 +32,9 @@ class UserContrastReward(Reward):
     def towers(self) -> list:
         return self.base.towers()
 
+    def tower_slots(self) -> list:
+        return self.base.tower_slots() * 2  # the same covers scored under B users: one image pass shared
+
     def warm_text_cache(self, texts, users=None) -> None:
         self.base.warm_text_cache(texts, users)
 
