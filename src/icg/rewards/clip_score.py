@@ -97,7 +97,7 @@ class CLIPEncoder(nn.Module):
         other texts the cache encodes with it)."""
         if self.tokenizer is None:
             raise ValueError("this CLIP encoder was loaded without a tokenizer; it cannot encode texts")
-        params = list(self.model.parameters())
+        params = self.text_tensors()  # what the text path reads: its stamp keys the cache
         return self.text_cache.lookup(texts, self._text_features, params, training=self.model.training)
 
     def text_tensors(self) -> list[Tensor]:

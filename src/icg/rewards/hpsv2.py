@@ -65,7 +65,7 @@ class HPSv2Reward(Reward):
         dtype = self.model.visual.conv1.weight.dtype if hasattr(self.model.visual, "conv1") else self.dtype
         pixels = preprocess(images, self.spec).to(dtype)  # (B, 3, 224, 224)
         img = F.normalize(self.model.encode_image(pixels).float(), dim=-1)  # (B, D), normalised in fp32
-        params = list(self.model.parameters())
+        params = self.text_tensors()  # what the text path reads: its stamp keys the cache
         txt = self.text_cache.lookup(texts, self._text_features, params, training=self.model.training)
         return (img * txt).sum(-1)  # (B,) = diag(img @ txt.T) without the B×B product
 
@@ -85,7 +85,7 @@ class HPSv2Reward(Reward):
 
     def warm_text_cache(self, texts: Sequence[str], users: Sequence[str] | None = None) -> None:
         if texts:
-            params = list(self.model.parameters())
+            params = self.text_tensors()
             self.text_cache.lookup(texts, self._text_features, params, training=self.model.training)
 
 
