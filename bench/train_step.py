@@ -14,6 +14,9 @@ differs:
       bf16 towers, text features cached (warmed once before timing, as `AdapterStep` does) and the text
       towers then parked on the CPU, preprocessing shared, resize as matmuls, each reward's backward inside
       the forward;
+  (g) as (c) plus `cuda_graphs` (opt-in, on CUDA only): the image towers' forward + backward replayed from
+      CUDA graphs; its peak excludes the graphs' private pools (replays allocate nothing), see the
+      reserved-memory line;
   (b) CLIP reward only, ours (`--variants` to add it).
   GPU: HPSv2 (open_clip ViT-H-14) + PickScore (CLIP ViT-H/14) + CLIP (ViT-L/14) + personalized
   (PersonalizedRewardModel on a CLIP ViT-L/14), real architectures at random weights. CPU mini: personalized +
@@ -92,8 +95,8 @@ from icg.training.adapter import (  # noqa: E402
 )
 from icg.training.adapter_data import AdapterData, SampleStream, item_features  # noqa: E402
 
-ALL_VARIANTS = ("no_reward", "all_rewards_eager", "all_rewards", "one_reward")
-DEFAULT_VARIANTS = ("no_reward", "all_rewards_eager", "all_rewards")
+ALL_VARIANTS = ("no_reward", "all_rewards_eager", "all_rewards", "all_rewards_graphed", "one_reward")
+DEFAULT_VARIANTS = ("no_reward", "all_rewards_eager", "all_rewards")  # + all_rewards_graphed on CUDA
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PAPER_OVERHEAD, TARGET_OVERHEAD, TARGET_PEAK_GIB = 0.20, 0.10, 28.0
 ISSUE_20 = {"all_rewards_b1": 0.446, "all_rewards_b4": 0.230, "peak_b4_gib": 39.4}  # eager, measured before
@@ -296,11 +299,14 @@ def objectives(
         ),
         "all_rewards_eager": lambda: _build_objective(eager_rewards, dataclasses.replace(config, **every)),
         "all_rewards": lambda: _build_objective(rewards, dataclasses.replace(config, **every)),
+        "all_rewards_graphed": lambda: _build_objective(rewards, dataclasses.replace(config, **every)),
         "one_reward": lambda: _build_objective(rewards, dataclasses.replace(config, **clip_only)),
     }
     out = {v: built[v]() for v in variants}
     for v, objective in out.items():
         objective.speed = ours if v in ("all_rewards", "one_reward") else RewardSpeed.off()
+        if v == "all_rewards_graphed":
+            objective.speed = dataclasses.replace(ours, cuda_graphs=True)
     return out, eager_rewards
 
 
@@ -460,6 +466,8 @@ def measure(
             entry["wall_s"], entry["cpu_s"] = ([round(x[k], 4) for x in samples[variant]] for k in (0, 1))
             results[f"{variant}_b{batch}"] = entry
     results["memory"] = memory.label + "; minus the other variants' resident reward weights"
+    if device.type == "cuda":  # CUDA-graph pools are reserved, never 'allocated': this line shows them
+        results["memory"] += f"; reserved at the end {torch.cuda.memory_reserved(device) / 2**30:.1f} GiB"
     results["failures"] = failures
     return results
 
@@ -514,6 +522,12 @@ def report(results: dict[str, Any], variants: list[str], batches: list[int], nam
                     else f" (issue 20, H200: eager {ISSUE_20.get(f'all_rewards_b{batch}', 0):+.1%})"
                 )
                 + f"; the paper +{PAPER_OVERHEAD:.0%}"
+            )
+        over, pair = (overheads.get(f"all_rewards_graphed_b{batch}{k}") for k in ("", "_paired"))
+        if over is not None:
+            print(
+                f"batch {batch}: all rewards, ours + CUDA graphs {over:+.1%} (per-round {pair:+.1%}); "
+                f"target ≤ +{TARGET_OVERHEAD:.0%}: {verdict(max(over, pair) <= TARGET_OVERHEAD)}"
             )
     peak = results.get(f"all_rewards_b{max(batches)}", {}).get("peak_mib")
     if peak is not None and not cpu_side:
@@ -647,7 +661,13 @@ def main() -> None:
     parser.add_argument(
         "--reward-dtype", choices=sorted(DTYPES), default=None, help="ours' towers (--gpu: bf16, else fp32)"
     )
-    parser.add_argument("--variants", nargs="+", choices=ALL_VARIANTS, default=list(DEFAULT_VARIANTS))
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=ALL_VARIANTS,
+        default=None,
+        help="default: (a), (e), (c); + (g) on CUDA",
+    )
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--steps", type=int, default=15, help="DDIM steps of the rollout")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 4; --tiny 1)")
@@ -683,7 +703,11 @@ def main() -> None:
     repeats = args.repeats or (1 if tiny else 4)
     reward_dtype = args.reward_dtype or ("bf16" if args.gpu else "fp32")
     ours_speed = RewardSpeed.on(reward_dtype)  # = RewardSpeed().resolved("cuda") with bf16; forced on CPU
-    variants_wanted = tuple(v for v in ALL_VARIANTS if v in args.variants)
+    wanted_names = args.variants or [
+        *DEFAULT_VARIANTS,
+        *(["all_rewards_graphed"] if device.type == "cuda" else []),
+    ]
+    variants_wanted = tuple(v for v in ALL_VARIANTS if v in wanted_names)
     import accelerate
     import open_clip
 
@@ -756,6 +780,7 @@ def main() -> None:
         )
     every = " + ".join(variants["all_rewards"].rewards) if "all_rewards" in variants else ""
     names_map = {"no_reward": "(a) no reward", "one_reward": "(b) CLIP reward only, ours",
+                 "all_rewards_graphed": "(g) all, ours + CUDA-graphed image towers (opt-in)",
                  "all_rewards_eager": f"(e) all, eager fp32: {every}",
                  "all_rewards": f"(c) all, ours: {every}"}  # fmt: skip
     overheads = report(results, names, args.batches, names_map, device.type == "cpu")

@@ -4,6 +4,7 @@ tolerance of the eager fp32 path, on tiny random models of the real classes (CPU
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -272,3 +273,47 @@ def test_a_parked_text_tower_comes_back_only_for_misses() -> None:
     objective.warm_text_caches({"parked": PROMPTS[:2]})
     assert reward.moves == ["cpu", "meta"]  # all cached: it stayed parked
     assert not reward.text_cache.forbid_misses
+
+
+def test_tower_graphs_capture_once_per_shape_and_replay_once_per_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CUDA-graph gating, on CPU: `make_graphed_callables` stands in as counters around the eager tower
+    (the capture itself needs CUDA and is measured by bench/train_step.py on the device)."""
+    captured: list[tuple] = []
+    replays: list[int] = []
+
+    def fake_capture(fn, sample_args):
+        captured.append(tuple(sample_args[0].shape))
+        return lambda x: replays.append(1) or fn(x)
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", fake_capture)
+    rewards = _rewards(tmp_path)
+    eager_out, eager_grad = _run(_objective(rewards, RewardSpeed.off()))
+    graphed = _objective(rewards, RewardSpeed.on("fp32", cuda_graphs=True))
+    towers = [
+        graphed.rewards["hpsv2"].graphs,
+        graphed.rewards["pickscore"].encoder.graphs,
+        graphed.rewards["clip"].encoder.graphs,
+        graphed.rewards["personalized"].base.graphs,
+    ]
+    for tower in towers:
+        monkeypatch.setattr(tower, "device_type", "cpu")
+    _run(graphed)
+    assert len(captured) == 4 and len(replays) == 4  # hpsv2, pickscore, the shared CLIP-L, personalized
+    out, grad = _run(graphed)
+    assert len(captured) == 4 and len(replays) == 8  # same shapes: replayed, not captured again
+    torch.testing.assert_close(grad, eager_grad, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(out.total, eager_out.total.detach(), atol=1e-5, rtol=0)
+    # without sharing, the user-contrast reward runs the personalized tower 3 times in one call: the graph
+    # serves the first (a second replay would overwrite what the first one's backward reads), eager the rest
+    unshared = WeightedRewards.from_rewards(
+        {"personalized": graphed.rewards["personalized"]},
+        speed=dataclasses.replace(RewardSpeed.on("fp32", cuda_graphs=True), share_preprocessing=False),
+    )
+    unshared.optimize("cpu")
+    out, grad = _run(unshared)
+    assert len(replays) == 9 and grad.abs().sum() > 0
+    with torch.no_grad():
+        _run_no_grad = graphed(torch.rand(3, 3, 64, 64), _texts(graphed.rewards), USERS)
+    assert len(replays) == 9 and not _run_no_grad.total.requires_grad  # no graph without gradients

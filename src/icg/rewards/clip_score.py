@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor, PreTrainedTokenizerBase
 
 from icg.rewards.base import ImageSpec, Reward, RewardCheckpointError, RewardLoss, Users, preprocess
-from icg.rewards.fast import TextFeatureCache, current_tape
+from icg.rewards.fast import TextFeatureCache, TowerGraphs, current_tape
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ class CLIPEncoder(nn.Module):
         limit = getattr(tokenizer, "model_max_length", positions) if tokenizer is not None else positions
         self.max_length = min(int(limit), positions)
         self.text_cache = TextFeatureCache()  # on with RewardSpeed.cache_texts
+        self.graphs = TowerGraphs(self._tower, self._vision_weights)  # used with RewardSpeed.cuda_graphs
 
     @property
     def logit_scale(self) -> Tensor:
@@ -85,10 +86,16 @@ class CLIPEncoder(nn.Module):
         return self._image_features(pixels)
 
     def _image_features(self, pixels: Tensor) -> Tensor:
-        dtype = self.model.visual_projection.weight.dtype
-        feats = self.model.get_image_features(pixel_values=pixels.to(dtype))
+        return self.graphs(pixels.to(self.model.visual_projection.weight.dtype))
+
+    def _tower(self, pixels: Tensor) -> Tensor:
+        """Pixels in the tower's dtype → (B, D) unit features, normalised in fp32."""
+        feats = self.model.get_image_features(pixel_values=pixels)
         feats = feats if isinstance(feats, Tensor) else feats.pooler_output  # transformers 5: an output
-        return F.normalize(feats.float(), dim=-1)  # (B, D), normalised in fp32
+        return F.normalize(feats.float(), dim=-1)
+
+    def _vision_weights(self) -> list[Tensor]:
+        return [self.model.visual_projection.weight, *self.model.vision_model.parameters()]
 
     @torch.no_grad()
     def text_features(self, texts: Sequence[str]) -> Tensor:

@@ -20,6 +20,10 @@ so the CPU path stays the eager reference the options are tested against (tests/
 - `offload_text_towers`: once every text of the run is cached (`AdapterStep.warm_reward_texts`), the text
   towers wait on the CPU (≈ 1.8 GiB of bf16 weights for the four SD1.5 rewards); a text seen only later is
   encoded there (slow, logged) or by `WeightedRewards.warm_text_caches`, which brings them back for it. Exact.
+- `cuda_graphs` (opt-in, off in auto and `on()`: not yet measured on a device): each frozen image tower's
+  forward + backward captured once per input shape as CUDA graphs and replayed (b1 is launch-bound: ~60
+  kernels per layer); used only inside an `early_backward` call, at most once per tower per call, else eager.
+  Each graph keeps its activations in a private pool: more memory per distinct batch size.
 - `early_backward`: each reward's backward to the (shared) pixels runs inside the forward, right after its
   score, so one reward's activations live at a time; the image gradient is attached to the returned total
   (`AttachGrad`) and flows into the decoder in the caller's backward. Same gradient to fp32 rounding; only
@@ -30,8 +34,9 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +60,7 @@ class RewardSpeed:
     matmul_resize: bool | None = None
     early_backward: bool | None = None
     offload_text_towers: bool | None = None
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         if self.tower_dtype is not None and self.tower_dtype not in DTYPES:
@@ -66,8 +72,8 @@ class RewardSpeed:
         return cls("fp32", False, False, False, False, False)
 
     @classmethod
-    def on(cls, tower_dtype: str = "bf16") -> RewardSpeed:
-        return cls(tower_dtype, True, True, True, True, True)
+    def on(cls, tower_dtype: str = "bf16", cuda_graphs: bool = False) -> RewardSpeed:
+        return cls(tower_dtype, True, True, True, True, True, cuda_graphs)
 
     def resolved(self, device: torch.device | str) -> RewardSpeed:
         """Auto fields decided for `device`: every option on for CUDA, off elsewhere."""
@@ -247,8 +253,11 @@ class Tape:
     """One `WeightedRewards` call: results shared between rewards (pixels per plan, features per shared
     tower) and, with `detach`, the early backward's gradient bookkeeping."""
 
+    _serials = itertools.count()
+
     def __init__(self, speed: RewardSpeed, detach: bool, shared_towers: Iterable[int] = ()) -> None:
         self.speed, self.detach = speed, detach
+        self.serial = next(Tape._serials)
         self.shared_towers = set(shared_towers)
         self.entries: dict[tuple, _Entry] = {}
         self.grads: dict[int, Tensor] = {}  # id(leaf) → accumulated gradient
@@ -309,6 +318,50 @@ def tape(speed: RewardSpeed, detach: bool, shared_towers: Iterable[int] = ()) ->
         yield active
     finally:
         _TAPE.reset(token)
+
+
+class TowerGraphs:
+    """`fn(pixels) → features` of one frozen image tower, replayed from CUDA graphs (forward + backward) per
+    input (shape, dtype, weights) when the current call allows it (`RewardSpeed.cuda_graphs`, inside an
+    early-backward call, once per tower per call: a second replay before the first one's backward would
+    overwrite the activations that backward reads); everywhere else `fn` itself."""
+
+    device_type = "cuda"  # where graphs are captured (a test points it elsewhere to check the gating)
+
+    def __init__(self, fn: Callable[[Tensor], Tensor], weights: Callable[[], Sequence[Tensor]]) -> None:
+        self.fn, self.weights = fn, weights
+        self.graphs: dict[tuple, Callable[..., Tensor]] = {}
+        self._last_serial = -1
+
+    def __call__(self, pixels: Tensor) -> Tensor:
+        tape = current_tape()
+        if (
+            tape is None
+            or not (tape.speed.cuda_graphs and tape.detach)
+            or tape.serial == self._last_serial
+            or pixels.device.type != self.device_type
+            or not (pixels.requires_grad and torch.is_grad_enabled())
+        ):
+            return self.fn(pixels)
+        weights = self.weights()
+        if any(w.requires_grad for w in weights):  # a tower in training: its weight gradients are wanted
+            return self.fn(pixels)
+        autocast = torch.is_autocast_enabled(self.device_type)
+        key = (tuple(pixels.shape), pixels.dtype, autocast, weights[0].data_ptr(), weights[0].dtype)
+        graphed = self.graphs.get(key)
+        if graphed is None:
+            sample = pixels.detach().clone().requires_grad_(True)
+            kind = self.device_type
+            ctx = (
+                torch.autocast(kind, dtype=torch.get_autocast_dtype(kind), cache_enabled=False)
+                if autocast
+                else nullcontext()
+            )
+            with ctx:  # make_graphed_callables refuses autocast's weight cache
+                graphed = torch.cuda.make_graphed_callables(self.fn, (sample,))
+            self.graphs[key] = graphed
+        self._last_serial = tape.serial
+        return graphed(pixels).clone()  # (B, D); the graph's output buffer is reused by the next replay
 
 
 class AttachGrad(torch.autograd.Function):

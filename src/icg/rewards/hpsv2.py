@@ -34,7 +34,7 @@ from icg.rewards.base import (
     preprocess,
     read_state_file,
 )
-from icg.rewards.fast import TextFeatureCache
+from icg.rewards.fast import TextFeatureCache, TowerGraphs
 
 logger = logging.getLogger(__name__)
 
@@ -60,14 +60,18 @@ class HPSv2Reward(Reward):
         self.tokenizer = tokenizer
         self.spec = spec if spec is not None else hps_image_spec(model)
         self.text_cache = TextFeatureCache()  # on with RewardSpeed.cache_texts
+        self.graphs = TowerGraphs(self._tower, lambda: list(self.model.visual.parameters()))
 
     def _score(self, images: Tensor, texts: list[str] | None, users: Users) -> Tensor:
         dtype = self.model.visual.conv1.weight.dtype if hasattr(self.model.visual, "conv1") else self.dtype
         pixels = preprocess(images, self.spec).to(dtype)  # (B, 3, 224, 224)
-        img = F.normalize(self.model.encode_image(pixels).float(), dim=-1)  # (B, D), normalised in fp32
+        img = self.graphs(pixels)  # (B, D)
         params = self.text_tensors()  # what the text path reads: its stamp keys the cache
         txt = self.text_cache.lookup(texts, self._text_features, params, training=self.model.training)
         return (img * txt).sum(-1)  # (B,) = diag(img @ txt.T) without the B×B product
+
+    def _tower(self, pixels: Tensor) -> Tensor:
+        return F.normalize(self.model.encode_image(pixels).float(), dim=-1)  # (B, D), normalised in fp32
 
     @torch.no_grad()
     def _text_features(self, texts: list[str]) -> Tensor:

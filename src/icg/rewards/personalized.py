@@ -51,7 +51,7 @@ from icg.rewards.base import (
     read_state_file,
 )
 from icg.rewards.clip_score import image_spec_from_processor
-from icg.rewards.fast import TextFeatureCache, current_tape
+from icg.rewards.fast import TextFeatureCache, TowerGraphs, current_tape
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +156,10 @@ class PersonalizedRewardModel(Reward):
         positions = clip.config.text_config.max_position_embeddings
         self.max_length = min(int(getattr(self.tokenizer, "model_max_length", positions)), positions)
         self.text_cache = TextFeatureCache()  # on with RewardSpeed.cache_texts (frozen use only)
+        self.graphs = TowerGraphs(  # used with RewardSpeed.cuda_graphs (frozen use only)
+            lambda pixels: self.image_top(self._stem_pixels(pixels)),
+            lambda: [self.clip.visual_projection.weight, *self.clip.vision_model.parameters()],
+        )
 
         d, feat = config.hidden_size, clip.config.projection_dim
         n_text = int(config.use_title) + int(config.use_caption)
@@ -223,8 +227,13 @@ class PersonalizedRewardModel(Reward):
 
     def image_stem(self, images: Tensor) -> Encoded:
         """(B, 3, H, W) in [0, 1] → frozen-stem output; differentiable w.r.t. the images."""
+        return self._stem_pixels(self._pixels(images))
+
+    def _pixels(self, images: Tensor) -> Tensor:
+        return preprocess(images, self.spec).to(self.clip.visual_projection.weight.dtype)  # (B, 3, S, S)
+
+    def _stem_pixels(self, pixels: Tensor) -> Encoded:
         vis = self.clip.vision_model
-        pixels = preprocess(images, self.spec).to(self.clip.visual_projection.weight.dtype)  # (B, 3, S, S)
         h = vis.pre_layrnorm(vis.embeddings(pixels))  # (B, T, W)
         layers = vis.encoder.layers
         for layer in layers[: len(layers) - self._k]:
@@ -311,7 +320,7 @@ class PersonalizedRewardModel(Reward):
         """(B, 3, H, W) → (B, D) unit CLIP image features; once per `WeightedRewards` call when the tower is
         shared (the user-contrast reward scores the same covers under B users)."""
         tape = current_tape()
-        compute = lambda: self.image_top(self.image_stem(images))  # noqa: E731
+        compute = lambda: self.graphs(self._pixels(images))  # noqa: E731
         if tape is not None and id(self.clip) in tape.shared_towers:
             return tape.shared(("personal-image", id(self.clip), id(images)), (self.clip, images), compute)
         return compute()
