@@ -15,8 +15,9 @@ differs:
       towers then parked on the CPU, preprocessing shared, resize as matmuls, each reward's backward inside
       the forward;
   (g) as (c) plus `cuda_graphs` (opt-in, on CUDA only): the image towers' forward + backward replayed from
-      CUDA graphs; its peak excludes the graphs' private pools (replays allocate nothing), see the
-      reserved-memory line;
+      CUDA graphs; measured after everything else, beside its own (a) rounds (a failed capture cannot spoil
+      the rest); its peak excludes the graphs' private pools (replays allocate nothing): see the reserved
+      memory in the memory line;
   (b) CLIP reward only, ours (`--variants` to add it).
   GPU: HPSv2 (open_clip ViT-H-14) + PickScore (CLIP ViT-H/14) + CLIP (ViT-L/14) + personalized
   (PersonalizedRewardModel on a CLIP ViT-L/14), real architectures at random weights. CPU mini: personalized +
@@ -487,8 +488,10 @@ def report(results: dict[str, Any], variants: list[str], batches: list[int], nam
     overheads: dict[str, float] = {}
     raw = "cpu_s" if cpu_side else "wall_s"
     for batch in batches:
-        base = results.get(f"no_reward_b{batch}")
         for variant in variants:
+            base = results.get(f"no_reward_b{batch}")
+            if variant == "all_rewards_graphed":  # measured after the rest, beside its own (a) rounds
+                base = results.get(f"no_reward_for_g_b{batch}")
             r = results.get(f"{variant}_b{batch}")
             if r is None:
                 print(
@@ -738,24 +741,37 @@ def main() -> None:
         other = others_bytes(variants, device)
         reserve = 0.0 if args.no_extras else (6.0 if tiny else 25.0)  # the reward part + profile
         names = list(variants)
+        graphed = "all_rewards_graphed" in names  # measured last: a failed capture must not spoil the rest
+        reserve_g = (20.0 if not tiny else 3.0) if graphed else 0.0
+        main_names = [n for n in names if n != "all_rewards_graphed"]
         results = measure(
-            train_step, names, args.batches, args.warmup, repeats, device, other, deadline - reserve
-        )
+            train_step, main_names, args.batches, args.warmup, repeats, device, other,
+            deadline - reserve - reserve_g,
+        )  # fmt: skip
         extras: dict[str, Any] = {}
         if not args.no_extras:
             size = pipe.unet.config.sample_size * pipe.vae_scale_factor
             try:
                 extras["reward_part"] = reward_part(
                     steps, variants, rewards, eager_rewards, config, accelerator, args.batches, size,
-                    2 if tiny else 5, deadline,
+                    2 if tiny else 5, deadline - reserve_g,
                 )  # fmt: skip
             except Exception as exc:
                 extras["reward_part"] = f"FAIL {fail('reward part', exc, device)}"
-            if "all_rewards" in variants and time.perf_counter() < deadline:
+            if "all_rewards" in variants and time.perf_counter() < deadline - reserve_g:
                 try:
                     extras["profile"] = profile(train_step, max(args.batches), device)
                 except Exception as exc:
                     extras["profile"] = f"FAIL {fail('profile', exc, device)}"
+        if graphed:  # (g) beside its own no-reward rounds
+            pair = [n for n in ("no_reward", "all_rewards_graphed") if n in names]
+            late = measure(train_step, pair, args.batches, args.warmup, repeats, device, other, deadline)
+            for key, value in late.items():
+                if key.startswith("no_reward_b"):
+                    results[f"no_reward_for_g_b{key.removeprefix('no_reward_b')}"] = value
+                elif key.startswith("all_rewards_graphed_b"):
+                    results[key] = value
+            results["failures"] |= late["failures"]
         ours = variants.get("all_rewards", variants[names[0]])
         cached = {n: sum(len(c) for c in text_caches(r)) for n, r in ours.rewards.items()}
 
