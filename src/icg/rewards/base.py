@@ -35,6 +35,7 @@ from icg.rewards.fast import (
     share_equal_towers,
     tape,
     text_caches,
+    warm_reward_texts,
 )
 
 logger = logging.getLogger(__name__)
@@ -407,38 +408,8 @@ class WeightedRewards(nn.Module):
         sentences; any lengths), in batches; → strings encoded. A no-op for caches that are off."""
         before = sum(c.misses for r in self.rewards.values() for c in text_caches(r))
         for name, on in self.enabled.items():
-            reward = self.rewards[name]
-            if not on or not any(c.enabled for c in text_caches(reward)):
-                continue
-            strings, people = list(dict.fromkeys(texts.get(name, []))), list(dict.fromkeys(users or []))
-
-            def warm(
-                reward: Reward = reward, strings: list[str] = strings, people: list[str] = people
-            ) -> None:
-                for start in range(0, max(len(strings), len(people)), batch_size):
-                    part = strings[start : start + batch_size]
-                    reward.warm_text_cache(part, people[start : start + batch_size] or None)
-
-            parked = [t.device for t in reward.text_tensors()[:1] if t.device != reward.device]
-            if not parked:
-                warm()
-                continue
-            caches = list(text_caches(reward))
-            try:  # everything cached already: the parked text tower stays where it is
-                for cache in caches:
-                    cache.forbid_misses = True
-                warm()
-                continue
-            except LookupError:
-                pass
-            finally:
-                for cache in caches:
-                    cache.forbid_misses = False
-            reward.place_text_tower(reward.device)  # back on the device for the misses, then parked again
-            try:
-                warm()
-            finally:
-                reward.place_text_tower(parked[0])
+            if on and any(c.enabled for c in text_caches(self.rewards[name])):
+                warm_reward_texts(self.rewards[name], texts.get(name, []), users or [], batch_size)
         return sum(c.misses for r in self.rewards.values() for c in text_caches(r)) - before
 
     def offload_text_towers(self, device: torch.device | str = "cpu") -> None:

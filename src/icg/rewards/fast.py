@@ -208,6 +208,38 @@ def move_tensors(tensors: Iterable[Tensor], device: torch.device | str) -> bool:
     return moved
 
 
+def warm_reward_texts(reward: Any, texts: Sequence[str], users: Sequence[str], batch_size: int) -> None:
+    """`reward.warm_text_cache` over the distinct strings in batches; a parked text tower (offloaded) comes
+    back to the reward's device only when some string is not cached yet, and is parked again after."""
+    strings, people = list(dict.fromkeys(texts)), list(dict.fromkeys(users))
+
+    def warm() -> None:
+        for start in range(0, max(len(strings), len(people)), batch_size):
+            part = strings[start : start + batch_size]
+            reward.warm_text_cache(part, people[start : start + batch_size] or None)
+
+    parked = [t.device for t in reward.text_tensors()[:1] if t.device != reward.device]
+    if not parked:
+        warm()
+        return
+    caches = list(text_caches(reward))
+    try:  # everything cached already: the parked text tower stays where it is
+        for cache in caches:
+            cache.forbid_misses = True
+        warm()
+        return
+    except LookupError:
+        pass
+    finally:
+        for cache in caches:
+            cache.forbid_misses = False
+    reward.place_text_tower(reward.device)  # back on the device for the misses, then parked again
+    try:
+        warm()
+    finally:
+        reward.place_text_tower(parked[0])
+
+
 def text_caches(module: nn.Module) -> Iterator[TextFeatureCache]:
     for sub in module.modules():
         cache = getattr(sub, "text_cache", None)
