@@ -318,6 +318,7 @@ def _adapter_step(ctx: CheckContext, flux: bool, stage: str):
     """An adapter-training step on 3 items × 2 users, built as the trainer builds it (frozen parts in the
     checked dtype, trainable adapter in float32)."""
     from icg.rewards import RewardTerm, WeightedRewards
+    from icg.rewards.fast import RewardSpeed
     from icg.training.adapter import AdapterTrainConfig, backbone_of
     from icg.training.adapter_data import AdapterData, frozen_latents, item_features
 
@@ -343,7 +344,11 @@ def _adapter_step(ctx: CheckContext, flux: bool, stage: str):
         cache = None if ctx.fake else ctx.work / f"cache-{stage}-{flux}"
         feats = item_features(pipe, data, cache, 4, progress=False)
     ref = frozen_latents(pipe, data.covers, pipe.default_size)
-    step = backbone.step_class(pipe, data, feats, WeightedRewards(terms), config, ctx.device, ref)
+    # the rewards' speed options as on a GPU, but for backward inside the forward: autograd cannot run on
+    # fake CUDA (see `backward`)
+    speed = RewardSpeed(early_backward=False) if ctx.fake else None
+    objective = WeightedRewards(terms, speed=speed)
+    step = backbone.step_class(pipe, data, feats, objective, config, ctx.device, ref)
     return step, backbone
 
 

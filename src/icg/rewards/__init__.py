@@ -6,6 +6,7 @@
     reward = load_reward("aesthetic", "sac+logos+ava1-l14-linearMSE.pth", clip_path="clip-vit-large-patch14/")
     scores = reward.score(images, texts)            # images (B, 3, H, W) in [0, 1] → (B,), differentiable
     objective = WeightedRewards.from_rewards({"hpsv2": r_h, "pickscore": r_p})   # λ = 0.25 each
+    objective.optimize(device)      # speed options (RewardSpeed): bf16 towers, text cache, ... on CUDA
     out = objective(images, texts, users); out.total.backward(); log(out.log_values())
 
 Everything loads from local paths only. Other rewards (the personalized reward model) plug in by
@@ -33,6 +34,7 @@ from icg.rewards.base import (
     refl_loss,
 )
 from icg.rewards.clip_score import CLIPEncoder, CLIPSimilarityReward, load_clip_encoder, load_clip_similarity
+from icg.rewards.fast import RewardSpeed
 from icg.rewards.hpsv2 import HPSv2Reward, load_hpsv2
 from icg.rewards.personalized import PersonalizedRewardModel, load_personalized_reward
 from icg.rewards.pickscore import PickScoreReward, load_pickscore
@@ -80,6 +82,7 @@ __all__ = [
     "RewardCheckpointError",
     "RewardLoader",
     "RewardLoss",
+    "RewardSpeed",
     "RewardTerm",
     "Users",
     "WeightedRewards",

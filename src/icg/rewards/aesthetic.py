@@ -91,6 +91,15 @@ class AestheticReward(Reward):
         embeds = self.encoder.image_features(images)  # (B, D) unit vectors, fp32
         return self.head(embeds.to(self.head.layers[0].weight.dtype))  # (B,)
 
+    def towers(self) -> list[nn.Module]:
+        return [self.encoder.model]  # the head stays fp32
+
+    def tower_slots(self) -> list[tuple[nn.Module, str, nn.Module]]:
+        return [(self.encoder, "model", self.encoder.model)]
+
+    def text_tensors(self) -> list[Tensor]:
+        return self.encoder.text_tensors()  # never read here: parked whole when offloaded
+
 
 def load_aesthetic(
     path: str | Path,

@@ -26,9 +26,22 @@ from torch import Tensor, nn
 
 from icg.errors import ICGError
 from icg.modules import has_values
+from icg.rewards.fast import (
+    AttachGrad,
+    RewardSpeed,
+    cast_tower,
+    current_tape,
+    move_tensors,
+    resize_matmul,
+    share_equal_towers,
+    tape,
+    text_caches,
+    warm_reward_texts,
+)
 
 logger = logging.getLogger(__name__)
 
+Texts = Sequence[str] | Mapping[str, Sequence[str]]  # one list for all rewards, or name → list
 Users = (
     Sequence[str] | Tensor | None
 )  # profile sentences or (B, D_u) user embeddings; public rewards ignore it
@@ -60,40 +73,72 @@ class ImageSpec:
     resize: int | None = None  # shortest edge for "crop"; None = min(size)
 
 
-def _resize(images: Tensor, hw: tuple[int, int]) -> Tensor:
+@dataclass(frozen=True)
+class PixelPlan:
+    """The ops `preprocess` runs for one input size: resize to `resize`, then crop (top, left, h, w) or pad
+    (left, right, top, bottom), then normalise. Specs with equal plans give equal pixels (HPSv2's pad and
+    CLIP's crop on a square image), so a shared call computes them once."""
+
+    resize: tuple[int, int]
+    crop: tuple[int, int, int, int] | None
+    pad: tuple[int, int, int, int] | None
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def pixel_plan(spec: ImageSpec, h: int, w: int) -> PixelPlan:
+    th, tw = spec.size
+    crop = pad = None
+    if spec.mode == "crop":
+        short = spec.resize if spec.resize is not None else min(th, tw)
+        new = (short, int(short * w / h)) if h <= w else (int(short * h / w), short)
+        if new[0] < th or new[1] < tw:
+            raise ValueError(f"image {new} after resizing is smaller than the crop {th}x{tw}")
+        if new != (th, tw):
+            crop = ((new[0] - th) // 2, (new[1] - tw) // 2, th, tw)
+    elif spec.mode == "pad":
+        scale = min(th / h, tw / w)
+        new = (max(1, round(h * scale)), max(1, round(w * scale)))
+        pad_h, pad_w = th - new[0], tw - new[1]
+        if pad_h or pad_w:
+            pad = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
+    else:
+        raise ValueError(f"unknown ImageSpec mode {spec.mode!r}; expected 'crop' or 'pad'")
+    return PixelPlan(new, crop, pad, tuple(spec.mean), tuple(spec.std))
+
+
+def _resize(images: Tensor, hw: tuple[int, int], matmul: bool = False) -> Tensor:
     if tuple(images.shape[-2:]) == hw:
         return images
-    out = F.interpolate(images, size=hw, mode="bicubic", align_corners=False, antialias=True)
+    if matmul:
+        out = resize_matmul(images, hw)
+    else:
+        out = F.interpolate(images, size=hw, mode="bicubic", align_corners=False, antialias=True)
     return out.clamp(0.0, 1.0)
+
+
+def run_plan(images: Tensor, plan: PixelPlan, matmul: bool = False) -> Tensor:
+    images = _resize(images.float(), plan.resize, matmul)
+    if plan.crop is not None:
+        top, left, th, tw = plan.crop
+        images = images[..., top : top + th, left : left + tw]  # (B, 3, th, tw)
+    if plan.pad is not None:
+        images = F.pad(images, plan.pad, value=0.0)
+    mean = images.new_tensor(plan.mean).view(1, 3, 1, 1)
+    std = images.new_tensor(plan.std).view(1, 3, 1, 1)
+    return (images - mean) / std  # (B, 3, th, tw)
 
 
 def preprocess(images: Tensor, spec: ImageSpec) -> Tensor:
     """(B, 3, H, W) in [0, 1] → (B, 3, *spec.size) normalised, float32 (fp16 resampling is lossy and missing
-    on CPU; the caller casts to the tower's dtype); differentiable."""
-    images = images.float()
-    h, w = images.shape[-2:]
-    th, tw = spec.size
-    if spec.mode == "crop":
-        short = spec.resize if spec.resize is not None else min(th, tw)
-        new = (short, int(short * w / h)) if h <= w else (int(short * h / w), short)
-        images = _resize(images, new)
-        if images.shape[-2] < th or images.shape[-1] < tw:
-            raise ValueError(
-                f"image {tuple(images.shape[-2:])} after resizing is smaller than the crop {th}x{tw}"
-            )
-        top, left = (images.shape[-2] - th) // 2, (images.shape[-1] - tw) // 2
-        images = images[..., top : top + th, left : left + tw]  # (B, 3, th, tw)
-    elif spec.mode == "pad":
-        scale = min(th / h, tw / w)
-        new = (max(1, round(h * scale)), max(1, round(w * scale)))
-        images = _resize(images, new)
-        pad_h, pad_w = th - new[0], tw - new[1]
-        images = F.pad(images, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=0.0)
-    else:
-        raise ValueError(f"unknown ImageSpec mode {spec.mode!r}; expected 'crop' or 'pad'")
-    mean = images.new_tensor(spec.mean).view(1, 3, 1, 1)
-    std = images.new_tensor(spec.std).view(1, 3, 1, 1)
-    return (images - mean) / std  # (B, 3, th, tw)
+    on CPU; the caller casts to the tower's dtype); differentiable. Inside a `WeightedRewards` call with
+    `share_preprocessing`, computed once per (images, plan)."""
+    plan = pixel_plan(spec, *images.shape[-2:])
+    tape = current_tape()
+    if tape is None:
+        return run_plan(images, plan)
+    matmul = bool(tape.speed.matmul_resize)
+    return tape.shared(("pixels", id(images), plan), images, lambda: run_plan(images, plan, matmul))
 
 
 # --------------------------------------------------------------------------- losses
@@ -138,7 +183,18 @@ def refl_loss(scores: Tensor, margin: float, scale: float = 1.0) -> Tensor:
 # --------------------------------------------------------------------------- protocol
 
 
-def check_inputs(images: Tensor, texts: Sequence[str] | None, users: Users, *, needs_texts: bool) -> int:
+def _check_range(images: Tensor) -> None:
+    with torch.no_grad():
+        lo, hi = images.aminmax()
+        if not (torch.isfinite(lo) and torch.isfinite(hi)) or lo < 0.0 or hi > 1.0:
+            raise ValueError(
+                f"images must lie in [0, 1] (decode with (x / 2 + 0.5).clamp(0, 1)); got [{lo:.4g}, {hi:.4g}]"
+            )
+
+
+def check_inputs(
+    images: Tensor, texts: Sequence[str] | None, users: Users, *, needs_texts: bool, check_range: bool = True
+) -> int:
     """Validate the shared inputs and return the batch size B; bad input is a ValueError, never fixed."""
     if not isinstance(images, Tensor) or not images.is_floating_point():
         raise ValueError(
@@ -148,13 +204,8 @@ def check_inputs(images: Tensor, texts: Sequence[str] | None, users: Users, *, n
     if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] == 0:
         raise ValueError(f"images must have shape (B, 3, H, W) with B >= 1, got {tuple(images.shape)}")
     batch = images.shape[0]
-    if has_values(images):  # fake tensors (device checks) carry no values to range-check
-        with torch.no_grad():
-            lo, hi = images.aminmax()
-        if not (torch.isfinite(lo) and torch.isfinite(hi)) or lo < 0.0 or hi > 1.0:
-            raise ValueError(
-                f"images must lie in [0, 1] (decode with (x / 2 + 0.5).clamp(0, 1)); got [{lo:.4g}, {hi:.4g}]"
-            )
+    if check_range and has_values(images):  # fake tensors (device checks) carry no values to check
+        _check_range(images)
     if texts is None:
         if needs_texts:
             raise ValueError("this reward scores image-text pairs: texts must be a list of B strings")
@@ -185,27 +236,72 @@ class Reward(nn.Module, ABC):
     def train(self, mode: bool = True) -> Reward:
         return super().train(mode and not self.frozen)
 
+    def _first_weight(self) -> Tensor | None:
+        """The first parameter outside the text path (which `offload_text_towers` may park on the CPU)."""
+        text = {id(t) for t in self.text_tensors()}
+        return next((p for p in self.parameters() if id(p) not in text), None)
+
     @property
     def device(self) -> torch.device:
-        param = next(self.parameters(), None)
+        param = self._first_weight()
         return param.device if param is not None else torch.device("cpu")
 
     @property
     def dtype(self) -> torch.dtype:
         """dtype of the (first) tower's weights: preprocessed pixels are cast to it."""
-        param = next(self.parameters(), None)
+        param = self._first_weight()
         return param.dtype if param is not None else torch.float32
 
     def score(
         self, images: Tensor, texts: Sequence[str] | None, users: Users = None, *, grad: bool = True
     ) -> Tensor:
         """(B, 3, H, W) in [0, 1] + B texts → (B,) float32; `grad=False` builds no graph."""
-        check_inputs(images, texts, users, needs_texts=self.needs_texts)
+        return self.checked_score(images, texts, users, grad=grad)
+
+    def checked_score(
+        self,
+        images: Tensor,
+        texts: Sequence[str] | None,
+        users: Users = None,
+        *,
+        grad: bool = True,
+        check_range: bool = True,
+    ) -> Tensor:
+        """`score`; `check_range=False` skips the [0, 1] check (a device sync) for images checked already."""
+        check_inputs(images, texts, users, needs_texts=self.needs_texts, check_range=check_range)
         if images.device != self.device:
             raise ValueError(f"images are on {images.device} but the {self.name} reward is on {self.device}")
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
             scores = self._score(images, None if texts is None else list(texts), users)
         return scores.float()
+
+    def towers(self) -> list[nn.Module]:
+        """The big frozen networks (CLIP towers) that `RewardSpeed.tower_dtype` casts; none by default."""
+        return []
+
+    def tower_slots(self) -> list[tuple[nn.Module, str, nn.Module]]:
+        """(owner, attribute, tower) for image towers that other rewards may share (`share_equal_towers`)."""
+        return []
+
+    def text_tensors(self) -> list[Tensor]:
+        """Parameters and buffers only the text path reads (what `offload_text_towers` parks); none here."""
+        return []
+
+    def place_text_tower(self, device: torch.device | str) -> None:
+        """Move the text path's weights to `device` (values unchanged: the text caches are kept)."""
+        if move_tensors(self.text_tensors(), device):
+            for cache in text_caches(self):
+                cache.moved()
+
+    def warm_text_cache(self, texts: Sequence[str], users: Sequence[str] | None = None) -> None:
+        """Encode `texts` (this reward's protocol texts) and `users` into the text caches; none by default."""
+
+    def set_text_cache(self, enabled: bool) -> None:
+        """Switch the text-feature caches of this reward's towers on or off (off also empties them)."""
+        for cache in text_caches(self):
+            cache.enabled = enabled
+            if not enabled:
+                cache.clear()
 
     def forward(self, images: Tensor, texts: Sequence[str] | None, users: Users = None) -> Tensor:
         return self.score(images, texts, users)
@@ -238,10 +334,10 @@ class RewardBreakdown:
 
     def log_values(self) -> dict[str, float]:
         """Flat floats for a logger: `loss/total`, `loss/<name>`, `reward/<name>` (batch mean)."""
-        out = {"loss/total": float(self.total.detach())}
-        out |= {f"loss/{k}": float(v.detach()) for k, v in self.losses.items()}
-        out |= {f"reward/{k}": float(v.detach().mean()) for k, v in self.scores.items()}
-        return out
+        keys = ["loss/total", *(f"loss/{k}" for k in self.losses), *(f"reward/{k}" for k in self.scores)]
+        values = [self.total, *self.losses.values(), *(v.mean() for v in self.scores.values())]
+        floats = torch.stack([v.detach().float().reshape(()) for v in values]).tolist()  # one device sync
+        return dict(zip(keys, floats, strict=True))
 
 
 class WeightedRewards(nn.Module):
@@ -249,10 +345,11 @@ class WeightedRewards(nn.Module):
 
     `texts` is either one list for all rewards or a mapping name → list (PickScore/HPSv2 score the prompt,
     the CLIP reconstruction term the caption, the personalized reward its own text). Disabled terms are not
-    evaluated at all.
+    evaluated at all. `speed` (`icg.rewards.fast.RewardSpeed`) takes effect with `optimize(device)`: until
+    then every call is the eager path.
     """
 
-    def __init__(self, terms: Mapping[str, RewardTerm]) -> None:
+    def __init__(self, terms: Mapping[str, RewardTerm], speed: RewardSpeed | None = None) -> None:
         super().__init__()
         if not terms:
             raise ValueError("WeightedRewards needs at least one reward term")
@@ -267,16 +364,68 @@ class WeightedRewards(nn.Module):
         self.weights = {name: float(term.weight) for name, term in terms.items()}
         self.loss_fns = {name: term.loss for name, term in terms.items()}
         self.enabled = {name: bool(term.enabled) for name, term in terms.items()}
+        self.speed = speed if speed is not None else RewardSpeed()
+        self.active_speed = RewardSpeed.off()  # what forward uses; set by optimize()
+        self._shared_towers: set[int] = set()
 
     @classmethod
-    def from_rewards(cls, rewards: Mapping[str, Reward], weight: float = 0.25) -> WeightedRewards:
+    def from_rewards(
+        cls, rewards: Mapping[str, Reward], weight: float = 0.25, speed: RewardSpeed | None = None
+    ) -> WeightedRewards:
         """Equal weights (paper: 0.25 each), each reward with its own `default_loss`."""
-        return cls({name: RewardTerm(r, weight, r.default_loss) for name, r in rewards.items()})
+        return cls({name: RewardTerm(r, weight, r.default_loss) for name, r in rewards.items()}, speed)
 
     def set_enabled(self, name: str, enabled: bool) -> None:
         if name not in self.enabled:
             raise ValueError(f"unknown reward term {name!r}; have {sorted(self.enabled)}")
         self.enabled[name] = enabled
+
+    def optimize(self, device: torch.device | str | None = None) -> RewardSpeed:
+        """Apply `self.speed` for `device` (default: where the rewards are): frozen towers cast to the
+        tower dtype (this changes the reward modules themselves), text caches on or off, CLIP models with
+        equal weights shared; → the options now in force."""
+        rewards = [self.rewards[n] for n, on in self.enabled.items() if on]
+        if device is None:
+            device = rewards[0].device if rewards else torch.device("cpu")
+        speed = self.speed.resolved(device)
+        if speed.tower_dtype != "fp32":
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[speed.tower_dtype]
+            for reward in rewards:
+                for tower in reward.towers():
+                    cast_tower(tower, dtype)
+        for reward in rewards:
+            reward.set_text_cache(bool(speed.cache_texts))
+            if not speed.offload_text_towers:
+                reward.place_text_tower(reward.device)
+        self._shared_towers = share_equal_towers(rewards) if speed.share_preprocessing else set()
+        self.active_speed = speed
+        return speed
+
+    @torch.no_grad()
+    def warm_text_caches(
+        self, texts: Mapping[str, Sequence[str]], users: Sequence[str] | None = None, batch_size: int = 64
+    ) -> int:
+        """Fill the enabled rewards' text caches ahead of training (texts: name → strings, users: profile
+        sentences; any lengths), in batches; → strings encoded. A no-op for caches that are off."""
+        before = sum(c.misses for r in self.rewards.values() for c in text_caches(r))
+        for name, on in self.enabled.items():
+            if on and any(c.enabled for c in text_caches(self.rewards[name])):
+                warm_reward_texts(self.rewards[name], texts.get(name, []), users or [], batch_size)
+        return sum(c.misses for r in self.rewards.values() for c in text_caches(r)) - before
+
+    def offload_text_towers(self, device: torch.device | str = "cpu") -> None:
+        """Park the text paths of the enabled rewards whose text cache is on (`offload_text_towers`)."""
+        for name, on in self.enabled.items():
+            reward = self.rewards[name]
+            if on and any(c.enabled for c in text_caches(reward)):
+                reward.place_text_tower(device)
+
+    def _texts_for(self, name: str, texts: Sequence[str] | Mapping[str, Sequence[str]]) -> Sequence[str]:
+        if isinstance(texts, Mapping):
+            if name not in texts:
+                raise ValueError(f"texts mapping has no entry for reward {name!r}; have {sorted(texts)}")
+            return texts[name]
+        return texts
 
     def forward(
         self, images: Tensor, texts: Sequence[str] | Mapping[str, Sequence[str]], users: Users = None
@@ -284,17 +433,41 @@ class WeightedRewards(nn.Module):
         active = [name for name, on in self.enabled.items() if on]
         if not active:
             raise ValueError("all reward terms are disabled; enable at least one")
+        speed = self.active_speed
+        if not speed.uses_tape:
+            return self._eager(active, images, texts, users)
+        trains = any(p.requires_grad for n in active for p in self.rewards[n].parameters())
+        early = bool(speed.early_backward) and torch.is_grad_enabled() and images.requires_grad and not trains
+        source = images.detach().requires_grad_(True) if early else images
+        total = images.new_zeros((), dtype=torch.float32)
+        losses: dict[str, Tensor] = {}
+        scores: dict[str, Tensor] = {}
+        with tape(speed, early, self._shared_towers) as shared:
+            for i, name in enumerate(active):
+                term_texts = self._texts_for(name, texts)
+                score = self.rewards[name].checked_score(source, term_texts, users, check_range=i == 0)
+                loss = self.loss_fns[name](score)
+                if early:  # this reward's activations are freed here, before the next reward runs
+                    shared.backward_now(self.weights[name] * loss, source)
+                    score, loss = score.detach(), loss.detach()
+                scores[name], losses[name] = score, loss
+                total = total + self.weights[name] * loss
+            if early:
+                total = AttachGrad.apply(total, images, shared.finish(source))
+        return RewardBreakdown(total=total, losses=losses, scores=scores)
+
+    def _eager(
+        self,
+        active: list[str],
+        images: Tensor,
+        texts: Sequence[str] | Mapping[str, Sequence[str]],
+        users: Users,
+    ) -> RewardBreakdown:
         total = images.new_zeros((), dtype=torch.float32)
         losses: dict[str, Tensor] = {}
         scores: dict[str, Tensor] = {}
         for name in active:
-            if isinstance(texts, Mapping):
-                if name not in texts:
-                    raise ValueError(f"texts mapping has no entry for reward {name!r}; have {sorted(texts)}")
-                term_texts = texts[name]
-            else:
-                term_texts = texts
-            scores[name] = self.rewards[name].score(images, term_texts, users)  # (B,)
+            scores[name] = self.rewards[name].score(images, self._texts_for(name, texts), users)  # (B,)
             losses[name] = self.loss_fns[name](scores[name])
             total = total + self.weights[name] * losses[name]
         return RewardBreakdown(total=total, losses=losses, scores=scores)

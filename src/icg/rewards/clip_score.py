@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor, PreTrainedTokenizerBase
 
 from icg.rewards.base import ImageSpec, Reward, RewardCheckpointError, RewardLoss, Users, preprocess
+from icg.rewards.fast import TextFeatureCache, TowerGraphs, current_tape
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ class CLIPEncoder(nn.Module):
         positions = model.config.text_config.max_position_embeddings
         limit = getattr(tokenizer, "model_max_length", positions) if tokenizer is not None else positions
         self.max_length = min(int(limit), positions)
+        self.text_cache = TextFeatureCache()  # on with RewardSpeed.cache_texts
+        self.graphs = TowerGraphs(self._tower, self._vision_weights)  # used with RewardSpeed.cuda_graphs
 
     @property
     def logit_scale(self) -> Tensor:
@@ -75,30 +78,51 @@ class CLIPEncoder(nn.Module):
 
     def image_features(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) in [0, 1] → (B, D) unit vectors; differentiable w.r.t. images."""
-        dtype = self.model.visual_projection.weight.dtype
-        pixels = preprocess(images, self.spec).to(dtype)  # (B, 3, S, S)
+        pixels = preprocess(images, self.spec)  # (B, 3, S, S) float32
+        tape = current_tape()
+        if tape is not None and id(self.model) in tape.shared_towers:  # another reward holds this model
+            key = ("clip-image", id(self.model), id(pixels))
+            return tape.shared(key, (self.model, pixels), lambda: self._image_features(pixels))
+        return self._image_features(pixels)
+
+    def _image_features(self, pixels: Tensor) -> Tensor:
+        return self.graphs(pixels.to(self.model.visual_projection.weight.dtype))
+
+    def _tower(self, pixels: Tensor) -> Tensor:
+        """Pixels in the tower's dtype → (B, D) unit features, normalised in fp32."""
         feats = self.model.get_image_features(pixel_values=pixels)
-        feats = (
-            feats if isinstance(feats, Tensor) else feats.pooler_output
-        )  # transformers 5 returns an output
-        return F.normalize(feats.float(), dim=-1)  # (B, D)
+        feats = feats if isinstance(feats, Tensor) else feats.pooler_output  # transformers 5: an output
+        return F.normalize(feats.float(), dim=-1)
+
+    def _vision_weights(self) -> list[Tensor]:
+        return [self.model.visual_projection.weight, *self.model.vision_model.parameters()]
 
     @torch.no_grad()
     def text_features(self, texts: Sequence[str]) -> Tensor:
         """B strings → (B, D) unit vectors. Padded to the longest text of the batch (as PickScore does): the
-        causal mask and end-token pooling keep a text's features independent of the padding."""
+        causal mask and end-token pooling keep a text's features independent of the padding (and of which
+        other texts the cache encodes with it)."""
         if self.tokenizer is None:
             raise ValueError("this CLIP encoder was loaded without a tokenizer; it cannot encode texts")
+        params = self.text_tensors()  # what the text path reads: its stamp keys the cache
+        return self.text_cache.lookup(texts, self._text_features, params, training=self.model.training)
+
+    def text_tensors(self) -> list[Tensor]:
+        text = self.model.text_model
+        return [*text.parameters(), *text.buffers(), *self.model.text_projection.parameters()]
+
+    def _text_features(self, texts: list[str]) -> Tensor:
+        text_device = self.model.text_projection.weight.device  # the CPU when offloaded
         enc = self.tokenizer(
             list(texts),
             padding=True,
             truncation=True,
             max_length=self.max_length,
             return_tensors="pt",
-        ).to(self.model.device)
+        ).to(text_device)
         feats = self.model.get_text_features(input_ids=enc.input_ids, attention_mask=enc.attention_mask)
         feats = feats if isinstance(feats, Tensor) else feats.pooler_output
-        return F.normalize(feats.float(), dim=-1)  # (B, D)
+        return F.normalize(feats.float(), dim=-1).to(self.model.visual_projection.weight.device)  # (B, D)
 
 
 def load_clip_encoder(
@@ -151,6 +175,19 @@ class CLIPSimilarityReward(Reward):
         img = self.encoder.image_features(images)  # (B, D)
         txt = self.encoder.text_features(texts)  # (B, D), no graph
         return self.scale * (img * txt).sum(-1)  # (B,)
+
+    def towers(self) -> list[nn.Module]:
+        return [self.encoder.model]
+
+    def tower_slots(self) -> list[tuple[nn.Module, str, nn.Module]]:
+        return [(self.encoder, "model", self.encoder.model)]
+
+    def warm_text_cache(self, texts: Sequence[str], users: Sequence[str] | None = None) -> None:
+        if texts:
+            self.encoder.text_features(texts)
+
+    def text_tensors(self) -> list[Tensor]:
+        return self.encoder.text_tensors()
 
 
 def load_clip_similarity(

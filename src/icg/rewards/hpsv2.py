@@ -20,7 +20,8 @@ from pathlib import Path
 
 import open_clip
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from icg.rewards.base import (
     CLIP_MEAN,
@@ -33,6 +34,7 @@ from icg.rewards.base import (
     preprocess,
     read_state_file,
 )
+from icg.rewards.fast import TextFeatureCache, TowerGraphs
 
 logger = logging.getLogger(__name__)
 
@@ -57,14 +59,38 @@ class HPSv2Reward(Reward):
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.spec = spec if spec is not None else hps_image_spec(model)
+        self.text_cache = TextFeatureCache()  # on with RewardSpeed.cache_texts
+        self.graphs = TowerGraphs(self._tower, lambda: list(self.model.visual.parameters()))
 
     def _score(self, images: Tensor, texts: list[str] | None, users: Users) -> Tensor:
-        pixels = preprocess(images, self.spec).to(self.dtype)  # (B, 3, 224, 224)
-        img = self.model.encode_image(pixels, normalize=True).float()  # (B, D)
-        with torch.no_grad():
-            tokens = self.tokenizer(texts).to(self.device)  # (B, L)
-            txt = self.model.encode_text(tokens, normalize=True).float()  # (B, D)
+        dtype = self.model.visual.conv1.weight.dtype if hasattr(self.model.visual, "conv1") else self.dtype
+        pixels = preprocess(images, self.spec).to(dtype)  # (B, 3, 224, 224)
+        img = self.graphs(pixels)  # (B, D)
+        params = self.text_tensors()  # what the text path reads: its stamp keys the cache
+        txt = self.text_cache.lookup(texts, self._text_features, params, training=self.model.training)
         return (img * txt).sum(-1)  # (B,) = diag(img @ txt.T) without the B×B product
+
+    def _tower(self, pixels: Tensor) -> Tensor:
+        return F.normalize(self.model.encode_image(pixels).float(), dim=-1)  # (B, D), normalised in fp32
+
+    @torch.no_grad()
+    def _text_features(self, texts: list[str]) -> Tensor:
+        text = self.text_tensors()
+        tokens = self.tokenizer(texts).to(text[0].device if text else self.device)  # (B, L)
+        return F.normalize(self.model.encode_text(tokens).float(), dim=-1).to(self.device)  # (B, D)
+
+    def text_tensors(self) -> list[Tensor]:
+        """open_clip keeps the text path beside `visual`: everything but `visual.*` and the logit scalars."""
+        named = (*self.model.named_parameters(), *self.model.named_buffers())
+        return [t for n, t in named if not n.startswith("visual.") and n not in ("logit_scale", "logit_bias")]
+
+    def towers(self) -> list[nn.Module]:
+        return [self.model]
+
+    def warm_text_cache(self, texts: Sequence[str], users: Sequence[str] | None = None) -> None:
+        if texts:
+            params = self.text_tensors()
+            self.text_cache.lookup(texts, self._text_features, params, training=self.model.training)
 
 
 def load_hpsv2(

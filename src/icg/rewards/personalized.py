@@ -51,6 +51,7 @@ from icg.rewards.base import (
     read_state_file,
 )
 from icg.rewards.clip_score import image_spec_from_processor
+from icg.rewards.fast import TextFeatureCache, TowerGraphs, current_tape
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +158,11 @@ class PersonalizedRewardModel(Reward):
                 )
         positions = clip.config.text_config.max_position_embeddings
         self.max_length = min(int(getattr(self.tokenizer, "model_max_length", positions)), positions)
+        self.text_cache = TextFeatureCache()  # on with RewardSpeed.cache_texts (frozen use only)
+        self.graphs = TowerGraphs(  # used with RewardSpeed.cuda_graphs (frozen use only)
+            lambda pixels: self.image_top(self._stem_pixels(pixels)),
+            lambda: [self.clip.visual_projection.weight, *self.clip.vision_model.parameters()],
+        )
 
         d, feat = config.hidden_size, clip.config.projection_dim
         n_text = int(config.use_title) + int(config.use_caption)
@@ -224,8 +230,13 @@ class PersonalizedRewardModel(Reward):
 
     def image_stem(self, images: Tensor) -> Encoded:
         """(B, 3, H, W) in [0, 1] → frozen-stem output; differentiable w.r.t. the images."""
+        return self._stem_pixels(self._pixels(images))
+
+    def _pixels(self, images: Tensor) -> Tensor:
+        return preprocess(images, self.spec).to(self.clip.visual_projection.weight.dtype)  # (B, 3, S, S)
+
+    def _stem_pixels(self, pixels: Tensor) -> Encoded:
         vis = self.clip.vision_model
-        pixels = preprocess(images, self.spec).to(self.clip.visual_projection.weight.dtype)  # (B, 3, S, S)
         h = vis.pre_layrnorm(vis.embeddings(pixels))  # (B, T, W)
         layers = vis.encoder.layers
         for layer in layers[: len(layers) - self._k]:
@@ -258,7 +269,7 @@ class PersonalizedRewardModel(Reward):
         legacy = tm.eos_token_id == 2  # transformers' legacy rule: EOS is the largest id
         ids = enc.input_ids  # (B, T)
         eos = ids.argmax(dim=-1) if legacy else (ids == tm.eos_token_id).int().argmax(dim=-1)  # (B,)
-        device = self.clip.device
+        device = tm.embeddings.token_embedding.weight.device  # the CPU when the text tower is offloaded
         ids, mask = ids.to(device), enc.attention_mask.to(device)
         h = tm.embeddings(input_ids=ids)  # (B, T, W)
         layers = tm.encoder.layers
@@ -292,6 +303,41 @@ class PersonalizedRewardModel(Reward):
             return enc.hidden
         h = self._text_layers(enc, self.clip.text_model.encoder.layers[-self._k :])
         return self._text_out(h, enc.eos_index)
+
+    def text_features(self, texts: Sequence[str]) -> Tensor:
+        """B strings → (B, D) unit CLIP text features (stem then top); cached per string when the cache is
+        on and the text tower is frozen (a reward model in training bypasses the cache)."""
+        text = self.clip.text_model
+        params = [*text.parameters(), *self.clip.text_projection.parameters()]
+        device = self.clip.visual_projection.weight.device
+        encode = lambda t: self.text_top(self.text_stem(t)).to(device)  # noqa: E731
+        return self.text_cache.lookup(texts, encode, params, training=self.training)
+
+    def text_tensors(self) -> list[Tensor]:
+        text = self.clip.text_model
+        return [*text.parameters(), *text.buffers(), *self.clip.text_projection.parameters()]
+
+    def towers(self) -> list[nn.Module]:
+        return [self.clip]  # heads, fusion and FC_per stay fp32
+
+    def tower_slots(self) -> list[tuple[nn.Module, str, nn.Module]]:
+        return [(self, "clip", self.clip)]
+
+    def image_features(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) → (B, D) unit CLIP image features; once per `WeightedRewards` call when the tower is
+        shared (the user-contrast reward scores the same covers under B users)."""
+        tape = current_tape()
+        compute = lambda: self.graphs(self._pixels(images))  # noqa: E731
+        if tape is not None and id(self.clip) in tape.shared_towers:
+            return tape.shared(("personal-image", id(self.clip), id(images)), (self.clip, images), compute)
+        return compute()
+
+    def warm_text_cache(self, texts: Sequence[str], users: Sequence[str] | None = None) -> None:
+        titles, captions = self.split_texts(texts) if texts else (None, None)
+        people = users if self.config.use_user else None
+        for strings in (titles, captions, people):
+            if strings:
+                self.text_features(strings)
 
     def stem(self, name: str, inputs: Tensor | Sequence[str]) -> Encoded:
         """Frozen part for one input kind: images for "image", strings for the others."""
@@ -344,7 +390,10 @@ class PersonalizedRewardModel(Reward):
             raise ValueError("the personalized reward needs users as B profile sentences (strings)")
         titles, captions = self.split_texts(texts)
         raw = {"title": titles, "caption": captions, "image": images, "user": users}
-        features = {n: self.top(n, self.stem(n, raw[n])) for n in self.config.inputs}  # type: ignore[arg-type]
+        features = {
+            n: self.image_features(images) if n == "image" else self.text_features(raw[n])
+            for n in self.config.inputs
+        }  # type: ignore[arg-type]
         return self.preference(features)
 
     # ------------------------------------------------------------------ persistence

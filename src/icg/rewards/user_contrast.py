@@ -29,6 +29,18 @@ class UserContrastReward(Reward):
         self.needs_texts = base.needs_texts
         self.default_loss = base.default_loss
 
+    def towers(self) -> list:
+        return self.base.towers()
+
+    def tower_slots(self) -> list:
+        return self.base.tower_slots() * 2  # the same covers scored under B users: one image pass shared
+
+    def warm_text_cache(self, texts, users=None) -> None:
+        self.base.warm_text_cache(texts, users)
+
+    def text_tensors(self) -> list:
+        return self.base.text_tensors()
+
     def _score(self, images: Tensor, texts: list[str] | None, users: Users) -> Tensor:
         if users is None or isinstance(users, Tensor):
             raise ValueError("the user-contrast reward needs users as B profile sentences (strings)")
@@ -56,6 +68,15 @@ class UserSwapReward(Reward):
             raise ValueError(f"the swap reward needs groups of at least 2 users, got {group}")
         self.base, self.group = base, group
         self.name, self.needs_texts, self.default_loss = base.name, base.needs_texts, base.default_loss
+
+    def towers(self) -> list:
+        return self.base.towers()
+
+    def warm_text_cache(self, texts, users=None) -> None:
+        self.base.warm_text_cache(texts, users)
+
+    def text_tensors(self) -> list:
+        return self.base.text_tensors()
 
     def _score(self, images: Tensor, texts: list[str] | None, users: Users) -> Tensor:
         if users is None or isinstance(users, Tensor):

@@ -37,6 +37,11 @@ class AdapterStep:
     ) -> None:
         self.pipe, self.data, self.feats, self.objective, self.config = pipe, data, feats, objective, config
         self.device, self.ref_latents = device, ref_latents
+        # reward speed options (icg.rewards.fast): on CUDA bf16 towers, cached text features, shared
+        # preprocessing, each reward's backward inside the forward; the objective's `speed` turns them off
+        self.reward_speed = objective.optimize(device)
+        if self.reward_speed.cache_texts:
+            self.warm_reward_texts()
         self.scheduler = self.make_scheduler()  # never the pipeline's own
         self.pixels = pipe.default_size
         self.unet_dtype = self.denoiser.dtype
@@ -72,6 +77,23 @@ class AdapterStep:
         personal = [reward_text(t, p) for t, p in zip(titles, prompts, strict=True)]
         texts = {name: personal if name == "personalized" else prompts for name in self.objective.enabled}
         return texts, profiles
+
+    def warm_reward_texts(self, max_strings: int = 1 << 14) -> int:
+        """Encode every item's reward texts and every user's profile once, up front and batched (as
+        `item_features` does for the context), when there are at most `max_strings` (then, with
+        `offload_text_towers`, park the text towers on the CPU); else the caches fill as samples come.
+        → strings encoded."""
+        items = self.data.samples[:, 1].unique().tolist()
+        users = [self.data.profiles[u] for u in self.data.samples[:, 0].unique().tolist()]
+        prompts = [self.feats.prompts[i] for i in items]
+        personal = [reward_text(self.data.titles[i], self.feats.prompts[i]) for i in items]
+        if 2 * len(items) + len(users) > max_strings:
+            return 0
+        texts = {name: personal if name == "personalized" else prompts for name in self.objective.enabled}
+        encoded = self.objective.warm_text_caches(texts, users)
+        if self.reward_speed.offload_text_towers:  # every text is cached: the text towers wait on the CPU
+            self.objective.offload_text_towers("cpu")
+        return encoded
 
     @torch.no_grad()
     def sample(self, rows: Tensor, tag: str) -> tuple[list[str], Tensor]:
