@@ -307,6 +307,9 @@ def train_adapter_cmd(
     ] = False,
     minutes: Annotated[float | None, typer.Option(help="Time budget (checkpointed; re-run resumes).")] = None,
     threads: ThreadsOpt = None,
+    reward_speed: Annotated[
+        bool, typer.Option(help="Reward speed options on a GPU (bf16 towers, text caches); off: eager fp32.")
+    ] = True,
 ) -> None:
     """Train the dual-path adapter + projectors from rewards on generated covers (paper §3.4.2); resumable."""
     from icg.presets import get_preset
@@ -320,7 +323,7 @@ def train_adapter_cmd(
             users_per_item=users_per_item, grad_steps=grad_steps,
             mixed_precision=mixed_precision,
             checkpoint_every=checkpoint_every, sample_every=checkpoint_every, seed=seed,
-            guard_every=guard_every, guard_stop=guard_stop,
+            guard_every=guard_every, guard_stop=guard_stop, reward_speed=reward_speed,
         )  # fmt: skip
         if init_adapter is not None and ip_adapter is not None:
             raise ICGError("--init-adapter and --ip-adapter both set the dual path: give one of them")

@@ -43,6 +43,7 @@ from icg.adapter.attention import get_adapter_layers
 from icg.adapter.checkpoint import save_adapter
 from icg.atomic import atomic_path, write_text_atomic
 from icg.rewards.base import Reward, RewardTerm, WeightedRewards
+from icg.rewards.fast import RewardSpeed
 from icg.training import loop
 from icg.training.adapter_data import (
     AdapterData,
@@ -65,7 +66,7 @@ REWARD_WEIGHTS = {
 # fields that may differ between a checkpoint and the run resuming it (they change no trained value)
 RESUMABLE_CHANGES = ("steps", "checkpoint_every", "sample_every", "keep_checkpoints", "num_sample_covers",
                      "guard_every", "guard_min_t", "guard_min_effect", "guard_min_falling", "guard_patience",
-                     "guard_stop")  # fmt: skip
+                     "guard_stop", "reward_speed")  # fmt: skip
 GUARD_SAMPLES = 16  # held-out (item, user) samples the guard scores at every check
 CONFIG_NAME = "adapter_train_config.json"
 STATE_NAME = "trainer_state.json"
@@ -102,6 +103,7 @@ class AdapterTrainConfig(loop.JsonConfig):
     mixed_precision: str = "no"
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = True
+    reward_speed: bool = True  # icg.rewards.fast on CUDA (bf16 towers, text caches, …); False: eager fp32
     checkpoint_every: int = 100
     sample_every: int = 100  # grid of sample covers every M steps; 0 = never
     keep_checkpoints: int = 2
@@ -332,7 +334,7 @@ def _build_objective(rewards: Mapping[str, Reward], config: AdapterTrainConfig) 
 
         rewards = {**rewards, "personalized": UserSwapReward(rewards["personalized"], config.users_per_item)}
     terms = {n: RewardTerm(rewards[n], w, rewards[n].default_loss) for n, w in weights.items()}
-    return WeightedRewards(terms)
+    return WeightedRewards(terms, None if config.reward_speed else RewardSpeed.off())
 
 
 def train_adapter(
