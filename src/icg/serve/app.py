@@ -10,9 +10,17 @@ Routes (all documented at /docs and /openapi.json):
   the loaded dataset, for the gallery at `GET /`.
 - `GET /healthz`: preset, adapter hash, queue depth, cache size.
 
+Admission before work (`icg.serve.admission`), in this order, before any body is read: a per-client token
+bucket (429 + `Retry-After`), the API key when one is configured (401; required by `icg serve` on any
+non-loopback address), and one of `max_decodes` decode slots (503). Then bodies over `max_upload_bytes` (+ a
+little for the form fields) are refused with 413 before they are parsed; a full queue is answered 503 before
+an upload is decoded, and an upload over `max_image_pixels` (sized from what the model's image processor
+keeps) is refused from its header, before its pixels are decoded.
+
 Generation never runs on the event loop: the loop validates, checks the cache, and hands a job to the single
 worker thread (`icg.serve.worker`); when `max_queue` jobs already wait the answer is 503 with `Retry-After`.
-Bodies over `max_upload_bytes` (+ a little for the form fields) are refused with 413 before they are parsed.
+Returned URLs start with the configured `base_url` (relative when none), never with the request's `Host`.
+422 bodies name the field and never echo a long input back.
 """
 
 from __future__ import annotations
@@ -27,28 +35,111 @@ from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from icg.data.records import InteractionData
 from icg.loading import adapter_hash, load_cover_pipeline
 from icg.pipeline import CoverItem, CoverUser
 from icg.presets import PresetSpec, get_preset, icg_home
 from icg.rating.app import BodyLimitMiddleware
+from icg.serve.admission import AdmissionMiddleware, DecodeSlots, TokenBuckets
 from icg.serve.cache import BoundedContextCache, CoverCache, cover_key, is_cover_id
 from icg.serve.catalog import Catalog
 from icg.serve.gallery import GALLERY_CSP, GALLERY_HTML
-from icg.serve.inputs import ResolvedUser, decode_image, field_error, resolve_user, upload_item_key
+from icg.serve.inputs import (
+    ResolvedUser,
+    decode_image,
+    field_error,
+    input_error,
+    resolve_user,
+    upload_item_key,
+    upload_pixel_cap,
+)
+from icg.validation import (
+    MAX_PROFILE_CHARS,
+    MAX_SEED,
+    MAX_TITLE_CHARS,
+    InputError,
+    check_profile,
+    check_seed,
+    check_steps,
+    check_title,
+)
 from icg.serve.worker import GenerationWorker, QueueFullError, WorkerClosedError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_QUEUE = 32
 DEFAULT_MAX_UPLOAD_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_DECODES = 2  # uploads read and decoded at once (each at most max_image_pixels)
+DEFAULT_RATE_LIMIT = 10.0  # requests/s per client, with bursts of DEFAULT_RATE_BURST
+DEFAULT_RATE_BURST = 30
+DEFAULT_CACHE_BYTES = 1024 * 1024 * 1024
+MAX_ECHO_CHARS = 64  # a 422 shows the offending input only when it is this short
 FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and the small text fields beside the image
 ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
-TEXT_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # printable: no control characters
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*[^\x00-\x1f\x7f\s][^\x00-\x1f\x7f]*$"  # printable, not blank
 COVER_CACHE_CONTROL = "public, max-age=31536000, immutable"  # a cover id names its exact pixels
 _HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+_SHARED_CHECKS = {  # the fields whose 422 message comes from icg.validation (the CLI's words too)
+    "seed": check_seed,
+    "steps": check_steps,
+    "title": check_title,
+    "profile": check_profile,
+}
+_PNG = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
+_ERROR = {
+    "application/json": {"schema": {"type": "object", "properties": {"detail": {}}, "required": ["detail"]}}
+}
+
+
+def _documented(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries of the error answers a route can give (each a JSON `{"detail": ...}`)."""
+    text = {
+        400: "Malformed request body",
+        401: "API key missing or wrong (Authorization: Bearer <key>)",
+        404: "Not found",
+        413: "Upload too large (bytes or pixels)",
+        415: "Upload is not an image we read",
+        422: "A field is invalid; `detail[].loc` names it",
+        429: "Too many requests from this client; see Retry-After",
+        503: "Busy (queue full or uploads being read); see Retry-After",
+    }
+    return {code: {"description": text[code], "content": _ERROR} for code in codes}
+
+
+def _short_input(value: Any) -> Any:
+    """The input to echo in a 422, or None when it is long or not a plain value."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value if len(str(value)) <= MAX_ECHO_CHARS else None
+    if isinstance(value, str) and len(value) <= MAX_ECHO_CHARS:
+        return value
+    return None
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming each field, in the shared layer's words where it has a rule; long inputs are not echoed."""
+    detail = []
+    for error in exc.errors():
+        loc = list(error.get("loc", ()))
+        item = {"loc": loc, "msg": error.get("msg", ""), "type": error.get("type", "value_error")}
+        field = loc[-1] if loc else None
+        raw = error.get("input")
+        if field in _SHARED_CHECKS and isinstance(raw, str | int):
+            value = raw
+            if field in ("seed", "steps") and isinstance(raw, str):
+                with contextlib.suppress(ValueError):
+                    value = int(raw)
+            try:
+                _SHARED_CHECKS[field](value)
+            except InputError as shared:
+                item["msg"], item["type"] = shared.msg, shared.kind
+        shown = _short_input(raw)
+        if shown is not None:
+            item["input"] = shown
+        detail.append(item)
+    return JSONResponse({"detail": detail}, status_code=422)
 
 
 def _not_found(what: str) -> HTTPException:
@@ -57,6 +148,10 @@ def _not_found(what: str) -> HTTPException:
 
 def _unavailable(detail: str, retry_after: int) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=503, headers={"retry-after": str(retry_after)})
+
+
+def _png_response(data: bytes, headers: dict[str, str]) -> Response:
+    return Response(data, media_type="image/png", headers=headers)
 
 
 def _png_bytes(image) -> bytes:
@@ -81,18 +176,33 @@ def create_app(
     max_queue: int = DEFAULT_MAX_QUEUE,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_steps: int = 50,
+    max_image_pixels: int | None = None,
+    max_decodes: int = DEFAULT_MAX_DECODES,
+    rate_limit: float | None = DEFAULT_RATE_LIMIT,
+    rate_burst: int = DEFAULT_RATE_BURST,
+    api_key: str | None = None,
+    base_url: str = "",
+    max_cache_bytes: int | None = DEFAULT_CACHE_BYTES,
+    max_cache_covers: int | None = None,
 ) -> FastAPI:
     """The API for one model: a PresetSpec or preset name is loaded here, once; a ready pipeline as is.
 
     `spec` describes a ready pipeline (name, default steps and guidance, prompt length, adapter folder for
     the cache key); it defaults to a spec named "custom". `dataset` enables item ids, search, references
     and the gallery. `cache_dir` (default `$ICG_HOME/serve-cache`) holds served covers; the key includes
-    preset and adapter hash, so presets may share it.
+    preset and adapter hash, so presets may share it; it is bounded by `max_cache_bytes` / `max_cache_covers`
+    (least recently used evicted). `max_image_pixels` defaults to 4x what the model's image processor keeps,
+    within [1024², 4096²]. `rate_limit` (requests/s per client, None = off) and `rate_burst` feed the token
+    bucket; `api_key`, when set, is required as `Authorization: Bearer` on `/v1/...`. `base_url` (e.g.
+    "https://covers.example.com") starts every returned URL; "" gives paths.
     """
     if max_upload_bytes < 1024:
         raise ValueError(f"max_upload_bytes must be at least 1024, got {max_upload_bytes}")
     if max_steps < 1:
         raise ValueError(f"max_steps must be at least 1, got {max_steps}")
+    if api_key is not None and len(api_key) < 8:
+        raise ValueError("api_key must be at least 8 characters")
+    base_url = base_url.rstrip("/")
     if isinstance(spec_or_pipeline, str | Path):
         spec_or_pipeline = get_preset(str(spec_or_pipeline))
     root = Path(cache_dir) if cache_dir is not None else icg_home() / "serve-cache"
@@ -104,7 +214,10 @@ def create_app(
     else:
         pipe = spec_or_pipeline
         spec = spec if spec is not None else PresetSpec(name="custom")
-    cache = CoverCache(root / "covers")
+    cache = CoverCache(root / "covers", max_bytes=max_cache_bytes, max_covers=max_cache_covers)
+    pixel_cap = max_image_pixels if max_image_pixels is not None else upload_pixel_cap(pipe)
+    slots = DecodeSlots(max_decodes)
+    buckets = TokenBuckets(rate_limit, rate_burst) if rate_limit is not None else None
     catalog = Catalog(dataset) if dataset is not None else None
     user_encoder = _personalized(pipe)
     adapter = adapter_hash(spec.adapter)
@@ -127,13 +240,19 @@ def create_app(
     app.state.cache = cache
     app.state.worker = worker
     app.state.catalog = catalog
+    app.state.max_image_pixels = pixel_cap
+    app.add_exception_handler(RequestValidationError, _validation_error)
 
-    def cover_json(request: Request, metadata: dict[str, Any], cached: bool) -> dict[str, Any]:
+    def url(name: str, **params: str) -> str:
+        """A route's URL from the configured base (never from the request's Host header)."""
+        return base_url + app.url_path_for(name, **params)
+
+    def cover_json(metadata: dict[str, Any], cached: bool) -> dict[str, Any]:
         item_id = metadata["item"].get("item_id") if metadata["item"].get("source") == "dataset" else None
         return {
             **metadata,
-            "url": str(request.url_for("get_cover", cover_id=metadata["id"])),
-            "reference_url": str(request.url_for("item_reference", item_id=item_id)) if item_id else None,
+            "url": url("get_cover", cover_id=metadata["id"]),
+            "reference_url": url("item_reference", item_id=item_id) if item_id else None,
             "cached": cached,
         }
 
@@ -141,7 +260,7 @@ def create_app(
         cover_id: str, item: CoverItem | str, item_info: dict, user: ResolvedUser, seed: int, steps: int
     ) -> dict[str, Any]:
         """Runs on the worker thread: the one place the model is called."""
-        if cover_id in cache and (done := cache.metadata(cover_id)) is not None:
+        if cover_id in cache and (done := cache.entry(cover_id)) is not None:
             return done  # a job for the same key finished between the request's check and now
         start = time.perf_counter()
         cover_item = catalog.cover_item(item) if isinstance(item, str) else item
@@ -197,19 +316,30 @@ def create_app(
             "default_steps": default_steps,
             "max_steps": max_steps,
             "max_upload_bytes": max_upload_bytes,
+            "max_image_pixels": pixel_cap,
             "queue": worker.stats(),
-            "cache": {"covers": len(cache)},
+            "cache": cache.stats(),
+            "admission": {
+                "max_decodes": slots.limit,
+                "decoding": slots.in_use,
+                "refused_busy": slots.refused,
+                "rate_limit": rate_limit,
+                "rate_burst": rate_burst if buckets is not None else None,
+                "clients": len(buckets) if buckets is not None else 0,
+                "api_key": api_key is not None,
+            },
         }
 
     @app.post(
         "/v1/covers",
         summary="Generate (or fetch from the cache) one personalized cover",
+        response_class=Response,
         responses={
-            200: {"content": {"image/png": {}, "application/json": {}}, "description": "The cover"},
-            413: {"description": "Upload too large"},
-            415: {"description": "Upload is not an image"},
-            422: {"description": "A field is invalid; `detail[].loc` names it"},
-            503: {"description": "The work queue is full; see Retry-After"},
+            200: {
+                "description": "The cover (PNG), or its metadata and URL with `format=json`",
+                "content": {**_PNG, "application/json": {"schema": {"type": "object"}}},
+            },
+            **_documented(400, 401, 413, 415, 422, 429, 503),
         },
     )
     async def create_cover(
@@ -218,7 +348,8 @@ def create_app(
             str | None, Form(pattern=ID_PATTERN, description="Item of the loaded dataset")
         ] = None,
         title: Annotated[
-            str | None, Form(min_length=1, max_length=200, pattern=TEXT_PATTERN, description="With `image`")
+            str | None,
+            Form(min_length=1, max_length=MAX_TITLE_CHARS, pattern=TEXT_PATTERN, description="With `image`"),
         ] = None,
         image: Annotated[
             UploadFile | None, File(description="Reference cover (PNG/JPEG/WebP/GIF/BMP)")
@@ -226,18 +357,25 @@ def create_app(
         user_id: Annotated[str | None, Form(pattern=ID_PATTERN, description="A known user")] = None,
         profile: Annotated[
             str | None,
-            Form(max_length=300, pattern=TEXT_PATTERN, description="e.g. 'a 24-year-old male technician'"),
+            Form(
+                max_length=MAX_PROFILE_CHARS,
+                pattern=TEXT_PATTERN,
+                description="e.g. 'a 24-year-old male technician'",
+            ),
         ] = None,
-        seed: Annotated[int, Form(ge=0, le=2**31 - 1)] = 0,
+        seed: Annotated[int, Form(ge=0, le=MAX_SEED)] = 0,
         steps: Annotated[
             int | None, Form(ge=1, description="Default: the preset's; at most max_steps")
         ] = None,
         response_format: Annotated[Literal["png", "json"], Form(alias="format")] = "png",
     ) -> Response:
-        steps = default_steps if steps is None else steps
-        if steps > max_steps:  # not in the annotation: FastAPI resolves those in module scope
-            raise field_error(422, "steps", f"at most {max_steps} steps", "less_than_equal")
-        title = title.strip() if title is not None else None
+        release_slot = getattr(request.state, "release_decode_slot", lambda: None)  # see icg.serve.admission
+        try:  # the shared rules (icg.validation): the same checks and messages as the CLI
+            steps = default_steps if steps is None else check_steps(steps, max_steps)
+            check_seed(seed)
+            title = check_title(title) if title is not None and title.strip() else None
+        except InputError as exc:
+            raise input_error(exc) from None
         # --- the item: a dataset id, or a title + uploaded reference cover
         item: CoverItem | str
         if item_id is not None:
@@ -257,15 +395,22 @@ def create_app(
                 )
             if not title:
                 raise field_error(422, "title", "an uploaded image needs a non-empty title", "missing")
+            if worker.full:  # no decoding for a request that could not be queued anyway
+                return _unavailable("the generation queue is full; retry later", worker.retry_after())
             data = await image.read(max_upload_bytes + 1)
-            picture = await run_in_threadpool(decode_image, data, max_upload_bytes)
+            try:
+                picture = await run_in_threadpool(decode_image, data, max_upload_bytes, pixel_cap)
+            finally:
+                del data
+                release_slot()
             item = CoverItem(title=title, image=picture)
             item_key = await run_in_threadpool(upload_item_key, title, picture)
             item_info = {"source": "upload", "title": title, "content_key": item_key.split(":", 1)[1]}
+        release_slot()  # nothing more to read or decode: the next upload may start
         # --- the user, then the cache, then the queue
         user = resolve_user(user_encoder, user_id, profile)
         cover_id = cover_key(item_key, user.key, spec.name, seed, steps, spec.guidance_scale, adapter)
-        metadata = cache.metadata(cover_id) if cover_id in cache else None
+        metadata = cache.entry(cover_id) if cover_id in cache else None  # a broken entry is regenerated
         source = "hit"  # X-Cache: hit (from disk), miss (generated for this request), joined (a running job)
         if metadata is None:
             try:
@@ -286,59 +431,78 @@ def create_app(
                 raise HTTPException(status_code=500, detail="cover generation failed") from None
         headers = {"x-cover-id": cover_id, "x-cache": source}
         if response_format == "json":
-            return JSONResponse(cover_json(request, metadata, source == "hit"), headers=headers)
-        path = cache.png_path(cover_id)
-        if path is None:  # removed from disk behind the server's back
-            raise HTTPException(status_code=500, detail="the cover left the cache; retry")
-        return FileResponse(
-            path,
-            media_type="image/png",
-            headers={**headers, "cache-control": COVER_CACHE_CONTROL,
-                     "content-location": str(request.url_for("get_cover", cover_id=cover_id))},
-        )  # fmt: skip
+            return JSONResponse(cover_json(metadata, source == "hit"), headers=headers)
+        data = cache.png(cover_id)
+        if data is None:  # evicted or removed between the job and now (rare): one more try costs one job
+            return _unavailable("the cover left the cache before it was sent; retry", 1)
+        headers.update(
+            {"cache-control": COVER_CACHE_CONTROL, "content-location": url("get_cover", cover_id=cover_id)}
+        )
+        return _png_response(data, headers)
 
-    @app.get("/v1/covers/{cover_id}", name="get_cover", summary="A served cover (PNG) by its id")
-    def get_cover(cover_id: str) -> FileResponse:
-        path = cache.png_path(cover_id) if is_cover_id(cover_id) else None
-        if path is None:
+    @app.get(
+        "/v1/covers/{cover_id}",
+        name="get_cover",
+        summary="A served cover (PNG) by its id",
+        response_class=Response,
+        responses={200: {"description": "The cover", "content": _PNG}, **_documented(401, 404, 429)},
+    )
+    def get_cover(cover_id: str) -> Response:
+        data = cache.png(cover_id) if is_cover_id(cover_id) else None
+        if data is None:
             raise _not_found("cover")
-        return FileResponse(path, media_type="image/png", headers={"cache-control": COVER_CACHE_CONTROL})
+        return _png_response(data, {"cache-control": COVER_CACHE_CONTROL})
 
-    @app.get("/v1/covers/{cover_id}/metadata", summary="A served cover's metadata (prompt, seed, user, ...)")
-    def get_cover_metadata(cover_id: str, request: Request) -> dict[str, Any]:
+    @app.get(
+        "/v1/covers/{cover_id}/metadata",
+        summary="A served cover's metadata (prompt, seed, user, ...)",
+        responses=_documented(401, 404, 429),
+    )
+    def get_cover_metadata(cover_id: str) -> dict[str, Any]:
         metadata = cache.metadata(cover_id) if is_cover_id(cover_id) else None
         if metadata is None:
             raise _not_found("cover")
-        return cover_json(request, metadata, cached=True)
+        return cover_json(metadata, cached=True)
 
     def require_catalog() -> Catalog:
         if catalog is None:
             raise HTTPException(status_code=404, detail="no dataset is loaded (start the server with one)")
         return catalog
 
-    @app.get("/v1/items", summary="Search the loaded dataset's items by title")
+    @app.get(
+        "/v1/items",
+        summary="Search the loaded dataset's items by title",
+        responses=_documented(401, 404, 422, 429),
+    )
     def list_items(
-        request: Request,
         q: Annotated[str, Query(max_length=100)] = "",
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
     ) -> dict[str, Any]:
         found = require_catalog()
         total, rows = found.search_items(q, limit)
         items = [
-            {**row.public(), "reference_url": str(request.url_for("item_reference", item_id=row.item_id))}
-            for row in rows
+            {**row.public(), "reference_url": url("item_reference", item_id=row.item_id)} for row in rows
         ]
         return {"dataset": found.name, "query": q, "total": total, "items": items}
 
-    @app.get("/v1/items/{item_id}", summary="One item of the loaded dataset")
-    def get_item(item_id: str, request: Request) -> dict[str, Any]:
+    @app.get(
+        "/v1/items/{item_id}", summary="One item of the loaded dataset", responses=_documented(401, 404, 429)
+    )
+    def get_item(item_id: str) -> dict[str, Any]:
         row = require_catalog().items.get(item_id)
         if row is None:
             raise _not_found("item")
-        return {**row.public(), "reference_url": str(request.url_for("item_reference", item_id=item_id))}
+        return {**row.public(), "reference_url": url("item_reference", item_id=item_id)}
 
     @app.get(
-        "/v1/items/{item_id}/reference", name="item_reference", summary="An item's reference cover (PNG)"
+        "/v1/items/{item_id}/reference",
+        name="item_reference",
+        summary="An item's reference cover (PNG)",
+        response_class=Response,
+        responses={
+            200: {"description": "The reference cover", "content": _PNG},
+            **_documented(401, 404, 429),
+        },
     )
     async def item_reference(item_id: str) -> Response:
         found = require_catalog()
@@ -347,7 +511,11 @@ def create_app(
         png = await run_in_threadpool(found.reference_png, item_id)
         return Response(png, media_type="image/png", headers={"cache-control": "public, max-age=86400"})
 
-    @app.get("/v1/users", summary="Users of the loaded dataset (id and profile sentence)")
+    @app.get(
+        "/v1/users",
+        summary="Users of the loaded dataset (id and profile sentence)",
+        responses=_documented(401, 404, 422, 429),
+    )
     def list_users(
         q: Annotated[str, Query(max_length=100)] = "",
         limit: Annotated[int, Query(ge=1, le=200)] = 20,
@@ -361,9 +529,68 @@ def create_app(
         ]
         return {"dataset": found.name, "query": q, "total": total, "users": users}
 
+    document = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document, with the form's rules it cannot write itself (see `_cover_form_schema`)."""
+        if app.openapi_schema is None:
+            doc = document()
+            _cover_form_schema(doc, max_steps=max_steps, personalized=user_encoder is not None)
+            if api_key is not None:
+                doc.setdefault("components", {})["securitySchemes"] = {
+                    "bearer": {"type": "http", "scheme": "bearer"}
+                }
+                for path, operations in doc["paths"].items():
+                    if path.startswith("/v1/"):
+                        for operation in operations.values():
+                            operation["security"] = [{"bearer": []}]
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_upload_bytes + FORM_OVERHEAD_BYTES)
+    app.add_middleware(AdmissionMiddleware, buckets=buckets, api_key=api_key, slots=slots)  # before the body
     app.add_middleware(_HeadersMiddleware)
     return app
+
+
+def _cover_form_schema(doc: dict[str, Any], *, max_steps: int, personalized: bool) -> None:
+    """Make POST /v1/covers's form schema say what the route accepts.
+
+    A form field is absent or a value (never JSON null); `image` is a file part; `steps` has its upper bound;
+    and the either/or rules: an item is `item_id` alone or `title` + `image`; a user is `user_id` and/or
+    `profile` when the model is personalized, and neither otherwise.
+    """
+    body = doc["paths"]["/v1/covers"]["post"]["requestBody"]
+    body["required"] = True  # every field is optional on its own, but an empty form is refused
+    content = body["content"]["multipart/form-data"]
+    name = content["schema"]["$ref"].rsplit("/", 1)[-1]
+    schema = doc["components"]["schemas"][name]
+    props = schema["properties"]
+    for field in ("item_id", "title", "user_id", "profile", "steps"):
+        options = props[field].pop("anyOf", None)
+        if options:
+            props[field].update(next(o for o in options if o.get("type") != "null"))
+    props["image"] = {
+        "type": "string",
+        "format": "binary",
+        "contentMediaType": "image/*",
+        "description": props["image"].get("description", ""),
+    }
+    props["steps"]["maximum"] = max_steps
+    user = {"anyOf": [{"required": ["user_id"]}, {"required": ["profile"]}]}
+    schema["allOf"] = [
+        {
+            "oneOf": [
+                {
+                    "required": ["item_id"],
+                    "not": {"anyOf": [{"required": ["title"]}, {"required": ["image"]}]},
+                },
+                {"required": ["title", "image"], "not": {"required": ["item_id"]}},
+            ]
+        },
+        user if personalized else {"not": user},
+    ]
 
 
 class _HeadersMiddleware:
