@@ -1,4 +1,4 @@
-"""Admission before work: who may ask (API key), how often (token bucket), and how much at once (decode slots).
+"""Admission before work: who may ask (API key), how often (token bucket), how much at once (decode slots).
 
 All of it runs in an ASGI middleware *before* the request body is read, so a refused request costs the
 server a few microseconds and no memory:
@@ -154,12 +154,12 @@ class AdmissionMiddleware:
                     send, 429, "too many requests from this client; retry later", [retry_after(retry)]
                 )
                 return
-        if self.api_key is not None and scope["path"].startswith(API_PREFIX):
-            if not bearer_ok(scope.get("headers") or [], self.api_key):
-                self.unauthorized += 1
-                headers = [(b"www-authenticate", b'Bearer realm="icg"')]
-                await _refuse(send, 401, "an API key is required (Authorization: Bearer <key>)", headers)
-                return
+        protected = self.api_key is not None and scope["path"].startswith(API_PREFIX)
+        if protected and not bearer_ok(scope.get("headers") or [], self.api_key):
+            self.unauthorized += 1
+            headers = [(b"www-authenticate", b'Bearer realm="icg"')]
+            await _refuse(send, 401, "an API key is required (Authorization: Bearer <key>)", headers)
+            return
         if scope["method"] == "POST" and scope["path"] == self.upload_path:
             release = await self.slots.acquire()
             if release is None:

@@ -56,6 +56,7 @@ from icg.serve.inputs import (
     upload_item_key,
     upload_pixel_cap,
 )
+from icg.serve.worker import GenerationWorker, QueueFullError, WorkerClosedError
 from icg.validation import (
     MAX_PROFILE_CHARS,
     MAX_SEED,
@@ -66,7 +67,6 @@ from icg.validation import (
     check_steps,
     check_title,
 )
-from icg.serve.worker import GenerationWorker, QueueFullError, WorkerClosedError
 
 logger = logging.getLogger(__name__)
 
