@@ -233,3 +233,11 @@ def test_urls_come_from_the_configured_base_not_the_host_header(make_client, tmp
     based = make_client(rate_limit=None, base_url="https://covers.example.com/", cache_dir=tmp_path / "c2")
     item = based.get("/v1/items/1", headers=hostile).json()
     assert item["reference_url"] == "https://covers.example.com/v1/items/1/reference"
+
+
+def test_model_pixels_reads_the_qwen_processor(serve_pipeline):
+    from icg.serve.inputs import model_pixels
+
+    processor = serve_pipeline.context_encoder.processor.image_processor
+    assert model_pixels(serve_pipeline) == processor.size.longest_edge  # 3136 (56²) on the tiny preset
+    assert upload_pixel_cap(serve_pipeline) == 1024 * 1024  # 4 x 3136 is below the floor

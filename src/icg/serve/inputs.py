@@ -39,14 +39,18 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int = MAX_IMAGE_PIXELS
 
 
 def model_pixels(pipe: object, default: int = 1024 * 1024) -> int:
-    """The most pixels the pipeline's image processor keeps of a reference cover (it resizes larger ones)."""
+    """The most pixels the pipeline's image processor keeps of a reference cover (it resizes larger ones).
+
+    Qwen2-VL processors say so as `max_pixels`, or as `size.longest_edge` (a pixel count, not a side).
+    """
     processor = getattr(getattr(pipe, "context_encoder", None), "processor", None)
     images = getattr(processor, "image_processor", None)
-    value = getattr(images, "max_pixels", None)
-    if not isinstance(value, int):
-        size = getattr(images, "size", None)
-        value = size.get("max_pixels") or size.get("longest_edge") if isinstance(size, dict) else None
-    return int(value) if isinstance(value, int) and value > 0 else default
+    size = getattr(images, "size", None)
+    candidates = [getattr(images, "max_pixels", None)]
+    for key in ("max_pixels", "longest_edge"):
+        candidates.append(size.get(key) if isinstance(size, dict) else getattr(size, key, None))
+    found = next((int(v) for v in candidates if isinstance(v, int) and v > 0), None)
+    return found if found is not None else default
 
 
 def upload_pixel_cap(pipe: object) -> int:
