@@ -95,7 +95,8 @@ def test_a_write_failure_is_one_line_naming_the_file(preset_dir, tmp_path, monke
     assert "Permission denied" in err
 
 
-def test_disk_full_mid_batch_is_one_line(preset_dir, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_disk_full_mid_batch_is_one_line(preset_dir, tmp_path, monkeypatch, capsys, wrapped):
     import icg.batch.stages as stages
 
     real = stages.write_cover
@@ -104,7 +105,10 @@ def test_disk_full_mid_batch_is_one_line(preset_dir, tmp_path, monkeypatch, caps
     def fill_disk(out_dir, folder, data, meta, fmt):
         calls["n"] += 1
         if calls["n"] > 1:  # the first cover is written, then the disk is full
-            raise OSError(errno.ENOSPC, "No space left on device", str(Path(out_dir) / folder))
+            full = OSError(errno.ENOSPC, "No space left on device", str(Path(out_dir) / folder))
+            if wrapped:  # as an executor (Ray Data) re-raises a worker's error
+                raise RuntimeError("task failed") from full
+            raise full
         return real(out_dir, folder, data, meta, fmt)
 
     monkeypatch.setattr(stages, "write_cover", fill_disk)
@@ -157,3 +161,20 @@ def test_cli_and_api_share_messages():
         with pytest.raises(InputError) as caught:
             check(value)
         assert str(caught.value) == f"--{caught.value.field}: {caught.value.msg}"
+
+
+def test_only_explicit_causes_become_one_line():
+    from icg.validation import user_error_in_chain
+
+    full = OSError(28, "No space left on device", "/x")
+    try:
+        raise RuntimeError("wrapped") from full
+    except RuntimeError as exc:
+        assert user_error_in_chain(exc) is full
+    try:
+        try:
+            raise full
+        except OSError:
+            raise TypeError("a bug while handling it") from None
+    except TypeError as exc:
+        assert user_error_in_chain(exc) is None  # a bug keeps its traceback

@@ -483,7 +483,14 @@ def main() -> None:
             sys.exit(exc.exit_code)
         if isinstance(exc, click.exceptions.Exit):
             sys.exit(exc.exit_code)
-        raise
+        from icg.validation import os_error_line, user_error_in_chain
+
+        cause = user_error_in_chain(exc)  # e.g. a disk-full OSError raised inside a Ray worker
+        if cause is None:
+            raise
+        text = os_error_line(cause) if isinstance(cause, OSError) else str(cause)
+        console.print(f"[bold red]error:[/bold red] {text}", highlight=False, soft_wrap=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

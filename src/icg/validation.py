@@ -186,3 +186,18 @@ def os_error_line(exc: OSError) -> str:
 def _short(value: Any, limit: int = 40) -> str:
     text = str(value)
     return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
+
+
+def user_error_in_chain(exc: BaseException, depth: int = 10) -> ICGError | OSError | None:
+    """The ICGError or OSError that caused `exc`, however it was wrapped (Ray re-raises a worker's error
+    inside its own exception types), or None when the chain holds none."""
+    seen: BaseException | None = exc
+    for _ in range(depth):
+        if seen is None:
+            return None
+        if isinstance(seen, ICGError | OSError):
+            return seen
+        cause = getattr(seen, "cause", None)
+        # explicit causes only: an error raised *while handling* an OSError (__context__) is a bug, not this
+        seen = cause if isinstance(cause, BaseException) else seen.__cause__
+    return None

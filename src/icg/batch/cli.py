@@ -87,10 +87,13 @@ def main() -> None:
     except ICGError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except OSError as exc:  # disk full, read-only, a file where a folder goes: one line naming the file
-        from icg.validation import os_error_line
+    except Exception as exc:  # disk full, read-only, a file where a folder goes (maybe inside a Ray worker)
+        from icg.validation import os_error_line, user_error_in_chain
 
-        typer.echo(f"error: {os_error_line(exc)}", err=True)
+        cause = user_error_in_chain(exc)
+        if cause is None:
+            raise
+        typer.echo(f"error: {os_error_line(cause) if isinstance(cause, OSError) else cause}", err=True)
         sys.exit(2)
 
 
