@@ -241,3 +241,18 @@ def test_model_pixels_reads_the_qwen_processor(serve_pipeline):
     processor = serve_pipeline.context_encoder.processor.image_processor
     assert model_pixels(serve_pipeline) == processor.size.longest_edge  # 3136 (56²) on the tiny preset
     assert upload_pixel_cap(serve_pipeline) == 1024 * 1024  # 4 x 3136 is below the floor
+
+
+def test_the_context_cache_is_bounded_on_disk_too(tmp_path):
+    import torch
+
+    from icg.serve.cache import BoundedContextCache
+
+    cache = BoundedContextCache(tmp_path / "ctx", max_memory=2, max_disk=3)
+    for k in range(5):
+        cache.put(f"{k:02d}" + "a" * 62, f"prompt {k}", torch.zeros(2, 4))
+    files = sorted(p.stem[:2] for p in (tmp_path / "ctx").glob("??/*.safetensors"))
+    assert files == ["02", "03", "04"] and cache.disk_entries == 3 and len(cache) == 2
+    again = BoundedContextCache(tmp_path / "ctx", max_memory=2, max_disk=2)  # a restart with a smaller bound
+    assert again.disk_entries == 2 and len(list((tmp_path / "ctx").glob("??/*.safetensors"))) == 2
+    assert again.get("04" + "a" * 62).prompt == "prompt 4"

@@ -232,30 +232,64 @@ class CoverCache:
 
 
 class BoundedContextCache(ContextCache):
-    """`ContextCache` whose in-memory layer keeps only the `max_memory` most recently used items.
+    """`ContextCache` bounded in memory (`max_memory` items) and on disk (`max_disk` files), LRU first.
 
-    A server sees an open-ended stream of uploaded items; the disk keeps every item's context, memory only
-    the recent ones (a dropped entry is read back from disk on its next use).
+    A server sees an open-ended stream of uploaded items; memory keeps the recent ones (a dropped entry is
+    read back from disk on its next use) and the disk keeps the `max_disk` most recently used (at start-up
+    ordered by modification time); an evicted item's context is computed again if it comes back.
     """
 
-    def __init__(self, directory: str | Path, max_memory: int = 1024) -> None:
+    def __init__(self, directory: str | Path, max_memory: int = 1024, max_disk: int = 20_000) -> None:
         super().__init__(directory)
         if max_memory < 1:
             raise ValueError(f"max_memory must be at least 1, got {max_memory}")
+        if max_disk < 1:
+            raise ValueError(f"max_disk must be at least 1, got {max_disk}")
         self.max_memory = max_memory
+        self.max_disk = max_disk
+        self._disk_lock = threading.Lock()
+        self._disk: OrderedDict[str, None] = OrderedDict()  # keys with a file, least recently used first
+        found = []
+        for path in Path(directory).glob("??/*.safetensors"):
+            with contextlib.suppress(OSError):
+                found.append((path.stat().st_mtime, path.stem))
+        for _, key in sorted(found):
+            self._disk[key] = None
+        self._trim_disk()
 
     def get(self, key: str) -> CachedContext | None:
         entry = super().get(key)
         if entry is not None:
             self._memory[key] = self._memory.pop(key, entry)  # most recently used goes last
             self._trim()
+            with self._disk_lock:
+                if key in self._disk:
+                    self._disk.move_to_end(key)
         return entry
 
     def put(self, key: str, prompt: str, context: torch.Tensor) -> CachedContext:
         entry = super().put(key, prompt, context)
         self._trim()
+        with self._disk_lock:
+            self._disk[key] = None
+            self._disk.move_to_end(key)
+        self._trim_disk()
         return entry
+
+    @property
+    def disk_entries(self) -> int:
+        return len(self._disk)
 
     def _trim(self) -> None:
         while len(self._memory) > self.max_memory:
             self._memory.pop(next(iter(self._memory)))  # dicts keep insertion order: oldest first
+
+    def _trim_disk(self) -> None:
+        while True:
+            with self._disk_lock:
+                if len(self._disk) <= self.max_disk:
+                    return
+                key, _ = self._disk.popitem(last=False)
+            self._memory.pop(key, None)
+            with contextlib.suppress(OSError):
+                self._path(self.directory, key).unlink()
