@@ -56,13 +56,13 @@ from icg.serve.inputs import (
     upload_item_key,
     upload_pixel_cap,
 )
+from icg.serve.openapi import PNG, cover_form_schema, documented, validation_error
 from icg.serve.worker import GenerationWorker, QueueFullError, WorkerClosedError
 from icg.validation import (
     MAX_PROFILE_CHARS,
     MAX_SEED,
     MAX_TITLE_CHARS,
     InputError,
-    check_profile,
     check_seed,
     check_steps,
     check_title,
@@ -76,70 +76,11 @@ DEFAULT_MAX_DECODES = 2  # uploads read and decoded at once (each at most max_im
 DEFAULT_RATE_LIMIT = 10.0  # requests/s per client, with bursts of DEFAULT_RATE_BURST
 DEFAULT_RATE_BURST = 30
 DEFAULT_CACHE_BYTES = 1024 * 1024 * 1024
-MAX_ECHO_CHARS = 64  # a 422 shows the offending input only when it is this short
 FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and the small text fields beside the image
 ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*[^\x00-\x1f\x7f\s][^\x00-\x1f\x7f]*$"  # printable, not blank
 COVER_CACHE_CONTROL = "public, max-age=31536000, immutable"  # a cover id names its exact pixels
 _HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
-_SHARED_CHECKS = {  # the fields whose 422 message comes from icg.validation (the CLI's words too)
-    "seed": check_seed,
-    "steps": check_steps,
-    "title": check_title,
-    "profile": check_profile,
-}
-_PNG = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
-_ERROR = {
-    "application/json": {"schema": {"type": "object", "properties": {"detail": {}}, "required": ["detail"]}}
-}
-
-
-def _documented(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries of the error answers a route can give (each a JSON `{"detail": ...}`)."""
-    text = {
-        400: "Malformed request body",
-        401: "API key missing or wrong (Authorization: Bearer <key>)",
-        404: "Not found",
-        413: "Upload too large (bytes or pixels)",
-        415: "Upload is not an image we read",
-        422: "A field is invalid; `detail[].loc` names it",
-        429: "Too many requests from this client; see Retry-After",
-        503: "Busy (queue full or uploads being read); see Retry-After",
-    }
-    return {code: {"description": text[code], "content": _ERROR} for code in codes}
-
-
-def _short_input(value: Any) -> Any:
-    """The input to echo in a 422, or None when it is long or not a plain value."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return value if len(str(value)) <= MAX_ECHO_CHARS else None
-    if isinstance(value, str) and len(value) <= MAX_ECHO_CHARS:
-        return value
-    return None
-
-
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """422 naming each field, in the shared layer's words where it has a rule; long inputs are not echoed."""
-    detail = []
-    for error in exc.errors():
-        loc = list(error.get("loc", ()))
-        item = {"loc": loc, "msg": error.get("msg", ""), "type": error.get("type", "value_error")}
-        field = loc[-1] if loc else None
-        raw = error.get("input")
-        if field in _SHARED_CHECKS and isinstance(raw, str | int):
-            value = raw
-            if field in ("seed", "steps") and isinstance(raw, str):
-                with contextlib.suppress(ValueError):
-                    value = int(raw)
-            try:
-                _SHARED_CHECKS[field](value)
-            except InputError as shared:
-                item["msg"], item["type"] = shared.msg, shared.kind
-        shown = _short_input(raw)
-        if shown is not None:
-            item["input"] = shown
-        detail.append(item)
-    return JSONResponse({"detail": detail}, status_code=422)
 
 
 def _not_found(what: str) -> HTTPException:
@@ -241,7 +182,7 @@ def create_app(
     app.state.worker = worker
     app.state.catalog = catalog
     app.state.max_image_pixels = pixel_cap
-    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
 
     def url(name: str, **params: str) -> str:
         """A route's URL from the configured base (never from the request's Host header)."""
@@ -337,9 +278,9 @@ def create_app(
         responses={
             200: {
                 "description": "The cover (PNG), or its metadata and URL with `format=json`",
-                "content": {**_PNG, "application/json": {"schema": {"type": "object"}}},
+                "content": {**PNG, "application/json": {"schema": {"type": "object"}}},
             },
-            **_documented(400, 401, 413, 415, 422, 429, 503),
+            **documented(400, 401, 413, 415, 422, 429, 503),
         },
     )
     async def create_cover(
@@ -445,7 +386,7 @@ def create_app(
         name="get_cover",
         summary="A served cover (PNG) by its id",
         response_class=Response,
-        responses={200: {"description": "The cover", "content": _PNG}, **_documented(401, 404, 429)},
+        responses={200: {"description": "The cover", "content": PNG}, **documented(401, 404, 429)},
     )
     def get_cover(cover_id: str) -> Response:
         data = cache.png(cover_id) if is_cover_id(cover_id) else None
@@ -456,7 +397,7 @@ def create_app(
     @app.get(
         "/v1/covers/{cover_id}/metadata",
         summary="A served cover's metadata (prompt, seed, user, ...)",
-        responses=_documented(401, 404, 429),
+        responses=documented(401, 404, 429),
     )
     def get_cover_metadata(cover_id: str) -> dict[str, Any]:
         metadata = cache.metadata(cover_id) if is_cover_id(cover_id) else None
@@ -472,7 +413,7 @@ def create_app(
     @app.get(
         "/v1/items",
         summary="Search the loaded dataset's items by title",
-        responses=_documented(401, 404, 422, 429),
+        responses=documented(401, 404, 422, 429),
     )
     def list_items(
         q: Annotated[str, Query(max_length=100)] = "",
@@ -486,7 +427,7 @@ def create_app(
         return {"dataset": found.name, "query": q, "total": total, "items": items}
 
     @app.get(
-        "/v1/items/{item_id}", summary="One item of the loaded dataset", responses=_documented(401, 404, 429)
+        "/v1/items/{item_id}", summary="One item of the loaded dataset", responses=documented(401, 404, 429)
     )
     def get_item(item_id: str) -> dict[str, Any]:
         row = require_catalog().items.get(item_id)
@@ -500,8 +441,8 @@ def create_app(
         summary="An item's reference cover (PNG)",
         response_class=Response,
         responses={
-            200: {"description": "The reference cover", "content": _PNG},
-            **_documented(401, 404, 429),
+            200: {"description": "The reference cover", "content": PNG},
+            **documented(401, 404, 429),
         },
     )
     async def item_reference(item_id: str) -> Response:
@@ -514,7 +455,7 @@ def create_app(
     @app.get(
         "/v1/users",
         summary="Users of the loaded dataset (id and profile sentence)",
-        responses=_documented(401, 404, 422, 429),
+        responses=documented(401, 404, 422, 429),
     )
     def list_users(
         q: Annotated[str, Query(max_length=100)] = "",
@@ -535,7 +476,7 @@ def create_app(
         """FastAPI's document, with the form's rules it cannot write itself (see `_cover_form_schema`)."""
         if app.openapi_schema is None:
             doc = document()
-            _cover_form_schema(doc, max_steps=max_steps, personalized=user_encoder is not None)
+            cover_form_schema(doc, max_steps=max_steps, personalized=user_encoder is not None)
             if api_key is not None:
                 doc.setdefault("components", {})["securitySchemes"] = {
                     "bearer": {"type": "http", "scheme": "bearer"}
@@ -552,45 +493,6 @@ def create_app(
     app.add_middleware(AdmissionMiddleware, buckets=buckets, api_key=api_key, slots=slots)  # before the body
     app.add_middleware(_HeadersMiddleware)
     return app
-
-
-def _cover_form_schema(doc: dict[str, Any], *, max_steps: int, personalized: bool) -> None:
-    """Make POST /v1/covers's form schema say what the route accepts.
-
-    A form field is absent or a value (never JSON null); `image` is a file part; `steps` has its upper bound;
-    and the either/or rules: an item is `item_id` alone or `title` + `image`; a user is `user_id` and/or
-    `profile` when the model is personalized, and neither otherwise.
-    """
-    body = doc["paths"]["/v1/covers"]["post"]["requestBody"]
-    body["required"] = True  # every field is optional on its own, but an empty form is refused
-    content = body["content"]["multipart/form-data"]
-    name = content["schema"]["$ref"].rsplit("/", 1)[-1]
-    schema = doc["components"]["schemas"][name]
-    props = schema["properties"]
-    for field in ("item_id", "title", "user_id", "profile", "steps"):
-        options = props[field].pop("anyOf", None)
-        if options:
-            props[field].update(next(o for o in options if o.get("type") != "null"))
-    props["image"] = {
-        "type": "string",
-        "format": "binary",
-        "contentMediaType": "image/*",
-        "description": props["image"].get("description", ""),
-    }
-    props["steps"]["maximum"] = max_steps
-    user = {"anyOf": [{"required": ["user_id"]}, {"required": ["profile"]}]}
-    schema["allOf"] = [
-        {
-            "oneOf": [
-                {
-                    "required": ["item_id"],
-                    "not": {"anyOf": [{"required": ["title"]}, {"required": ["image"]}]},
-                },
-                {"required": ["title", "image"], "not": {"required": ["item_id"]}},
-            ]
-        },
-        user if personalized else {"not": user},
-    ]
 
 
 class _HeadersMiddleware:
