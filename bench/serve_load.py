@@ -14,6 +14,9 @@ would show), and the machine.
 
     .venv/bin/python bench/serve_load.py [--preset tiny] [--requests 200] [--concurrency 8] [--steps N]
         [--threads 1] [--repeat-share 0.25] [--json out.json]
+
+`--hostile` runs the hostile mixes of `bench/serve_hostile.py` instead (big-pixel uploads, a burst from one
+client, bursts from many; /healthz and cache-hit p50/p99 and server RSS under each).
 """
 
 from __future__ import annotations
@@ -275,6 +278,21 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
+def run_hostile(args: argparse.Namespace) -> tuple[list[dict], dict]:
+    from serve_hostile import hostile_mixes
+
+    with tempfile.TemporaryDirectory(prefix="icg-serve-hostile-") as tmp:
+        port = free_port()
+        log = Path(tmp) / "server.log"
+        proc = start_server(args, port, Path(tmp) / "cache", log)
+        try:
+            health = wait_healthy(f"http://127.0.0.1:{port}", proc, log, args.start_timeout)
+            reports = hostile_mixes(port, proc.pid, health)
+        finally:
+            stop_server(proc)
+    return reports, health
+
+
 def _fmt(value: float | None, digits: int = 0) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -341,7 +359,15 @@ def main() -> None:
     )
     parser.add_argument("--start-timeout", type=float, default=300.0, help="seconds for the server to load")
     parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
+    parser.add_argument("--hostile", action="store_true", help="run the hostile mixes (serve_hostile.py)")
     args = parser.parse_args()
+    if args.hostile:
+        from serve_hostile import hostile_markdown, write_json
+
+        reports, health = run_hostile(args)
+        write_json(args.json, {"mixes": reports, "server": health})
+        print(hostile_markdown(reports, " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), health))
+        return
     if args.requests < 1 or args.concurrency < 1 or not 0 <= args.repeat_share < 1:
         parser.error("need --requests >= 1, --concurrency >= 1 and 0 <= --repeat-share < 1")
     report = run(args)

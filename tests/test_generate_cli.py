@@ -54,7 +54,7 @@ def test_generate_items_by_id_and_file_for_users_and_profiles(
     ("extra", "needle"),
     [
         (["--title", "X", "--image", "missing.png"], "missing.png"),
-        (["--title", "X", "--image", "not-an-image.txt"], "not a readable image"),
+        (["--title", "X", "--image", "not-an-image.txt"], "not-an-image.txt: not an image"),
         (["--title", "  ", "--image", "ok.png"], "empty"),
         (["--title", "X"], "--image"),
         (["--item-id", "999999"], "unknown item id"),

@@ -434,25 +434,27 @@ def generate_cmd(
 ) -> None:
     """Personalized covers for items × users → PNG + JSON sidecar per cover + index.html."""
     from icg.context import ContextCache
-    from icg.generate import RunInfo, dataset_item, parse_users, read_image, write_covers
+    from icg.generate import RunInfo, check_profiles, dataset_item, parse_users, read_image, write_covers
     from icg.loading import adapter_hash, load_cover_pipeline
     from icg.pipeline import CoverItem
     from icg.presets import get_preset, icg_home
     from icg.speed import apply_speed_options
+    from icg.validation import check_out_dir, check_seed, check_steps, check_title
 
     if unknown_user not in ("error", "cold-start"):
         raise ICGError(f"--unknown-user must be 'error' or 'cold-start', got '{unknown_user}'")
+    check_seed(seed)  # the same rules and messages as the API's
+    check_steps(steps)
     items: list[CoverItem] = []
     if title is not None or image is not None:
         if title is None or image is None:
             raise ICGError("--title and --image go together: give both, or use --item-id with --dataset")
-        if not title.strip():
-            raise ICGError("--title is empty")
-        items.append(CoverItem(title=title, image=read_image(image)))
+        items.append(CoverItem(title=check_title(title), image=read_image(image)))
     items += [dataset_item(dataset, i) for i in item_id or []]
     if not items:
         raise ICGError("no item: give --title and --image, or --item-id (with --dataset)")
     users = parse_users(user_id or [], profile or [])
+    check_out_dir(out)
     spec = get_preset(preset).replace(
         base_model=base_model,
         base_config=base_config,
@@ -466,11 +468,12 @@ def generate_cmd(
     )
     # item context (explicit prompt + C_ref) is computed once per item and model, then read from disk
     pipe.context_encoder.cache = ContextCache(icg_home() / "context_cache")
+    check_profiles(pipe, users)
     try:  # the pipeline raises ValueError for bad input, as diffusers pipelines do
         output = pipe(
             items,
             users,
-            num_inference_steps=steps or spec.num_inference_steps,
+            num_inference_steps=spec.num_inference_steps if steps is None else steps,
             guidance_scale=spec.guidance_scale if guidance is None else guidance,
             seed=seed,
             num_images_per_prompt=num_images,
@@ -500,6 +503,11 @@ def main() -> None:
     except ICGError as exc:
         console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except OSError as exc:  # a file boundary (disk full, read-only, a file where a folder goes): one line
+        from icg.validation import os_error_line
+
+        console.print(f"[bold red]error:[/bold red] {os_error_line(exc)}", highlight=False, soft_wrap=True)
+        sys.exit(2)
     except typer.Abort:
         sys.exit(130)
     except Exception as exc:  # click usage errors carry their own exit code
@@ -510,7 +518,14 @@ def main() -> None:
             sys.exit(exc.exit_code)
         if isinstance(exc, click.exceptions.Exit):
             sys.exit(exc.exit_code)
-        raise
+        from icg.validation import os_error_line, user_error_in_chain
+
+        cause = user_error_in_chain(exc)  # e.g. a disk-full OSError raised inside a Ray worker
+        if cause is None:
+            raise
+        text = os_error_line(cause) if isinstance(cause, OSError) else str(cause)
+        console.print(f"[bold red]error:[/bold red] {text}", highlight=False, soft_wrap=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from typing import Any
 
 import PIL.Image
 
+from icg import validation
 from icg.atomic import atomic_path, write_text_atomic
 from icg.errors import ICGError
 from icg.pipeline import CoverItem, CoverPipelineOutput, CoverUser
@@ -24,16 +25,8 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def read_image(path: str | Path) -> PIL.Image.Image:
-    """An RGB image from `path`, or an ICGError saying why it is not one."""
-    file = Path(path)
-    if not file.is_file():
-        raise ICGError(f"{file}: image file not found")
-    try:
-        with PIL.Image.open(file) as image:
-            image.load()
-            return image.convert("RGB")
-    except (PIL.UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ICGError(f"{file}: not a readable image ({exc})") from None
+    """An RGB image from `path`, or an ICGError naming the file (missing, truncated, a bomb)."""
+    return validation.read_image(path)
 
 
 def dataset_item(dataset: str, item_id: str, size: int = 256) -> CoverItem:
@@ -137,4 +130,14 @@ def parse_users(user_ids: list[str], profiles: list[str]) -> list[CoverUser] | N
     for p in profiles:
         if not p.strip():
             raise ICGError("--profile is empty: give a sentence such as 'a 24-year-old male technician'")
+        validation.check_profile(p)  # printable, at most MAX_PROFILE_CHARS (the encoder's check comes later)
     return users or None
+
+
+def check_profiles(pipe: Any, users: list[CoverUser] | None) -> None:
+    """Each profile sentence must be one the pipeline's user encoder can read (the API's rule)."""
+    encoder = getattr(pipe, "user_encoder", None)
+    vocab = getattr(encoder, "vocab", None)
+    for user in users or []:
+        if user.profile is not None:
+            validation.check_profile(user.profile, vocab)

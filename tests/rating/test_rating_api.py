@@ -17,6 +17,11 @@ def client(study, tmp_path):
         yield test_client
 
 
+def token(study, rater: str) -> str:
+    """The invite token of a rater id made by make_study (r01, r02, ...)."""
+    return next(t for t, r in study.invites.items() if r == rater)
+
+
 def _rows(db):
     with sqlite3.connect(db) as conn:
         return conn.execute("SELECT rater, image_id, method, score, revisions FROM ratings").fetchall()
@@ -43,14 +48,19 @@ def test_page_is_served_with_security_headers(client, study):
 
 
 def test_queue_is_shuffled_per_rater_and_anonymous(client, study):
-    first = client.get("/api/queue", params={"rater": "ann"}).json()
-    assert first["total"] == 12 and first["done"] == 0 and first["rater"] == "ann"
+    first = client.get("/api/queue", params={"token": token(study, "r01")}).json()
+    assert first["total"] == 12 and first["done"] == 0 and first["rater"] == "r01"
     ids = [item["id"] for item in first["remaining"]]
-    assert sorted(ids) == sorted(study.by_id) and ids == rater_order(study, "ann")
+    assert sorted(ids) == sorted(study.by_id) and ids == rater_order(study, "r01")
     assert all(item["url"] == f"images/{item['id']}" for item in first["remaining"])
     assert set(first["remaining"][0]) == {"id", "url", "caption"}
-    assert client.get("/api/queue", params={"rater": "ann"}).json() == first  # stable for a rater
-    other = [item["id"] for item in client.get("/api/queue", params={"rater": "bob"}).json()["remaining"]]
+    assert (
+        client.get("/api/queue", params={"token": token(study, "r01")}).json() == first
+    )  # stable for a rater
+    other = [
+        item["id"]
+        for item in client.get("/api/queue", params={"token": token(study, "r02")}).json()["remaining"]
+    ]
     assert other != ids and sorted(other) == sorted(ids)
     _assert_no_secrets(study, json.dumps(first))
 
@@ -78,14 +88,16 @@ def test_cover_by_id_and_no_traversal(client, study):
 
 def test_rating_is_stored_and_a_repeat_replaces_it(client, study, tmp_path):
     image = study.images[0]
-    response = client.post("/api/ratings", json={"rater": " ann ", "image_id": image.id, "score": 2})
+    response = client.post(
+        "/api/ratings", json={"token": " " + token(study, "r01") + " ", "image_id": image.id, "score": 2}
+    )
     assert response.status_code == 200, response.text
     assert response.json() == {"replaced": False, "done": 1, "total": 12}
     _assert_no_secrets(study, response.text)
-    again = client.post("/api/ratings", json={"rater": "ann", "image_id": image.id, "score": 3})
+    again = client.post("/api/ratings", json={"token": token(study, "r01"), "image_id": image.id, "score": 3})
     assert again.json() == {"replaced": True, "done": 1, "total": 12}
-    assert _rows(tmp_path / "ratings.sqlite") == [("ann", image.id, image.method, 3, 1)]
-    queue = client.get("/api/queue", params={"rater": "ann"}).json()
+    assert _rows(tmp_path / "ratings.sqlite") == [("r01", image.id, image.method, 3, 1)]
+    queue = client.get("/api/queue", params={"token": token(study, "r01")}).json()
     assert queue["done"] == 1 and image.id not in [item["id"] for item in queue["remaining"]]
 
 
@@ -99,11 +111,12 @@ def test_rating_is_stored_and_a_repeat_replaces_it(client, study, tmp_path):
         ("score", {"score": "2"}),
         ("score", {"score": True}),
         ("score", {"score": None}),
-        ("rater", {"rater": ""}),
-        ("rater", {"rater": "   "}),
-        ("rater", {"rater": "x" * 65}),
-        ("rater", {"rater": "<script>"}),
-        ("rater", {"rater": "a\nb"}),
+        ("token", {"token": ""}),
+        ("token", {"token": "   "}),
+        ("token", {"token": "x" * 65}),
+        ("token", {"token": "<script>"}),
+        ("token", {"token": "a\nb"}),
+        ("token", {"token": "ann"}),  # a name is not an invite
         ("image_id", {"image_id": "../../etc/passwd"}),
         ("image_id", {"image_id": "0123456789abcdef"}),  # well-formed but not in the manifest
         ("image_id", {"image_id": ""}),
@@ -111,7 +124,7 @@ def test_rating_is_stored_and_a_repeat_replaces_it(client, study, tmp_path):
     ],
 )
 def test_bad_submissions_are_refused_and_name_the_field(client, study, tmp_path, field, change):
-    payload = {"rater": "ann", "image_id": study.images[0].id, "score": 2, **change}
+    payload = {"token": token(study, "r01"), "image_id": study.images[0].id, "score": 2, **change}
     response = client.post("/api/ratings", json=payload)
     assert response.status_code == 422, response.text
     fields = [error["loc"][-1] for error in response.json()["detail"]]
@@ -119,9 +132,9 @@ def test_bad_submissions_are_refused_and_name_the_field(client, study, tmp_path,
     assert _rows(tmp_path / "ratings.sqlite") == []
 
 
-@pytest.mark.parametrize("missing", ["rater", "image_id", "score"])
+@pytest.mark.parametrize("missing", ["token", "image_id", "score"])
 def test_missing_fields(client, study, missing):
-    payload = {"rater": "ann", "image_id": study.images[0].id, "score": 2}
+    payload = {"token": token(study, "r01"), "image_id": study.images[0].id, "score": 2}
     del payload[missing]
     response = client.post("/api/ratings", json=payload)
     assert response.status_code == 422
@@ -136,7 +149,7 @@ def test_malformed_and_oversize_bodies(client, study, tmp_path):
         == 422
     )
     assert client.post("/api/ratings", json=[1, 2, 3]).status_code == 422
-    big = {"rater": "ann", "image_id": study.images[0].id, "score": 2, "pad": "x" * 5000}
+    big = {"token": token(study, "r01"), "image_id": study.images[0].id, "score": 2, "pad": "x" * 5000}
     response = client.post("/api/ratings", json=big)
     assert response.status_code == 413 and "too large" in response.json()["detail"]
 
@@ -148,27 +161,56 @@ def test_malformed_and_oversize_bodies(client, study, tmp_path):
 
     streamed = client.post("/api/ratings", content=chunks(), headers={"content-type": "application/json"})
     assert streamed.status_code == 413
-    assert client.get("/api/queue", params={"rater": ""}).status_code == 422
+    assert client.get("/api/queue", params={"token": ""}).status_code == 422
     assert client.get("/api/queue").status_code == 422
     assert _rows(tmp_path / "ratings.sqlite") == []
 
 
 def test_ratings_survive_an_app_restart(study, tmp_path):
     db = tmp_path / "ratings.sqlite"
-    order = rater_order(study, "ann")
+    order = rater_order(study, "r01")
     with TestClient(create_app(study.root, db)) as first:
         for image_id, score in zip(order[:3], (1, 2, 3), strict=True):
             assert first.post(
-                "/api/ratings", json={"rater": "ann", "image_id": image_id, "score": score}
+                "/api/ratings", json={"token": token(study, "r01"), "image_id": image_id, "score": score}
             ).is_success
     with TestClient(create_app(study.root, db)) as second:
-        queue = second.get("/api/queue", params={"rater": "ann"}).json()
+        queue = second.get("/api/queue", params={"token": token(study, "r01")}).json()
         assert queue["done"] == 3 and [item["id"] for item in queue["remaining"]] == order[3:]
-        assert second.get("/api/queue", params={"rater": "bob"}).json()["done"] == 0
+        assert second.get("/api/queue", params={"token": token(study, "r02")}).json()["done"] == 0
     assert sorted(row[3] for row in _rows(db)) == [1, 2, 3]
 
 
 def test_default_db_lives_in_the_study(study):
     with TestClient(create_app(study.root)) as client:
-        client.post("/api/ratings", json={"rater": "ann", "image_id": study.images[0].id, "score": 1})
+        client.post(
+            "/api/ratings", json={"token": token(study, "r01"), "image_id": study.images[0].id, "score": 1}
+        )
     assert len(_rows(study.root / "ratings.sqlite")) == 1
+
+
+def test_only_invite_tokens_can_rate_and_one_vote_per_cover(client, study, tmp_path):
+    """Issue 19, defect 1: 100 invented raters store nothing; a token re-voting replaces its vote."""
+    image = study.images[0]
+    for k in range(100):
+        fake = f"{k:032x}"  # well-formed, but no invite
+        response = client.post("/api/ratings", json={"token": fake, "image_id": image.id, "score": 3})
+        assert response.status_code == 403 and response.json()["detail"][0]["type"] == "unknown_token"
+    assert client.get("/api/queue", params={"token": f"{7:032x}"}).status_code == 403
+    for score in (3, 3, 1):
+        client.post("/api/ratings", json={"token": token(study, "r01"), "image_id": image.id, "score": score})
+    assert _rows(tmp_path / "ratings.sqlite") == [("r01", image.id, image.method, 1, 2)]
+
+
+def test_covers_carry_no_last_modified_or_etag(client, study):
+    response = client.get(f"/images/{study.images[0].id}")
+    assert response.status_code == 200
+    assert "last-modified" not in response.headers and "etag" not in response.headers
+
+
+def test_a_study_without_invites_is_refused(study):
+    from icg.errors import DataError
+
+    (study.root / "raters.json").unlink()
+    with pytest.raises(DataError, match="no rater invites"):
+        create_app(study.root)

@@ -81,3 +81,60 @@ def test_cli_serve_binds_loopback_by_default(study, monkeypatch):
     assert options["host"] == "127.0.0.1" and options["port"] == 8123
     assert app.state.store.path == study.default_db and len(app.state.study.images) == 12
     assert "http://127.0.0.1:8123/" in result.stdout
+
+
+def _method_folders(tmp_path, methods=("base", "ours")):
+    from PIL import Image
+
+    for method in methods:
+        (tmp_path / method).mkdir()
+        for k in range(2):
+            Image.new("RGB", (16, 16), "red").save(tmp_path / method / f"movie{k}.png")
+
+
+def test_make_study_refuses_a_method_named_twice(tmp_path):
+    """Issue 19, defect 4: `--method icg=A --method icg=B` silently dropped A."""
+    _method_folders(tmp_path)
+    args = ["make-study", str(tmp_path / "s"), "--method", f"icg={tmp_path / 'base'}"]
+    args += ["--method", f"icg={tmp_path / 'ours'}"]
+    result = CliRunner().invoke(rate_app, args)
+    assert result.exit_code != 0 and "--method: 'icg' is given twice" in str(result.exception)
+    assert not (tmp_path / "s").exists()
+
+
+def test_make_study_with_a_truncated_png_is_one_line(tmp_path, monkeypatch, capsys):
+    """Issue 19, defect 3: through `icg`'s entry point, a cut PNG is one line naming it, exit code 2."""
+    import sys
+
+    from icg.cli import main
+
+    _method_folders(tmp_path)
+    cut = tmp_path / "ours" / "movie1.png"
+    cut.write_bytes(cut.read_bytes()[:50])
+    monkeypatch.setattr(sys, "argv", ["icg", "rate", "make-study", str(tmp_path / "s")] + [
+        "--method", f"base={tmp_path / 'base'}", "--method", f"ours={tmp_path / 'ours'}"
+    ])  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err and "movie1.png" in err
+
+
+def test_summary_table_prints_raters_and_ratings(study):
+    store = RatingStore(study.default_db)
+    for image in study.images[:5]:
+        store.add("r01", image.id, image.method, 2)
+    table = CliRunner().invoke(rate_app, ["summary", "--study", str(study.root)])
+    assert table.exit_code == 0, table.output
+    assert "5 ratings by 1 raters" in table.stdout and "raters" in table.stdout and "ratings" in table.stdout
+
+
+def test_invite_adds_tokens(study):
+    before = len(study.invites)
+    result = CliRunner().invoke(rate_app, ["invite", "--study", str(study.root), "--raters", "2"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 2 and all(len(line.split("\t")[1]) == 32 for line in lines)
+    from icg.rating.study import load_study
+
+    assert len(load_study(study.root).invites) == before + 2

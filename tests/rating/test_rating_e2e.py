@@ -1,4 +1,4 @@
-"""End to end in headless Chromium: a rater enters an id, rates every cover by clicking (and by keyboard),
+"""End to end in headless Chromium: a rater enters an invite code, rates every cover by click and by keyboard,
 the rows land in SQLite, and the page stays anonymous. Uses Debian's /usr/bin/chromium, never a Playwright
 browser download; skipped only when that binary or the `playwright` package is missing.
 """
@@ -14,7 +14,7 @@ import pytest
 
 from icg.rating.app import create_app, rater_order
 
-RATER = "e2e-rater"
+RATER = "r01"  # the first invite made by make_study
 
 
 @pytest.fixture
@@ -28,6 +28,7 @@ def test_rate_every_cover_in_headless_chromium(server, study, tmp_path, chromium
     browser = chromium
     url, db = server
     order = rater_order(study, RATER)
+    invite = next(t for t, r in study.invites.items() if r == RATER)
     total = len(order)
     bodies: list[str] = []
     foreign: list[str] = []
@@ -45,7 +46,7 @@ def test_rate_every_cover_in_headless_chromium(server, study, tmp_path, chromium
     page.on("response", keep_text)
     page.goto(url)
     assert page.locator("#login").is_visible() and page.locator("#rate").is_hidden()
-    page.fill("#rater", RATER)
+    page.fill("#token", invite)
     page.click("#login-form button[type=submit]")
 
     expected: dict[str, int] = {}
@@ -74,9 +75,13 @@ def test_rate_every_cover_in_headless_chromium(server, study, tmp_path, chromium
     assert f"all {total} covers" in page.locator("#done-text").inner_text()
     _save_for_inspection(page.screenshot(full_page=True), tmp_path, "rating-done.png")
 
-    page.reload()  # the rater id is remembered: straight to the thank-you
+    page.reload()  # the invite is remembered: straight to the thank-you
     page.locator("#done").wait_for(state="visible")
-    assert page.evaluate("localStorage.getItem('icg-rater')") == RATER
+    assert page.evaluate("localStorage.getItem('icg-rater')") == invite
+    link = browser.new_page()  # an invite link starts the session and leaves the address bar clean
+    link.goto(f"{url}?token={invite}")
+    link.locator("#done").wait_for(state="visible")
+    assert "token" not in link.url
 
     assert errors == [] and foreign == []
     with sqlite3.connect(db) as conn:

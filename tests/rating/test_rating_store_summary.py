@@ -70,9 +70,20 @@ def test_summarize_known_data():
     )
     rows = {row.method: row for row in summarize(ratings, ["icg", "base", "unrated"])}
     assert list(rows) == ["base", "icg", "unrated"]
-    icg = rows["icg"]
-    assert (icg.n, icg.mean, icg.std, icg.n_raters, icg.n_images) == (3, 2.0, 1.0, 2, 2)
-    assert icg.ci_low == pytest.approx(2 - T_DF2 / math.sqrt(3), abs=1e-3)
+    icg = rows["icg"]  # rater means: ann 2.5, bob 1.0 → mean 1.75, std 1.0607 over k = 2 raters
+    assert (icg.n, icg.mean, icg.n_raters, icg.n_images) == (3, 1.75, 2, 2)
+    assert icg.std == pytest.approx(1.5 / math.sqrt(2)) and icg.rating_mean == 2.0
+    assert icg.ci_low == pytest.approx(1.75 - 12.7062 * (1.5 / math.sqrt(2)) / math.sqrt(2), abs=1e-3)
     base = rows["base"]
     assert (base.n, base.mean, base.std, base.ci_low, base.n_raters) == (1, 2.0, None, None, 1)
     assert rows["unrated"].n == 0 and rows["unrated"].mean is None
+
+
+def test_one_rater_with_many_ratings_weighs_as_one_rater():
+    """Issue 19, defect 1: the interval is over raters; 100 ratings by one rater do not make it narrow."""
+    spec = [("stuffer", "icg", k, 3) for k in range(100)]
+    spec += [("ann", "icg", 0, 1), ("bob", "icg", 0, 1)]
+    icg = summarize(_ratings(spec))[0]
+    assert icg.n == 102 and icg.n_raters == 3
+    assert icg.mean == pytest.approx(5 / 3)  # (3 + 1 + 1) / 3 raters, not 302 / 102
+    assert icg.ci_high - icg.ci_low > 4  # three raters, one disagreeing: a wide interval

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -22,7 +23,7 @@ def test_make_study_anonymizes_files(study):
         assert image.file == f"images/{image.id}.png"
         assert all(m not in image.file for m in study.methods)
         with Image.open(study.root / image.file) as png:
-            assert png.format == "PNG" and png.size == (32, 32)
+            assert png.format == "PNG" and png.size == (256, 256)  # the default study size
             assert not png.text  # no metadata chunks that could name the method
     manifest = json.loads((study.root / "manifest.json").read_text())
     assert manifest["seed"] == 7 and manifest["name"] == "unit"
@@ -100,3 +101,28 @@ def test_csv_manifest(tmp_path):
     )
     study = load_study(root)
     assert study.images[0].method == "m" and study.images[0].caption == "Heat" and study.seed == 0
+
+
+def test_covers_are_one_size_and_written_in_shuffled_order(tmp_path, monkeypatch):
+    """Issue 19, defect 1: sizes differ per method and files were written method by method."""
+    import icg.rating.study as study_module
+
+    written: list[str] = []
+    real = study_module.atomic_path
+
+    def recording(path):
+        written.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(study_module, "atomic_path", recording)
+    sizes = {"small": (16, 16), "mid": (40, 30), "large": (96, 96)}
+    images = {m: [Image.new("RGB", size, (k * 20, 0, 0)) for k in range(8)] for m, size in sizes.items()}
+    made = make_study(tmp_path / "s", images, size=48, raters=3)
+    for image in made.images:
+        with Image.open(made.root / image.file) as png:
+            assert png.size == (48, 48) and png.format == "PNG"
+    order = [made.by_id[name.removesuffix(".png")].method for name in written if name.endswith(".png")]
+    assert order == [image.method for image in made.images]  # written in the manifest's shuffled order
+    blocks = 1 + sum(a != b for a, b in zip(order, order[1:], strict=False))
+    assert blocks > 3  # not method by method (3 blocks); chance of a false failure < 1e-9
+    assert len(made.invites) == 3 and len(set(made.invites.values())) == 3

@@ -39,6 +39,7 @@ def test_options_through_typer_and_a_warning_for_public_hosts(monkeypatch, serve
     preset_dir = str(Path(serve_spec.base_model).parent)
     args = ["--preset", preset_dir, "--dataset", "none", "--cache-dir", str(tmp_path / "c")]
     args += ["--host", "0.0.0.0", "--port", "9123", "--max-queue", "3", "--max-upload-kb", "64"]
+    args += ["--api-key", "k" * 16]
     with caplog.at_level(logging.WARNING, logger="icg.serve.cli"):
         result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output

@@ -56,7 +56,11 @@ def batch(
 ) -> None:
     """Covers for items × user segments (k-means over user embeddings) on Ray Data; rerun to resume."""
     from icg.batch.job import BatchConfig, run_batch
+    from icg.validation import check_out_dir, check_seed, check_steps
 
+    check_out_dir(out)  # a file, a path under a file or a read-only folder is refused before any work
+    check_seed(seed)
+    check_steps(steps)
     config = BatchConfig(
         out=str(out), items=items, users=users, dataset_path=str(dataset_path) if dataset_path else None,
         preset=preset, segments=segments, seed=seed, num_inference_steps=steps, guidance_scale=guidance,
@@ -84,6 +88,14 @@ def main() -> None:
         app(standalone_mode=False)
     except ICGError as exc:
         typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except Exception as exc:  # disk full, read-only, a file where a folder goes (maybe inside a Ray worker)
+        from icg.validation import os_error_line, user_error_in_chain
+
+        cause = user_error_in_chain(exc)
+        if cause is None:
+            raise
+        typer.echo(f"error: {os_error_line(cause) if isinstance(cause, OSError) else cause}", err=True)
         sys.exit(2)
 
 

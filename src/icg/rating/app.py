@@ -3,8 +3,13 @@
 What the browser can learn: image ids (random hex), captions, counts. Never a method, an item or a user id,
 never a file path. Image ids are looked up in the manifest; they are never joined into a path, so
 `../../etc/passwd` is just an unknown id (422 in a body, 404 in a URL). Bodies larger than `max_body_bytes`
-get 413 before any parsing. A repeated rating of an image by the same rater replaces the earlier score (see
-`icg.rating.store`).
+get 413 before any parsing.
+
+Who rates: only the holder of an invite token from `icg rate make-study` / `icg rate invite` (403 for any
+other token); the rater is the token's rater id, never a name typed by the client, so one person cannot pose
+as many raters. A repeated rating of an image by the same token replaces the earlier score (see
+`icg.rating.store`). Covers are sent without `Last-Modified` or `ETag`, which would order them by the time
+each method's files were written.
 """
 
 from __future__ import annotations
@@ -15,20 +20,18 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import FastAPI, HTTPException, Query
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from icg.errors import DataError
 from icg.rating.page import DEFAULT_QUESTION, render_page
 from icg.rating.store import RatingStore
-from icg.rating.study import IMAGE_ID_PATTERN, Study, load_study
+from icg.rating.study import IMAGE_ID_PATTERN, TOKEN_PATTERN, Study, load_study
 
 logger = logging.getLogger(__name__)
 
-RATER_PATTERN = r"^[^\x00-\x1f\x7f<>]+$"  # printable, no control characters, no markup
-Rater = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=RATER_PATTERN)
-]
+Token = Annotated[str, StringConstraints(strip_whitespace=True, pattern=TOKEN_PATTERN)]
 _SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
@@ -42,11 +45,11 @@ _SECURITY_HEADERS = [
 
 
 class RatingIn(BaseModel):
-    """One submitted rating. Unknown fields (e.g. a `method`) are refused."""
+    """One submitted rating by the holder of an invite token. Unknown fields (e.g. a `method`) are refused."""
 
     model_config = ConfigDict(extra="forbid")
 
-    rater: Rater
+    token: Token
     image_id: Annotated[str, StringConstraints(pattern=IMAGE_ID_PATTERN)]
     score: Annotated[int, Field(strict=True, ge=1, le=3)]
 
@@ -152,6 +155,11 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
+def _unknown_token(where: str) -> HTTPException:
+    detail = [{"loc": [where, "token"], "msg": "unknown invite token", "type": "unknown_token"}]
+    return HTTPException(status_code=403, detail=detail)
+
+
 def _unknown_image(where: str) -> HTTPException:
     status = 404 if where == "path" else 422
     detail = [{"loc": [where, "image_id"], "msg": "unknown image id", "type": "unknown_image"}]
@@ -170,6 +178,12 @@ def create_app(
         study = load_study(study)
     if max_body_bytes < 256:
         raise ValueError(f"max_body_bytes must be at least 256, got {max_body_bytes}")
+    if not study.invites:
+        raise DataError(
+            "this study has no rater invites (raters.json)",
+            path=study.root,
+            expected="invites made by `icg rate make-study` or `icg rate invite --study ... --raters N`",
+        )
     store = RatingStore(db_path if db_path is not None else study.default_db)
     by_id = study.by_id
     total = len(study.images)
@@ -188,7 +202,10 @@ def create_app(
         return Response(status_code=204)  # browsers ask for it; a 404 would be noise in the console
 
     @app.get("/api/queue", response_model=QueueOut)
-    def queue(rater: Annotated[Rater, Query()]) -> QueueOut:
+    def queue(token: Annotated[Token, Query()]) -> QueueOut:
+        rater = study.rater_of(token)
+        if rater is None:
+            raise _unknown_token("query")
         rated = store.rated_by(rater)
         remaining = [
             QueueItem(id=image_id, url=f"images/{image_id}", caption=by_id[image_id].caption)
@@ -200,19 +217,25 @@ def create_app(
 
     @app.post("/api/ratings", response_model=RatingOut)
     def submit(rating: RatingIn) -> RatingOut:
+        rater = study.rater_of(rating.token)
+        if rater is None:
+            raise _unknown_token("body")
         image = by_id.get(rating.image_id)
         if image is None:
             raise _unknown_image("body")
-        replaced = store.add(rating.rater, image.id, image.method, rating.score)
-        done = sum(1 for image_id in store.rated_by(rating.rater) if image_id in by_id)
+        replaced = store.add(rater, image.id, image.method, rating.score)
+        done = sum(1 for image_id in store.rated_by(rater) if image_id in by_id)
         return RatingOut(replaced=replaced, done=done, total=total)
 
     @app.get("/images/{image_id}")
-    def cover(image_id: str) -> FileResponse:
+    def cover(image_id: str) -> Response:
         path = study.path_of(image_id)
         if path is None:
             raise _unknown_image("path")
-        return FileResponse(path, media_type="image/png", headers={"cache-control": "private, max-age=3600"})
+        # bytes, not FileResponse: no Last-Modified / ETag (write times would sort the covers by method)
+        return Response(
+            path.read_bytes(), media_type="image/png", headers={"cache-control": "private, max-age=3600"}
+        )
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     app.add_middleware(SecurityHeadersMiddleware)

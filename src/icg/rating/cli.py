@@ -37,7 +37,7 @@ def serve_cmd(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8765,
 ) -> None:
-    """Serve the rating page; raters open http://HOST:PORT/ and rate each cover 1-3."""
+    """Serve the rating page; each rater opens http://HOST:PORT/?token=TOKEN (their invite) and rates 1-3."""
     import uvicorn
 
     from icg.rating.app import create_app
@@ -45,9 +45,13 @@ def serve_cmd(
     app = create_app(study, db)
     if not is_loopback(host):
         logger.warning(
-            "binding %s: the rating page is reachable from other machines (no authentication)", host
+            "binding %s: the rating page is reachable from other machines (invite tokens only)", host
         )
-    typer.echo(f"Rating page: http://{host}:{port}/  ({len(app.state.study.images)} covers; Ctrl-C to stop)")
+    loaded = app.state.study
+    typer.echo(
+        f"Rating page: http://{host}:{port}/?token=TOKEN  ({len(loaded.images)} covers, "
+        f"{len(loaded.invites)} rater invites in {loaded.root / 'raters.json'}; Ctrl-C to stop)"
+    )
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
@@ -57,7 +61,7 @@ def summary_cmd(
     db: DbOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Per-method n, mean score and 95% t-interval, and the number of raters."""
+    """Per method: raters, ratings, mean of rater means and a 95% t-interval over raters."""
     from icg.errors import DataError
     from icg.rating.store import RatingStore
     from icg.rating.study import load_study
@@ -71,25 +75,18 @@ def summary_cmd(
     rows = summarize(ratings, loaded.methods)
     n_raters = len({r.rater for r in ratings})
     if as_json:
-        payload = summary_payload(rows, study=loaded.name, n_raters=n_raters)
+        payload = summary_payload(rows, study=loaded.name, n_raters=n_raters, n_ratings=len(ratings))
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
         return
     table = Table(title=f"{loaded.name}: {len(ratings)} ratings by {n_raters} raters (scale 1-3)")
-    for column in ("method", "n", "mean", "95% CI", "raters", "images"):
+    for column in ("method", "raters", "ratings", "mean", "95% CI (raters)", "images"):
         table.add_column(column, justify="left" if column == "method" else "right")
     for row in rows:
         mean = "-" if row.mean is None else f"{row.mean:.3f}"
         ci = "-" if row.ci_low is None else f"[{row.ci_low:.3f}, {row.ci_high:.3f}]"
-        table.add_row(row.method, str(row.n), mean, ci, str(row.n_raters), str(row.n_images))
+        table.add_row(row.method, str(row.n_raters), str(row.n), mean, ci, str(row.n_images))
     table.caption = CI_METHOD
     Console().print(table)
-
-
-def _load_rgb(path: Path):
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return image.convert("RGB")
 
 
 @rate_app.command("make-study")
@@ -100,25 +97,47 @@ def make_study_cmd(
         typer.Option("--method", help="NAME=FOLDER of PNG/JPEG covers; repeat per method."),
     ],
     name: Annotated[str, typer.Option(help="Study name shown to raters.")] = "icg-rating",
+    raters: Annotated[int, typer.Option(help="Rater invites (tokens) to create.", min=1)] = 10,
+    size: Annotated[int, typer.Option(help="Every cover is re-encoded to SIZE x SIZE PNG.", min=8)] = 256,
 ) -> None:
-    """Copy each method's covers under anonymized ids; the item of a cover is its file stem."""
+    """Re-encode each method's covers under anonymized ids (item = file stem) and create rater invites."""
     from PIL import Image
 
     from icg.errors import DataError
-    from icg.rating.study import make_study
+    from icg.rating.study import RATERS_FILE, make_study
+    from icg.validation import check_out_dir, check_unique, read_image
 
     images: dict[str, list[Image.Image]] = {}
     items: dict[str, list[str]] = {}
-    for spec in method:
-        label, sep, folder = spec.partition("=")
+    specs = [spec.partition("=") for spec in method]
+    for spec, (label, sep, folder) in zip(method, specs, strict=True):
         if not sep or not label.strip() or not folder:
             raise DataError(f"--method {spec!r}", expected="NAME=FOLDER")
+    check_unique([label.strip() for label, _, _ in specs], "method")  # a second icg=B must not drop icg=A
+    check_out_dir(out, "OUT")
+    for label, _, folder in specs:
         if not Path(folder).is_dir():
             raise DataError("folder not found", path=folder)
         files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
         if not files:
             raise DataError("no .png/.jpg covers", path=folder)
-        images[label.strip()] = [_load_rgb(p) for p in files]
+        images[label.strip()] = [read_image(p) for p in files]  # a truncated file: one line naming it
         items[label.strip()] = [p.stem for p in files]
-    study = make_study(out, images, items=items, name=name)
-    typer.echo(f"{len(study.images)} covers from {len(images)} methods written to {study.root}")
+    study = make_study(out, images, items=items, name=name, raters=raters, size=size)
+    typer.echo(
+        f"{len(study.images)} covers from {len(images)} methods written to {study.root}; "
+        f"{len(study.invites)} rater invites in {study.root / RATERS_FILE} (give each rater one token)"
+    )
+
+
+@rate_app.command("invite")
+def invite_cmd(
+    study: StudyOpt,
+    raters: Annotated[int, typer.Option(help="Rater invites (tokens) to add.", min=1)] = 1,
+) -> None:
+    """Add rater invites to a study; prints each new rater id and its token."""
+    from icg.rating.study import add_raters, load_study
+
+    loaded = load_study(study)
+    for rater, token in add_raters(loaded.root, raters):
+        typer.echo(f"{rater}\t{token}")

@@ -51,10 +51,10 @@ PAGE_TEMPLATE = """<!doctype html>
 </header>
 <main>
   <section id="login" class="panel">
-    <p>Enter your rater name or id. You will see __TOTAL__ covers one at a time in a random order;
-       rate each on a 1&ndash;3 scale.</p>
+    <p>Enter the invite code you were given (or open your invite link). You will see __TOTAL__ covers one
+       at a time in a random order; rate each on a 1&ndash;3 scale.</p>
     <form id="login-form">
-      <input id="rater" name="rater" maxlength="64" autocomplete="off" placeholder="rater id" required>
+      <input id="token" name="token" maxlength="64" autocomplete="off" placeholder="invite code" required>
       <button class="primary" type="submit">Start</button>
     </form>
   </section>
@@ -79,7 +79,7 @@ PAGE_TEMPLATE = """<!doctype html>
 "use strict";
 const $ = (id) => document.getElementById(id);
 const KEY = "icg-rater";
-const state = { rater: "", queue: [], total: 0, done: 0, busy: false };
+const state = { token: "", rater: "", queue: [], total: 0, done: 0, busy: false };
 
 function show(which) {
   for (const id of ["login", "rate", "done"]) $(id).hidden = id !== which;
@@ -123,15 +123,16 @@ function setBusy(busy) {
   state.busy = busy;
   for (const b of document.querySelectorAll(".scale button")) b.disabled = busy;
 }
-async function start(rater) {
+async function start(token) {
   setError("");
   try {
-    const data = await call("api/queue?rater=" + encodeURIComponent(rater));
+    const data = await call("api/queue?token=" + encodeURIComponent(token));
+    state.token = token;
     state.rater = data.rater;
     state.queue = data.remaining;
     state.total = data.total;
     state.done = data.done;
-    localStorage.setItem(KEY, state.rater);
+    localStorage.setItem(KEY, token);
     showNext();
   } catch (e) {
     setError(e.message);
@@ -146,7 +147,7 @@ async function rate(score) {
     const data = await call("api/ratings", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ rater: state.rater, image_id: state.queue[0].id, score: score }),
+      body: JSON.stringify({ token: state.token, image_id: state.queue[0].id, score: score }),
     });
     state.queue.shift();
     state.done = data.done;
@@ -159,8 +160,8 @@ async function rate(score) {
 $("cover").addEventListener("error", () => setError("This cover could not be loaded; reload the page."));
 $("login-form").addEventListener("submit", (event) => {
   event.preventDefault();
-  const rater = $("rater").value.trim();
-  if (rater) start(rater);
+  const token = $("token").value.trim();
+  if (token) start(token);
 });
 for (const b of document.querySelectorAll(".scale button")) {
   b.addEventListener("click", () => rate(Number(b.dataset.score)));
@@ -171,12 +172,14 @@ document.addEventListener("keydown", (event) => {
 });
 $("switch").addEventListener("click", () => {
   localStorage.removeItem(KEY);
-  Object.assign(state, { rater: "", queue: [], total: 0, done: 0 });
+  Object.assign(state, { token: "", rater: "", queue: [], total: 0, done: 0 });
   updateProgress();
-  $("rater").value = "";
+  $("token").value = "";
   show("login");
 });
-const saved = localStorage.getItem(KEY);
+const invited = new URLSearchParams(location.search).get("token");
+if (invited) history.replaceState(null, "", location.pathname);  // the code leaves the address bar
+const saved = invited || localStorage.getItem(KEY);
 if (saved) start(saved); else show("login");
 </script>
 </body>

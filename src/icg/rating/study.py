@@ -4,6 +4,14 @@ Layout of a study folder::
 
     manifest.json    {"version": 1, "name", "seed", "images": [{id, file, method, item, user, caption}]}
     images/<id>.png  random hex ids; file names, URLs and PNG metadata never mention the method
+    raters.json      {"version": 1, "raters": [{"id": "r01", "token": <32 hex>}, ...]}: one invite per rater
+
+Blindness: every cover is re-encoded to one size (`size`², centre-cropped) and one format (PNG, no metadata),
+and the covers of all methods are shuffled together *before* any file is written, so neither pixel size,
+file order, modification time nor id order tells the methods apart.
+
+Raters: only the holder of an invite token can rate, and a token gives one vote per cover (a re-vote
+replaces it), so one person cannot pose as many raters. Tokens are secrets: `raters.json` is never served.
 
 A `manifest.csv` with the columns ``id,file,method,item,user,caption`` is accepted instead of `manifest.json`
 for studies assembled by hand. The manifest is read on the server only; the browser sees ids and nothing else.
@@ -16,11 +24,11 @@ import json
 import re
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from icg.atomic import atomic_path, write_text_atomic
 from icg.errors import DataError
@@ -29,6 +37,11 @@ MANIFEST_VERSION = 1
 IMAGE_ID_PATTERN = r"^[0-9a-f]{8,64}$"
 _ID_RE = re.compile(IMAGE_ID_PATTERN)
 _CSV_COLUMNS = ("id", "file", "method", "item", "user", "caption")
+TOKEN_PATTERN = r"^[0-9a-f]{32}$"
+_TOKEN_RE = re.compile(TOKEN_PATTERN)
+RATERS_FILE = "raters.json"
+DEFAULT_RATERS = 10
+DEFAULT_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,11 @@ class Study:
     name: str
     seed: int
     images: tuple[StudyImage, ...]
+    invites: Mapping[str, str] = field(default_factory=dict)  # invite token → rater id
+
+    def rater_of(self, token: str) -> str | None:
+        """The rater id an invite token belongs to, or None for an unknown token."""
+        return self.invites.get(token) if isinstance(token, str) else None
 
     @cached_property
     def by_id(self) -> dict[str, StudyImage]:
@@ -79,38 +97,48 @@ def make_study(
     captions: Mapping[str, Sequence[str]] | None = None,
     name: str = "icg-rating",
     seed: int | None = None,
+    raters: int = DEFAULT_RATERS,
+    size: int = DEFAULT_SIZE,
 ) -> Study:
-    """Copy covers under random ids into `out_dir/images/` and write `manifest.json`.
+    """Re-encode covers under random ids into `out_dir/images/`, write `manifest.json` and `raters` invites.
 
     `items`/`users` give, per method, the item and user of each image (same order as the images) so results
     can be paired across methods later; they default to the image's index. `captions` (e.g. the movie title)
     are shown to the rater under the cover and default to none. The manifest rows are shuffled so that neither
-    file order nor id order reveals the method. PNGs are re-encoded without metadata.
+    file order nor id order reveals the method. Every cover is centre-cropped and resized to `size`² and
+    re-encoded as PNG without metadata; all covers are shuffled together before the first file is written.
     """
     out = Path(out_dir)
     if (out / "manifest.json").exists() or (out / "manifest.csv").exists():
         raise DataError("a study already exists here; choose an empty folder", path=out)
     if not images_by_method or not any(images_by_method.values()):
         raise DataError("no images given", expected="a dict method -> list of PIL images")
+    if not 8 <= size <= 2048:
+        raise DataError(f"cover size {size}", expected="8 to 2048 pixels")
+    if raters < 1:
+        raise DataError(f"{raters} raters", expected="at least one rater invite")
     rng = secrets.SystemRandom()
-    rows: list[StudyImage] = []
-    used: set[str] = set()
+    pending: list[tuple[Image.Image, str, str, str, str]] = []
     for method, images in images_by_method.items():
         if not method or not method.strip():
             raise DataError("empty method name", expected="a non-empty string per method")
         item_ids = _labels(items, method, len(images), "items")
         user_ids = _labels(users, method, len(images), "users")
         texts = _labels(captions, method, len(images), "captions", default="")
-        for image, item, user, caption in zip(images, item_ids, user_ids, texts, strict=True):
+        pending += zip(images, [method] * len(images), item_ids, user_ids, texts, strict=True)
+    rng.shuffle(pending)  # methods interleaved before the first write: file times and ids tell nothing
+    rows: list[StudyImage] = []
+    used: set[str] = set()
+    for image, method, item, user, caption in pending:
+        image_id = secrets.token_hex(8)
+        while image_id in used:
             image_id = secrets.token_hex(8)
-            while image_id in used:
-                image_id = secrets.token_hex(8)
-            used.add(image_id)
-            file = f"images/{image_id}.png"
-            with atomic_path(out / file) as tmp:
-                image.convert("RGB").save(tmp, format="PNG")  # no text chunks: nothing but pixels
-            rows.append(StudyImage(image_id, file, method, item, user, caption))
-    rng.shuffle(rows)
+        used.add(image_id)
+        file = f"images/{image_id}.png"
+        cover = ImageOps.fit(image.convert("RGB"), (size, size), Image.Resampling.LANCZOS)
+        with atomic_path(out / file) as tmp:
+            cover.save(tmp, format="PNG")  # one size, one format, no text chunks: nothing but pixels
+        rows.append(StudyImage(image_id, file, method, item, user, caption))
     study_seed = int(seed) if seed is not None else rng.randrange(2**31)
     payload = {
         "version": MANIFEST_VERSION,
@@ -119,7 +147,50 @@ def make_study(
         "images": [row.__dict__ for row in rows],
     }
     write_text_atomic(out / "manifest.json", json.dumps(payload, indent=2) + "\n")
+    add_raters(out, raters)
     return load_study(out)
+
+
+def add_raters(study_dir: str | Path, n: int) -> list[tuple[str, str]]:
+    """Create `n` more invites (rater id, token) in `raters.json`; returns the new ones."""
+    if n < 1:
+        raise DataError(f"{n} raters", expected="at least one rater invite")
+    path = Path(study_dir) / RATERS_FILE
+    current = _read_raters(path) if path.is_file() else {}
+    ids = set(current.values())
+    start = len(current)
+    width = max(2, len(str(start + n)))
+    new: list[tuple[str, str]] = []
+    for k in range(start + 1, start + n + 1):
+        rater = f"r{k:0{width}d}"
+        while rater in ids:
+            rater += "x"
+        ids.add(rater)
+        new.append((rater, secrets.token_hex(16)))
+    rows = [{"id": rater, "token": token} for token, rater in current.items()]
+    rows += [{"id": rater, "token": token} for rater, token in new]
+    write_text_atomic(path, json.dumps({"version": 1, "raters": rows}, indent=2) + "\n")
+    return new
+
+
+def _read_raters(path: Path) -> dict[str, str]:
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"unreadable ({exc})", path=path) from None
+    rows = payload.get("raters") if isinstance(payload, dict) else None
+    if not isinstance(rows, list):
+        raise DataError("bad rater invites", path=path, expected='an object with a "raters" list')
+    invites: dict[str, str] = {}
+    for row in rows:
+        token = str(row.get("token", "")) if isinstance(row, dict) else ""
+        rater = str(row.get("id", "")).strip() if isinstance(row, dict) else ""
+        if not _TOKEN_RE.match(token) or not rater:
+            raise DataError("bad invite row", path=path, expected="{id, token (32 hex characters)}")
+        if token in invites or rater in invites.values():
+            raise DataError(f"rater {rater!r} or its token listed twice", path=path)
+        invites[token] = rater
+    return invites
 
 
 def _labels(
@@ -154,7 +225,9 @@ def load_study(study_dir: str | Path) -> Study:
         images.append(image)
     if not images:
         raise DataError("the manifest lists no images", path=root)
-    return Study(root=root, name=name, seed=seed, images=tuple(images))
+    raters = root / RATERS_FILE
+    invites = _read_raters(raters) if raters.is_file() else {}
+    return Study(root=root, name=name, seed=seed, images=tuple(images), invites=invites)
 
 
 def _read_json(path: Path) -> tuple[str, int, list[dict]]:

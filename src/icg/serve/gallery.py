@@ -205,7 +205,7 @@ async function requestCover(form) {
   for (let attempt = 0; attempt < 6; attempt++) {
     const response = await fetch("v1/covers", { method: "POST", body: form });
     const body = await response.json().catch(() => null);
-    if (response.status === 503) {
+    if (response.status === 503 || response.status === 429) {  // queue full, or this client's limit
       const wait = Number(response.headers.get("retry-after")) || 1;
       $("status").textContent = "server busy; retrying in " + wait + " s";
       await sleep(wait * 1000);

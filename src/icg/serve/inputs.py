@@ -8,17 +8,16 @@ bytes (a text file renamed `.png` is 415), never by a file name or a declared co
 from __future__ import annotations
 
 import hashlib
-import io
-import warnings
 from dataclasses import dataclass
 
 import PIL.Image
 from fastapi import HTTPException
 
+from icg import validation
 from icg.context.cache import image_digest
+from icg.validation import InputError
 
-IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
-MAX_IMAGE_PIXELS = 4096 * 4096  # a reference cover larger than this is refused before it is decoded
+MAX_IMAGE_PIXELS = 4096 * 4096  # the most any model gets: a larger reference cover is refused before decoding
 
 
 def field_error(status: int, field: str, msg: str, kind: str) -> HTTPException:
@@ -26,39 +25,37 @@ def field_error(status: int, field: str, msg: str, kind: str) -> HTTPException:
     return HTTPException(status_code=status, detail=[{"loc": ["body", field], "msg": msg, "type": kind}])
 
 
+def input_error(exc: InputError) -> HTTPException:
+    """The shared validation layer's error (`icg.validation`) as the API's answer: same field, same text."""
+    return field_error(exc.status, exc.field, exc.msg, exc.kind)
+
+
 def decode_image(data: bytes, max_bytes: int, max_pixels: int = MAX_IMAGE_PIXELS) -> PIL.Image.Image:
-    """An RGB image from uploaded bytes: 413 when too large, 415 when not an image we read."""
-    if len(data) > max_bytes:
-        raise field_error(413, "image", f"image is larger than {max_bytes} bytes", "too_large")
-    if not data:
-        raise field_error(415, "image", "image is empty", "unsupported_media")
+    """An RGB image from uploaded bytes: 413 when too large (bytes or pixels), 415 when not an image."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
-            with PIL.Image.open(io.BytesIO(data)) as image:
-                if image.format not in IMAGE_FORMATS:
-                    raise field_error(
-                        415,
-                        "image",
-                        f"{image.format} images are not accepted; send one of {', '.join(IMAGE_FORMATS)}",
-                        "unsupported_media",
-                    )
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise field_error(
-                        413, "image", f"image has {width}x{height} pixels (limit {max_pixels})", "too_large"
-                    )
-                image.load()
-                return image.convert("RGB")
-    except HTTPException:
-        raise
-    except (PIL.Image.DecompressionBombWarning, PIL.Image.DecompressionBombError):
-        raise field_error(413, "image", "image has too many pixels", "too_large") from None
-    except PIL.UnidentifiedImageError:
-        raise field_error(415, "image", "not an image (unknown file format)", "unsupported_media") from None
-    except (OSError, SyntaxError, ValueError) as exc:  # a known format, but truncated or corrupt
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise field_error(415, "image", f"not a readable image ({reason})", "unsupported_media") from None
+        return validation.decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    except InputError as exc:
+        raise input_error(exc) from None
+
+
+def model_pixels(pipe: object, default: int = 1024 * 1024) -> int:
+    """The most pixels the pipeline's image processor keeps of a reference cover (it resizes larger ones).
+
+    Qwen2-VL processors say so as `max_pixels`, or as `size.longest_edge` (a pixel count, not a side).
+    """
+    processor = getattr(getattr(pipe, "context_encoder", None), "processor", None)
+    images = getattr(processor, "image_processor", None)
+    size = getattr(images, "size", None)
+    candidates = [getattr(images, "max_pixels", None)]
+    for key in ("max_pixels", "longest_edge"):
+        candidates.append(size.get(key) if isinstance(size, dict) else getattr(size, key, None))
+    found = next((int(v) for v in candidates if isinstance(v, int) and v > 0), None)
+    return found if found is not None else default
+
+
+def upload_pixel_cap(pipe: object) -> int:
+    """Uploads are refused above 4x the pixels the model keeps (2x per side), within [1024², 4096²]."""
+    return max(1024 * 1024, min(MAX_IMAGE_PIXELS, 4 * model_pixels(pipe)))
 
 
 def upload_item_key(title: str, image: PIL.Image.Image) -> str:
@@ -109,14 +106,10 @@ def resolve_user(user_encoder, user_id: str | None, profile: str | None) -> Reso
             "unknown_user",
         )
     if profile is not None:
-        parsed = vocab.parse_profile_sentence(profile)
-        if parsed.age is None and parsed.gender is None and parsed.occupation is None:
-            raise field_error(
-                422,
-                "profile",
-                "no age, gender or occupation recognised (try 'a 24-year-old male technician')",
-                "unparsed_profile",
-            )
+        try:
+            validation.check_profile(profile, vocab)
+        except InputError as exc:
+            raise input_error(exc) from None
     features = user_encoder.user_features([user_id if known else None], [profile], strict=True)
     idx = [int(t[0]) for t in (features.user, features.age, features.gender, features.occupation)]
     return ResolvedUser(user_id, profile, known, "u{}-a{}-g{}-o{}".format(*idx))

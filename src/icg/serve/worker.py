@@ -96,6 +96,11 @@ class GenerationWorker:
         return self._queue.qsize()
 
     @property
+    def full(self) -> bool:
+        """True when a new (non-joining) job would be refused: checked before an upload is decoded."""
+        return self._queue.full()
+
+    @property
     def busy(self) -> bool:
         return self._busy
 
