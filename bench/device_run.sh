@@ -28,11 +28,11 @@ run() {  # run SECONDS NAME ARGS...: one script, its log and JSON under $OUT
 }
 case $what in
   check)
-    run 210 gpu_check --device cuda
-    run 240 pipeline_gpu --reps 2 ;;
+    run 160 gpu_check --device cuda
+    run 190 pipeline_gpu --reps 2 ;;
   speed)
-    run 160 train_step --gpu
+    run 140 train_step --gpu --budget-s 100
     run 150 flux_gpu --sizes 512 --batches 1
-    run 80 mllm_gpu --no-compile --profile --reps 2 ;;
+    run 50 mllm_gpu --batches 16 --no-compile --profile --reps 1 ;;
   *) echo "unknown: $what"; exit 2 ;;
 esac
