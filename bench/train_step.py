@@ -278,6 +278,7 @@ def gpu_parts(
         "clip": CLIPSimilarityReward(encoder("clip")),
         "personalized": PersonalizedRewardModel(PersonalizedRewardConfig(), *towers["personalized"]),
     }
+    rewards = {k: r.to(device) for k, r in rewards.items()}  # the personalized model's own heads too
     n_unet = sum(p.numel() for p in unet.parameters()) / 1e6
     label = (
         f"SD1.5 architecture{' (TINY configs)' if tiny else ''}, random weights ({n_unet:.0f} M-param UNet); "

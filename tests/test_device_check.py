@@ -72,3 +72,11 @@ def test_check_on_device_names_the_tensor() -> None:
     check_on_device("x", torch.device("cpu"), {"a": torch.zeros(1), "not a tensor": 3})
     with pytest.raises(DeviceMixError, match="b is on cpu"):
         check_on_device("step", torch.device("cuda"), {"b": torch.zeros(1)})
+
+
+def test_training_paths_run_in_bfloat16() -> None:
+    """The GPU check caught a dtype mix here (fp32 adapter, bf16 backbone without autocast): bf16 on the CPU
+    takes the same code path."""
+    names = ["adapter training step, SD1.5 (init, reward)", "adapter training step, Flux"]
+    for result in run_paths("cpu", torch.bfloat16, names=names):
+        assert result.ok, result.line()

@@ -359,10 +359,14 @@ def _train(ctx: CheckContext, flux: bool, stage: str) -> str:
         adapter.float()
     adapter.requires_grad_(True)
     rows = torch.tensor([0, 1])
-    prompts, text, cond_p, uncond_p = step.conditioning(rows)
-    images = step.rollout(text, cond_p, uncond_p, [0, 1], stop=1, grad=True)
-    texts, profiles = step.reward_inputs(rows, prompts)
-    loss = step.objective(images, texts, profiles).total + step.denoise_loss(rows, text, cond_p, 0)
+    # frozen parts in the checked dtype, the adapter in float32: the trainer runs this under accelerate's
+    # autocast (mixed precision) exactly so
+    low = ctx.dtype != torch.float32
+    with torch.autocast(ctx.device.type, dtype=ctx.dtype, enabled=low):
+        prompts, text, cond_p, uncond_p = step.conditioning(rows)
+        images = step.rollout(text, cond_p, uncond_p, [0, 1], stop=1, grad=True)
+        texts, profiles = step.reward_inputs(rows, prompts)
+        loss = step.objective(images, texts, profiles).total + step.denoise_loss(rows, text, cond_p, 0)
     if not backward(ctx, loss):
         check_on_device("adapter step", ctx.device, {"loss": loss})
         return f"stage {stage}: loss (forward only on fake CUDA)"

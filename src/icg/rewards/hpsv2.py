@@ -18,7 +18,6 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -105,6 +104,8 @@ def load_hpsv2(
     `model_name` must be an open_clip architecture config (built in, or added with
     `open_clip.add_model_config`); hub schemas (`hf-hub:`) are refused so nothing is downloaded.
     """
+    import open_clip  # only HPSv2 needs it: importing icg.rewards must not
+
     path = Path(checkpoint)
     if model_name.startswith(("hf-hub:", "local-dir:")) or model_name not in open_clip.list_models():
         raise ValueError(
