@@ -45,7 +45,7 @@ class ClipPixels(nn.Module):
 
     def pixels(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) uint8 or float in [0, 1] → (B, 3, S, S) float32, resized and CLIP-normalised."""
-        x = to_unit_float(images)
+        x = to_unit_float(images.to(self.mean.device))  # host covers are welcome: moved beside the CLIP
         size = (self.image_size, self.image_size)
         if tuple(x.shape[-2:]) != size:
             x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)

@@ -150,7 +150,7 @@ def held_out_scores(step_fn, judges: Sequence[Judge], batch_size: int) -> dict[s
     data = step_fn.data
     scores: dict[str, list[float]] = {TRAIN: [], **{j.name: [] for j in judges}}
     for start in range(0, len(data), batch_size):
-        rows = torch.arange(start, min(start + batch_size, len(data)))  # CPU: indexes host-side data
+        rows = torch.arange(start, min(start + batch_size, len(data)))  # CPU by design: indexes host data
         for name, values in held_out_batch(step_fn, judges, rows).items():
             scores[name] += values.float().cpu().tolist()
     return scores
