@@ -87,6 +87,10 @@ def path_guard(ctx: CheckContext) -> str:
     with _mllm(ctx, pipe):
         if ctx.fake:  # the device half; held_out_scores reads the scores back as floats
             scores = held_out_batch(step, judges, torch.arange(2))
+            # the objective's per-sample record and SSIM are computed on the host by design
+            check_on_device(
+                "guard", ctx.device, {j.name: scores[j.name] for j in judges if not isinstance(j, SsimJudge)}
+            )
             return f"objective + {len(judges)} judges on 2 held-out covers (no host read-back on fake CUDA)"
         scores = held_out_scores(step, judges, batch_size=2)
     monitor = GuardMonitor(GuardRule(), {j.name: j.higher_is_better for j in judges})
