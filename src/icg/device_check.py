@@ -429,3 +429,10 @@ def run_paths(
                     logger.debug("%s failed:\n%s", name, traceback.format_exc())
                 results.append(CheckResult(name, ok, detail, time.perf_counter() - started))
     return results
+
+
+# the paths of the rewards, guard, metrics, baselines, MMGCN and batch stage live in their own module (file
+# size); imported last because they build on the helpers above
+from icg.device_paths import MORE_PATHS  # noqa: E402
+
+PATHS.update(MORE_PATHS)

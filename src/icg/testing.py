@@ -242,7 +242,7 @@ def tiny_ip_adapter_state_dict(
     `unet.attn_processors` order gets `ip_adapter.{2k+1}.to_k_ip/to_v_ip.weight` (hidden, W).
     """
     width = unet.config.cross_attention_dim
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # test builder: seeded CPU weights, a checkpoint file's tensors
     image_proj = {
         "proj.weight": torch.randn(num_tokens * width, image_embed_dim, generator=gen) * 0.2,
         "proj.bias": torch.randn(num_tokens * width, generator=gen) * 0.1,

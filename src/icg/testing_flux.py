@@ -127,7 +127,7 @@ def tiny_ip_adapter_flux_state_dict(
     """Random weights in IP-Adapter-Flux's layout: `image_proj.{proj,norm}` and, for the k-th double-stream
     block, `ip_adapter.{k}.to_{k,v}_ip.{weight,bias}` (hidden = inner_dim, input = joint_attention_dim)."""
     width, hidden = transformer.config.joint_attention_dim, transformer.inner_dim
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # test builder: seeded CPU weights, a checkpoint file's tensors
     image_proj = {
         "proj.weight": torch.randn(num_tokens * width, image_embed_dim, generator=gen) * 0.2,
         "proj.bias": torch.randn(num_tokens * width, generator=gen) * 0.1,

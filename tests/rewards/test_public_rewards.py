@@ -4,18 +4,16 @@ bad input and bad files."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+from transformers import CLIPModel, CLIPProcessor
 
 from icg.rewards import (
     AestheticHead,
@@ -29,23 +27,9 @@ from icg.rewards import (
     load_pickscore,
     load_reward,
 )
-from icg.testing import BOS_TOKEN, EOS_TOKEN, tiny_clip_tokenizer, tiny_clip_vocab
+from icg.testing_rewards import PROJ, SIZE, TINY_HPS, load_public_rewards, write_public_reward_files
 
-SIZE = 32  # vision tower input of every tiny model
-PROJ = 24  # CLIP projection dim (768 for ViT-L/14)
-TINY_HPS = "icg-tiny-hps"  # open_clip config registered from a temp file
 TEXTS = ["a cartoon cat in a city at night", "a horror film poster", "a western movie poster", "a dragon"]
-LEGACY_PREPROCESSOR = {  # the preprocessor_config.json layout of the PickScore / LAION CLIP-H repos
-    "crop_size": SIZE,
-    "do_center_crop": True,
-    "do_normalize": True,
-    "do_resize": True,
-    "feature_extractor_type": "CLIPFeatureExtractor",
-    "image_mean": [0.48145466, 0.4578275, 0.40821073],
-    "image_std": [0.26862954, 0.26130258, 0.27577711],
-    "resample": 3,
-    "size": SIZE,
-}
 
 
 def _images(b: int, h: int = 40, w: int = 36, seed: int = 0, quantize: bool = False) -> torch.Tensor:
@@ -53,60 +37,14 @@ def _images(b: int, h: int = 40, w: int = 36, seed: int = 0, quantize: bool = Fa
     return (x * 255).round() / 255 if quantize else x  # quantized: exactly representable as uint8 PIL
 
 
-def _tiny_clip(seed: int) -> CLIPModel:
-    vocab, _ = tiny_clip_vocab()
-    text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1)
-    text |= dict(num_attention_heads=2, max_position_embeddings=16)
-    text |= dict(bos_token_id=vocab[BOS_TOKEN], eos_token_id=vocab[EOS_TOKEN], pad_token_id=vocab[EOS_TOKEN])
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
-    vision |= dict(image_size=SIZE, patch_size=8)
-    torch.manual_seed(seed)
-    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=PROJ)).eval()
-    with torch.no_grad():
-        model.logit_scale.fill_(np.log(100.0))  # the trained value; the random init is log(1/0.07)
-    return model
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("rewards")
-    # HPSv2: an open_clip architecture config + a .pt dict whose `state_dict` holds the whole model.
-    config = {
-        "embed_dim": PROJ,
-        "vision_cfg": {"image_size": SIZE, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-    }
-    (root / f"{TINY_HPS}.json").write_text(json.dumps(config))
-    open_clip.add_model_config(root / f"{TINY_HPS}.json")
-    torch.manual_seed(1)
-    hps = open_clip.create_model(TINY_HPS, pretrained=None)
-    torch.save({"state_dict": hps.state_dict()}, root / "HPS_v2.1_compressed.pt")
-    # PickScore: a CLIPModel folder + a separate processor folder (legacy preprocessor_config.json).
-    _tiny_clip(2).save_pretrained(root / "PickScore_v1")
-    tiny_clip_tokenizer(root / "pick_processor")
-    (root / "pick_processor" / "preprocessor_config.json").write_text(json.dumps(LEGACY_PREPROCESSOR))
-    # CLIP ViT-L/14 stand-in: model and processor in one folder, saved by transformers 5.
-    _tiny_clip(3).save_pretrained(root / "clip")
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE}
-    )
-    CLIPProcessor(image_processor, tiny_clip_tokenizer(root / "clip_tok")).save_pretrained(root / "clip")
-    # LAION aesthetic head over that CLIP, the official module layout with the widths scaled down.
-    torch.manual_seed(4)
-    torch.save(AestheticHead((PROJ, 64, 32, 16, 8, 1)).state_dict(), root / "aesthetic.pth")
-    torch.manual_seed(5)
-    torch.save(AestheticHead((PROJ + 1, 64, 32, 16, 8, 1)).state_dict(), root / "aesthetic_wide.pth")
-    return {p.stem if p.is_file() else p.name: p for p in root.iterdir()}
+    return write_public_reward_files(tmp_path_factory.mktemp("rewards"))
 
 
 @pytest.fixture(scope="module")
 def rewards(files: dict[str, Path]) -> dict[str, Reward]:
-    return {
-        "hpsv2": load_reward("hpsv2", files["HPS_v2.1_compressed"], model_name=TINY_HPS),
-        "pickscore": load_reward("pickscore", files["PickScore_v1"], processor_path=files["pick_processor"]),
-        "clip": load_reward("clip", files["clip"]),
-        "aesthetic": load_reward("aesthetic", files["aesthetic"], clip_path=files["clip"]),
-    }
+    return load_public_rewards(files)
 
 
 NAMES = ["hpsv2", "pickscore", "clip", "aesthetic"]

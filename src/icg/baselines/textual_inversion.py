@@ -283,6 +283,43 @@ class _TokenBatch:
         self.param_name = next(n for n, p in pipe.text_encoder.named_parameters() if p is embedding.weight)
 
 
+def _step_loss(
+    pipe,
+    tokens: _TokenBatch,
+    rows: torch.nn.ParameterList,
+    frozen: torch.Tensor,
+    posteriors: tuple[torch.Tensor, torch.Tensor],
+    owners: torch.Tensor,
+    sample: torch.Tensor,
+    noise_scheduler: DDPMScheduler,
+    config: TextualInversionConfig,
+    step: int,
+) -> torch.Tensor:
+    """The denoising loss of step `step` on the samples `sample` (owned by users `owners`), with the users'
+    rows appended to the frozen embedding matrix `frozen` (V, D); differentiable w.r.t. the rows only."""
+    device = pipe.unet.device
+    mean, std = posteriors  # (S_all, C, h, w) each, on the CPU
+    # template, posterior sample, noise and timestep are drawn on the CPU from a generator seeded by (seed,
+    # step), by design: a resumed run redraws them bit-identically on any device; they are moved below
+    generator = torch.Generator().manual_seed((config.seed + 1) * 1_000_003 + step)
+    template = torch.randint(0, len(config.templates), (len(sample),), generator=generator)
+    x0 = mean[sample]  # (B, C, h, w)
+    if config.sample_latents:
+        x0 = x0 + std[sample] * torch.randn(x0.shape, generator=generator)
+    noise = torch.randn(x0.shape, generator=generator)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(sample),), generator=generator)
+    ids = tokens.ids[owners, template].to(device)  # (B, L)
+    weight = torch.cat([frozen, torch.stack(list(rows)).to(frozen.dtype)])  # (V + U, D)
+    text = torch.func.functional_call(pipe.text_encoder, {tokens.param_name: weight}, (ids,))[0]
+    x0, noise, t = x0.to(device, text.dtype), noise.to(device, text.dtype), t.to(device)
+    noisy = noise_scheduler.add_noise(x0, noise, t)
+    pred = pipe.unet(noisy, t, **personalized_unet_inputs(text)).sample  # adapter off: plain c_t
+    target = {"epsilon": noise, "sample": x0}.get(noise_scheduler.config.prediction_type)
+    if target is None:
+        target = noise_scheduler.get_velocity(x0, noise, t)
+    return torch.nn.functional.mse_loss(pred.float(), target.float())
+
+
 def train_user_tokens(
     pipe,
     users: Mapping[str, torch.Tensor],
@@ -325,7 +362,8 @@ def _train(pipe, users, out: Path, config, resume, progress, max_minutes, max_st
 
     device = pipe.unet.device
     covers = torch.cat([users[u] for u in user_ids])  # (S_all, 3, S, S)
-    owner = torch.cat([torch.full((len(users[u]),), n) for n, u in enumerate(user_ids)])  # (S_all,)
+    # (S_all,) on the CPU by design: it indexes the host-side token table and picks each user's optimizer
+    owner = torch.cat([torch.full((len(users[u]),), n) for n, u in enumerate(user_ids)])
     mean, std = _posteriors(pipe.vae, covers)  # (S_all, C, h, w)
     tokens = _TokenBatch(pipe, user_ids, config)
     n_samples = len(covers)
@@ -374,23 +412,8 @@ def _train(pipe, users, out: Path, config, resume, progress, max_minutes, max_st
         sample = _sample_order(
             n_samples, config.seed, step * config.batch_size, config.batch_size, order_cache
         )
-        generator = torch.Generator().manual_seed((config.seed + 1) * 1_000_003 + step)
-        template = torch.randint(0, len(config.templates), (len(sample),), generator=generator)
-        x0 = mean[sample]  # (B, C, h, w)
-        if config.sample_latents:
-            x0 = x0 + std[sample] * torch.randn(x0.shape, generator=generator)
-        noise = torch.randn(x0.shape, generator=generator)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(sample),), generator=generator)
-        ids = tokens.ids[owner[sample], template].to(device)  # (B, L)
-        weight = torch.cat([frozen, torch.stack(list(rows)).to(frozen.dtype)])  # (V + U, D)
-        text = torch.func.functional_call(pipe.text_encoder, {tokens.param_name: weight}, (ids,))[0]
-        x0, noise, t = x0.to(device, text.dtype), noise.to(device, text.dtype), t.to(device)
-        noisy = noise_scheduler.add_noise(x0, noise, t)
-        pred = pipe.unet(noisy, t, **personalized_unet_inputs(text)).sample  # adapter off: plain c_t
-        target = {"epsilon": noise, "sample": x0}.get(prediction)
-        if target is None:
-            target = noise_scheduler.get_velocity(x0, noise, t)
-        loss = torch.nn.functional.mse_loss(pred.float(), target.float())
+        loss = _step_loss(pipe, tokens, rows, frozen, (mean, std), owner[sample], sample, noise_scheduler,
+                          config, step)  # fmt: skip
         loss.backward()  # only the new rows carry gradients
         for u in owner[sample].unique().tolist():  # the users in this batch, each with its own AdamW
             optimizers[u].step()

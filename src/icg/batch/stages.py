@@ -153,13 +153,17 @@ class GenerateStage:
         self.pipe.set_progress_bar_config(disable=True)
         if not self.pipe.projector.config.has_user_path:
             raise ValueError("the preset's projector has no user path: segments cannot condition it")
-        self.centroids = torch.tensor(np.asarray(centroids, dtype=np.float32))  # (K, D_u), a writable copy
+        # (K, D_u), a writable copy; on the CPU by design: indexed per batch by host segment ids, the
+        # pipeline moves the picked rows to its device
+        self.centroids = torch.tensor(np.asarray(centroids, dtype=np.float32))
         self.steps, self.guidance, self.adapter_scale = num_inference_steps, guidance_scale, adapter_scale
         self.out_dir, self.fmt, self.preset = out_dir, fmt, spec.name
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> pd.DataFrame:
+    def covers(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
+        """The batch's covers (B, 3, H, W) in [0, 1] on the pipeline's device; inputs arrive as host arrays
+        (the pipeline moves P_exp's tokens, C_ref and U_pre to its device)."""
         segments = torch.as_tensor(np.asarray(batch["segment"], dtype=np.int64))
-        images = self.pipe.covers_from_embeddings(
+        return self.pipe.covers_from_embeddings(
             [str(p) for p in batch["prompt"]],
             torch.from_numpy(np.stack(batch["context"]).astype(np.float32)),  # (B, N, D)
             self.centroids[segments],  # (B, D_u)
@@ -168,6 +172,9 @@ class GenerateStage:
             self.guidance,
             self.adapter_scale,
         )
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pd.DataFrame:
+        images = self.covers(batch)
         rows = []
         for n, image in enumerate(images):
             meta = {

@@ -17,6 +17,7 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from transformers import CLIPModel
 
+from icg.modules import has_values
 from icg.training.clip_data import IMAGE_MEAN, IMAGE_STD
 
 FD_NAME = "FD-miniCLIP"
@@ -35,6 +36,7 @@ class ClipPixels(nn.Module):
     ) -> None:
         super().__init__()
         self.image_size = int(clip_model.config.vision_config.image_size)
+        # built at load time on the CPU, buffers: `.to(device)` moves them with the CLIP
         self.register_buffer("mean", torch.tensor(list(image_mean), dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(list(image_std), dtype=torch.float32).view(1, 3, 1, 1))
 
@@ -43,7 +45,7 @@ class ClipPixels(nn.Module):
 
     def pixels(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) uint8 or float in [0, 1] → (B, 3, S, S) float32, resized and CLIP-normalised."""
-        x = to_unit_float(images)
+        x = to_unit_float(images.to(self.mean.device))  # host covers are welcome: moved beside the CLIP
         size = (self.image_size, self.image_size)
         if tuple(x.shape[-2:]) != size:
             x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
@@ -86,7 +88,11 @@ def check_images(images: torch.Tensor, name: str = "images") -> None:
         return
     if not images.is_floating_point():
         raise ValueError(f"{name} must be uint8 or floating point in [0, 1], got {images.dtype}")
-    if images.numel() and (float(images.min()) < -1e-3 or float(images.max()) > 1 + 1e-3):
+    if (
+        images.numel()
+        and has_values(images)
+        and (float(images.min()) < -1e-3 or float(images.max()) > 1 + 1e-3)
+    ):
         raise ValueError(
             f"float {name} must lie in [0, 1], got [{float(images.min()):.3f}, {float(images.max()):.3f}]"
         )
@@ -125,9 +131,19 @@ def frechet_distance(
         if isinstance(clip_model, ClipImageFeatures)
         else ClipImageFeatures(clip_model, image_mean, image_std)
     )
-    metric = FrechetInceptionDistance(feature=features, normalize=True)
+    return float(fd_metric(real, fake, features, batch_size).compute())
+
+
+def fd_metric(
+    real: torch.Tensor, fake: torch.Tensor, features: ClipImageFeatures, batch_size: int
+) -> FrechetInceptionDistance:
+    """torchmetrics' FID metric over `features`, on the features' device, updated with both image sets (the
+    device half of `frechet_distance`; `.compute()` solves the Fréchet distance)."""
+    device = next(features.parameters()).device
+    # the metric's running sums live beside the features they add up (they are created on the CPU)
+    metric = FrechetInceptionDistance(feature=features, normalize=True).to(device)
     with torch.no_grad():
         for images, is_real in ((real, True), (fake, False)):
             for start in range(0, len(images), batch_size):
-                metric.update(to_unit_float(images[start : start + batch_size]), real=is_real)
-        return float(metric.compute())
+                metric.update(to_unit_float(images[start : start + batch_size].to(device)), real=is_real)
+    return metric

@@ -140,7 +140,7 @@ def generate_covers(
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts for {len(seeds)} seeds")
-    out = torch.empty((len(prompts), 3, size, size), dtype=torch.uint8)
+    out = torch.empty((len(prompts), 3, size, size), dtype=torch.uint8)  # host buffer of the finished covers
     starts = range(0, len(prompts), batch_size)
     for start in tqdm(starts, desc=desc, unit="batch", disable=not progress):
         stop = min(start + batch_size, len(prompts))

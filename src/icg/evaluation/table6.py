@@ -95,6 +95,7 @@ def reference_accuracies(data: InteractionData, pairs: pd.DataFrame) -> dict[str
         out[name] = {}
         for split in ("val", "test"):
             part = pairs[pairs["split"] == split]
+            # host floats from a pandas table (CPU by design): accuracy is counted on the CPU
             pos = torch.tensor(part["pos_item_id"].map(table).fillna(0.0).to_numpy())
             neg = torch.tensor(part["neg_item_id"].map(table).fillna(0.0).to_numpy())
             out[name][split] = pair_accuracy(pos, neg)

@@ -190,6 +190,7 @@ def embed_images(features, images: torch.Tensor, batch_size: int = 256) -> torch
 
 def mean_features(features: torch.Tensor, users: np.ndarray, items: np.ndarray, n_users: int) -> torch.Tensor:
     """(U, P) L2-normalized mean of `features[item]` over each user's (user, item) pairs; 0 for none."""
+    # CPU by design: the features were read back to the host (cached); a device tensor is refused here
     total = torch.zeros(n_users, features.shape[1]).index_add_(0, torch.as_tensor(users), features[items])
     return torch.nn.functional.normalize(total, dim=-1)
 
@@ -237,7 +238,7 @@ def generated_user_features(
             began, rows = time.perf_counter(), []
             for user, pick in zip(users, picks, strict=True):
                 if len(pick) == 0:
-                    rows.append(torch.zeros(features.num_features))
+                    rows.append(torch.zeros(features.num_features))  # CPU, as the cached rows below
                     continue
                 items = [CoverItem(title=titles[i], image=to_pil(covers[i])) for i in pick]
                 images = pipe(items, [CoverUser(user_id=user)], output_type="pt", **settings["pipe"]).images

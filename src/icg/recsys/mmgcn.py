@@ -112,6 +112,7 @@ class MMGCN(nn.Module):
         if config.item_feature_dim:
             self.register_buffer("item_features", item_features.float())  # (I, F)
             self.item_projection = nn.Linear(config.item_feature_dim, d)
+            # initialisation (CPU, as every nn parameter is built; `.to(device)` moves the model)
             self.user_preference = nn.Parameter(nn.init.xavier_normal_(torch.empty(config.n_users, d)))
             self.modalities["visual"] = ModalityGCN(d, config.layers)
         if config.user_feature_dim:
@@ -204,11 +205,12 @@ def rank_metrics(scores: torch.Tensor, exclude: torch.Tensor, relevant: torch.Te
         )
     if (exclude & relevant).any():
         raise ValueError("an item is both excluded from the ranking and relevant")
-    masked = scores.float().masked_fill(exclude, float("-inf"))
+    # ranked on the CPU by design (deterministic ties, numpy results): one (U, I) copy off the device
+    masked = scores.float().cpu().masked_fill(exclude, float("-inf"))
     top = masked.topk(min(k, scores.shape[1]), dim=1).indices  # (U, k)
     hits = relevant.gather(1, top).float()  # (U, k)
     n_relevant = relevant.sum(1).float()  # (U,)
-    discount = 1.0 / torch.log2(torch.arange(top.shape[1], dtype=torch.float32) + 2.0)  # (k,)
+    discount = 1.0 / torch.log2(torch.arange(top.shape[1], dtype=torch.float32) + 2.0)  # (k,) CPU, as `top`
     dcg = (hits * discount).sum(1)
     ideal = torch.cumsum(discount, 0)[(n_relevant.clamp(min=1, max=top.shape[1]) - 1).long()]
     has = n_relevant > 0
@@ -218,7 +220,8 @@ def rank_metrics(scores: torch.Tensor, exclude: torch.Tensor, relevant: torch.Te
 
 
 def interaction_mask(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> torch.Tensor:
-    """Bool (U, I) matrix with True at each (user, item) pair."""
+    """Bool (U, I) matrix with True at each (user, item) pair, on the CPU (data building: it masks negatives
+    sampled on the host and the CPU ranking of `rank_metrics`)."""
     mask = torch.zeros((n_users, n_items), dtype=torch.bool)
     mask[torch.as_tensor(users, dtype=torch.long), torch.as_tensor(items, dtype=torch.long)] = True
     return mask
@@ -262,7 +265,8 @@ class TrainResult:
 
 
 def sample_negatives(users: torch.Tensor, seen: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One item per user drawn uniformly from the items `seen` (bool (U, I)) does not mark for that user."""
+    """One item per user drawn uniformly from the items `seen` (bool (U, I)) does not mark for that user; on
+    the CPU by design (a seeded CPU generator, host-side rejection loop); the caller moves them."""
     n_items = seen.shape[1]
     negatives = torch.randint(n_items, users.shape, generator=generator)
     for _ in range(100):
@@ -288,9 +292,10 @@ def train_mmgcn(
     improvement stop the run. The returned model holds the best epoch's weights."""
     started = time.perf_counter()
     n_users, n_items = model.config.n_users, model.config.n_items
-    users = torch.as_tensor(train_users, dtype=torch.long)
+    device = model.id_embedding.weight.device
+    users = torch.as_tensor(train_users, dtype=torch.long)  # (P,) CPU: sampled and indexed on the host
     items = torch.as_tensor(train_items, dtype=torch.long)
-    adjacency = normalized_adjacency(users, items, n_users, n_items)
+    adjacency = normalized_adjacency(users, items, n_users, n_items).to(device)
     seen = interaction_mask(train_users, train_items, n_users, n_items)
     if val_relevant.shape != seen.shape:
         raise ValueError(f"val_relevant must be ({n_users}, {n_items}), got {tuple(val_relevant.shape)}")
@@ -308,7 +313,8 @@ def train_mmgcn(
         for start in range(0, len(order), step):
             batch = order[start : start + step]
             negatives = sample_negatives(users[batch], seen, generator)
-            loss = model.bpr_loss(adjacency, users[batch], items[batch], negatives, config.reg)
+            triple = (users[batch].to(device), items[batch].to(device), negatives.to(device))
+            loss = model.bpr_loss(adjacency, *triple, config.reg)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip is not None:
@@ -349,4 +355,5 @@ def evaluate(
     n_users, n_items = model.config.n_users, model.config.n_items
     users = torch.as_tensor(train_users, dtype=torch.long)
     adjacency = normalized_adjacency(users, torch.as_tensor(train_items, dtype=torch.long), n_users, n_items)
+    adjacency = adjacency.to(model.id_embedding.weight.device)
     return rank_metrics(model.scores(adjacency), exclude, relevant, k)

@@ -306,6 +306,7 @@ def _save_grid(step_fn: AdapterStep, out: Path, step: int) -> None:
     from PIL import Image
 
     cfg, data = step_fn.config, step_fn.data
+    # CPU by design: sample rows index the host-side AdapterData
     rows = torch.linspace(0, len(data) - 1, min(cfg.num_sample_covers, len(data))).long().unique()
     _, images = step_fn.sample(rows, "grid")
     arrays = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype("uint8")

@@ -88,7 +88,8 @@ class AdapterData:
             others = [u for u in torch.randperm(n_users, generator=generator).tolist() if u != user][: g - 1]
             rows += [(user, item)] + [(u, item) for u in others]
         info = {**self.info, "users_per_item": g}
-        return dataclasses.replace(self, samples=torch.tensor(rows, dtype=torch.int64), info=info)
+        samples = torch.tensor(rows, dtype=torch.int64)  # data building: the index table stays on the host
+        return dataclasses.replace(self, samples=samples, info=info)
 
     def fingerprint(self) -> str:
         h = hashlib.sha256(json.dumps([self.item_ids, self.titles, self.user_ids, self.profiles]).encode())
@@ -143,7 +144,7 @@ def prepare_adapter_data(
     covers = render_cover_cache(used, Path(cache_dir), size, 1, progress=False)[:, 0]  # (N, 3, S, S)
     item_row = {i: n for n, i in enumerate(used["item_id"].astype(str))}
     user_row = {u: n for n, u in enumerate(users)}
-    samples = torch.tensor(
+    samples = torch.tensor(  # data building: the (user, item) index table stays on the host
         [[user_row[u], item_row[i]] for u, i in zip(part["user_id"], part["pos_item_id"], strict=True)],
         dtype=torch.long,
     ).reshape(-1, 2)
@@ -203,7 +204,7 @@ class GroupedSampleStream:
         if start % self.group or count % self.group:
             raise ValueError(f"positions and counts must be multiples of {self.group}, got {start}, {count}")
         groups = SampleStream(self.n // self.group, self.seed).take(start // self.group, count // self.group)
-        return (groups[:, None] * self.group + torch.arange(self.group)).flatten()
+        return (groups[:, None] * self.group + torch.arange(self.group)).flatten()  # host sample indices
 
 
 @dataclass(frozen=True)

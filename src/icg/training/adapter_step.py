@@ -108,7 +108,9 @@ class AdapterStep:
     def objective_per_sample(self, rows: Tensor, prompts: list[str], images: Tensor) -> Tensor:
         """The training objective as a reward per sample, Σ λ·(−loss(r)) over the enabled rewards → (B,)."""
         texts, profiles = self.reward_inputs(rows, prompts)
-        total = torch.zeros(len(rows), dtype=torch.float64)
+        total = torch.zeros(
+            len(rows), dtype=torch.float64
+        )  # CPU by design: a host record (the guard's floats)
         for name, on in self.objective.enabled.items():
             if not on:
                 continue
@@ -166,6 +168,7 @@ class AdapterStep:
         gens = [
             torch.Generator().manual_seed(_mix_seed(seed, "denoise", first + b)) for b in range(len(rows))
         ]
+        # drawn on the CPU by design (per-sample seeded CPU generators: one draw on any device), moved once
         noise = torch.stack([torch.randn(z0.shape[1:], generator=g) for g in gens]).to(self.device)
         t_max = self.scheduler.config.num_train_timesteps
         t = torch.tensor([int(torch.randint(0, t_max, (1,), generator=g)) for g in gens], device=self.device)
@@ -183,6 +186,7 @@ class AdapterStep:
         group = cfg.users_per_item  # a group's covers share their noise: only the user differs
         seeds = [_mix_seed(cfg.seed, "noise", (first + b) // group) for b in range(len(rows))]
         stop_gen = torch.Generator().manual_seed(_mix_seed(cfg.seed, "stop", micro))
+        # a seeded host draw (CPU generator, read as a Python int): the same stop on any device
         stop = cfg.num_inference_steps - 1 - int(torch.randint(0, cfg.stop_window, (1,), generator=stop_gen))
         images = self.rollout(text, cond_p, uncond_p, seeds, stop, grad=True)
         texts, profiles = self.reward_inputs(rows, prompts)

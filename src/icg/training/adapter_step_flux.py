@@ -106,6 +106,8 @@ class FluxAdapterStep(AdapterStep):
             torch.Generator().manual_seed(_mix_seed(self.config.seed, "denoise", first + b))
             for b in range(batch)
         ]
+        # noise and σ drawn on the CPU by design: per-sample seeded CPU generators give the same draw on any
+        # device (reproducible, resumable); moved once
         noise = torch.stack([torch.randn(z0.shape[1:], generator=g) for g in gens]).to(self.device)
         sigma = torch.stack([torch.rand((), generator=g) for g in gens]).to(self.device)  # (B,) in [0, 1)
         noisy = (1 - sigma[:, None, None]) * z0 + sigma[:, None, None] * noise

@@ -139,7 +139,9 @@ def render_cover_cache(
             logger.info("covers from cache %s", path)
             return covers
         logger.warning("ignoring cover cache %s with unexpected shape", path)
-    covers = torch.empty((len(items), variants, 3, size, size), dtype=torch.uint8)
+    covers = torch.empty(
+        (len(items), variants, 3, size, size), dtype=torch.uint8
+    )  # data building: host cache
     genres = items_genres(items)
     years = items["year"] if "year" in items.columns else pd.Series([None] * len(items))
     rows = zip(items["item_id"], items["title"], genres, years, strict=True)
@@ -165,8 +167,8 @@ def to_pil(cover: torch.Tensor) -> Image.Image:
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) uint8 → float pixel values with IMAGE_MEAN/IMAGE_STD (as CLIPImageProcessor computes)."""
-    mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGE_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD, device=images.device).view(1, 3, 1, 1)
     return (images.float() / 255.0 - mean) / std
 
 
@@ -218,6 +220,7 @@ class PairSampler:
         """Full batches of (item rows, variants, templates); the last partial batch is dropped."""
         n = len(self.rows)
         order = torch.randperm(n, generator=generator).numpy()  # (N_train,)
+        # host plan from a seeded CPU generator (CPU by design: Python lists of rows, the same on any device)
         variant = torch.randint(0, variants, (n,), generator=generator).tolist()
         template = torch.randint(0, len(TEXT_TEMPLATES), (n,), generator=generator).tolist()
         plan = []

@@ -82,6 +82,7 @@ class SsimJudge(Judge):
     def __call__(self, images: Tensor, inputs: JudgeInputs) -> Tensor:
         from icg.evaluation.perceptual import ssim_per_image
 
+        # on the CPU by design: SSIM's Gaussian windows are cheap, the references live on the host
         return ssim_per_image(images.float().cpu(), inputs.references)
 
 
@@ -124,24 +125,34 @@ def default_judges(judge_reward: str | None, clip: str | None) -> list[Judge]:
 
 
 @torch.no_grad()
+def held_out_batch(step_fn, judges: Sequence[Judge], rows: Tensor) -> dict[str, Tensor]:
+    """Covers of the held-out samples `rows` (fixed noise, full DDIM) scored by the training objective and
+    every judge → {TRAIN | judge name: (B,) scores}, each on the device its scorer computed it on."""
+    data = step_fn.data
+    prompts, images = step_fn.sample(rows, "guard")
+    scores = {TRAIN: step_fn.objective_per_sample(rows, prompts, images)}
+    users, items = data.samples[rows].unbind(1)  # CPU: the held-out data's index table
+    inputs = JudgeInputs(
+        references=data.covers[items],
+        titles=[data.titles[i] for i in items.tolist()],
+        prompts=prompts,
+        profiles=[data.profiles[u] for u in users.tolist()],
+    )
+    for judge in judges:
+        scores[judge.name] = judge(images, inputs)
+    return scores
+
+
+@torch.no_grad()
 def held_out_scores(step_fn, judges: Sequence[Judge], batch_size: int) -> dict[str, list[float]]:
-    """Covers of every held-out sample (fixed noise, full DDIM) scored by the training objective and every
-    judge; `step_fn` is an `AdapterStep` over the held-out `AdapterData` → {TRAIN | judge name: B floats}."""
+    """`held_out_batch` over every held-out sample, read back to the host as floats; `step_fn` is an
+    `AdapterStep` over the held-out `AdapterData` → {TRAIN | judge name: B floats}."""
     data = step_fn.data
     scores: dict[str, list[float]] = {TRAIN: [], **{j.name: [] for j in judges}}
     for start in range(0, len(data), batch_size):
-        rows = torch.arange(start, min(start + batch_size, len(data)))
-        prompts, images = step_fn.sample(rows, "guard")
-        scores[TRAIN] += step_fn.objective_per_sample(rows, prompts, images).tolist()
-        users, items = data.samples[rows].unbind(1)
-        inputs = JudgeInputs(
-            references=data.covers[items],
-            titles=[data.titles[i] for i in items.tolist()],
-            prompts=prompts,
-            profiles=[data.profiles[u] for u in users.tolist()],
-        )
-        for judge in judges:
-            scores[judge.name] += judge(images, inputs).float().cpu().tolist()
+        rows = torch.arange(start, min(start + batch_size, len(data)))  # CPU by design: indexes host data
+        for name, values in held_out_batch(step_fn, judges, rows).items():
+            scores[name] += values.float().cpu().tolist()
     return scores
 
 
@@ -151,6 +162,7 @@ def paired_t(after: Sequence[float], before: Sequence[float]) -> float:
     and no mean, ±inf when they have a mean and no spread)."""
     if len(after) != len(before) or len(after) < 2:
         raise ValueError(f"paired_t needs two equal samples of >= 2, got {len(after)} and {len(before)}")
+    # CPU by design: the verdict works on host floats already read back from the device
     diff = torch.tensor(after, dtype=torch.float64) - torch.tensor(before, dtype=torch.float64)
     mean, std = float(diff.mean()), float(diff.std())
     if std == 0.0:
@@ -214,7 +226,7 @@ class GuardMonitor:
 
         def moved(name: str, sign: float) -> bool:
             """Did score `name` change in direction `sign`, significantly and not negligibly?"""
-            base = torch.tensor(first[name], dtype=torch.float64)
+            base = torch.tensor(first[name], dtype=torch.float64)  # host floats (CPU by design)
             change = sign * (check["means"][name] - float(base.mean()))
             big = change > 0 and change >= self.rule.min_effect * float(base.std())
             return big and sign * t[name] >= self.rule.min_t

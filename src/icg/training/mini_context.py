@@ -336,7 +336,7 @@ def _train_epoch(encoder, head, optimizer, scheduler, sampler, data, train, conf
     encoder.train()
     n = len(train)
     order = torch.randperm(n, generator=sampler).numpy()  # (N_train,)
-    variant = torch.randint(0, config.input_variants, (n,), generator=sampler).tolist()
+    variant = torch.randint(0, config.input_variants, (n,), generator=sampler).tolist()  # host draw, seeded
     params = [p for group in optimizer.param_groups for p in group["params"]]
     sums = {"loss": 0.0, "meta_loss": 0.0, "lm_loss": 0.0, "prompt_lm_loss": 0.0}
     steps = range(0, n - config.batch_size + 1, config.batch_size)
@@ -360,7 +360,7 @@ def _train_epoch(encoder, head, optimizer, scheduler, sampler, data, train, conf
             meta_weight=config.meta_weight,
         )
         loss = out["loss"]
-        prompt_loss = torch.zeros(())
+        prompt_loss = torch.zeros((), device=loss.device)
         if config.prompt_lm_weight > 0:
             prompt_loss = prompt_lm_loss(encoder, images, titles, texts)
             loss = loss + config.prompt_lm_weight * prompt_loss

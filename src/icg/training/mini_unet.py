@@ -171,6 +171,7 @@ def caption_table(items: pd.DataFrame) -> tuple[list[str], torch.Tensor]:
         row = [cd.item_text(title, genres, k) for k in range(N_TEMPLATES)]
         row.append(explicit_prompt_teacher(title, genres))
         rows.append([texts.setdefault(t, len(texts)) for t in row])
+    # data building: the caption table stays on the host (indexed by host rows)
     return list(texts), torch.tensor(rows, dtype=torch.long).reshape(len(items), N_TEMPLATES + 1)
 
 
@@ -178,7 +179,7 @@ def sample_caption_ids(
     table: torch.Tensor, rows: torch.Tensor, config: MiniUnetConfig, generator: torch.Generator
 ) -> torch.Tensor:
     """(B,) caption ids for items `rows`: "" (id 0) with P = caption_dropout, else teacher or a template."""
-    n = len(rows)
+    n = len(rows)  # host draws from a seeded CPU generator, by design (the mini trainer runs on the CPU)
     dropped = torch.rand(n, generator=generator) < config.caption_dropout
     teacher = torch.rand(n, generator=generator) < config.teacher_fraction
     template = torch.randint(0, N_TEMPLATES, (n,), generator=generator)
@@ -351,11 +352,11 @@ def eps_mse(
     generator = torch.Generator().manual_seed(seed)
     by_t = {}
     for t in timesteps:
-        noise = torch.randn(latents.shape, generator=generator)  # (N, C, S, S)
+        noise = torch.randn(latents.shape, generator=generator)  # (N, C, S, S) CPU: the mini trainer's device
         total = 0.0
         for start in range(0, len(latents), 64):
             x, eps, cond = (v[start : start + 64] for v in (latents, noise, hidden))
-            step = torch.full((len(x),), t, dtype=torch.long)
+            step = torch.full((len(x),), t, dtype=torch.long)  # CPU, as the mini trainer and its latents
             pred = unet(scheduler.add_noise(x, eps, step), step, encoder_hidden_states=cond).sample
             total += torch.nn.functional.mse_loss(pred, eps, reduction="sum").item()
         by_t[str(t)] = round(total / noise.numel(), 5)
@@ -415,7 +416,7 @@ def _train(
         logger.warning("scaled latents have std %.3f; is the VAE's scaling_factor set for it?", latent_std)
 
     # model, EMA, optimizer, schedule, RNG: fresh, or from the checkpoint
-    pairs = torch.cartesian_prod(torch.from_numpy(split.train), torch.arange(config.variants))  # (P, 2)
+    pairs = torch.cartesian_prod(torch.from_numpy(split.train), torch.arange(config.variants))  # (P, 2) host
     steps_per_epoch = -(-len(pairs) // config.batch_size)
     total_steps = config.epochs * steps_per_epoch
     noise_scheduler, ddim = noise_schedulers()
@@ -518,6 +519,7 @@ def _train_epoch(
     for pair in batches:  # (B, 2): item row, variant
         rows, variants = pair[:, 0], pair[:, 1]
         x0 = feats.latent_mean[rows, variants].float()  # (B, C, S, S)
+        # seeded CPU draws by design: the mini UNet trains on the CPU (bit-identical resume)
         if config.sample_latents:
             x0 = x0 + feats.latent_std[rows, variants].float() * torch.randn(x0.shape, generator=generator)
         noise = torch.randn(x0.shape, generator=generator)

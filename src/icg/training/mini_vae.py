@@ -236,7 +236,7 @@ def _train_epoch(
     """Every train item once, at a random variant, in batches (the last may be short); mean losses."""
     vae.train()
     order = torch.randperm(len(train_rows), generator=sampler)  # (N_train,)
-    variant = torch.randint(0, config.variants, (len(train_rows),), generator=sampler)
+    variant = torch.randint(0, config.variants, (len(train_rows),), generator=sampler)  # host plan, seeded
     sums = {"loss": 0.0, "l1": 0.0, "mse": 0.0, "kl": 0.0}
     starts = range(0, len(train_rows), config.batch_size)
     bar = tqdm(

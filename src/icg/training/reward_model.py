@@ -139,7 +139,9 @@ def reward_data(
             ]
         except KeyError as exc:
             raise DataError(f"pair item {exc} is not in the items table") from exc
-        split_pairs[split] = torch.tensor(cols, dtype=torch.long).T.reshape(-1, 3)  # (P, 3)
+        split_pairs[split] = torch.tensor(cols, dtype=torch.long).T.reshape(
+            -1, 3
+        )  # (P, 3) data building, host
     return RewardData(
         item_ids=item_ids,
         titles=[display_title(str(t)) or "untitled" for t in items["title"]],

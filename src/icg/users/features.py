@@ -274,6 +274,7 @@ class FeatureVocab:
     ) -> UserFeatures:
         """One cold-start user (B = 1, id `<unk>`) from whatever profile fields are known."""
         a, g, o = self.profile_indices(UserProfile(age, gender, occupation))
+        # host-side features (CPU by design, like the tokenizer's ids): the user encoder moves them
         return UserFeatures(*(torch.tensor([v], dtype=torch.long) for v in (0, a, g, o)))
 
     def parse_profile_sentence(self, text: str) -> UserProfile:

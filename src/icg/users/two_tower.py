@@ -135,6 +135,7 @@ class TwoTowerModel(DeviceDtypeMixin, nn.Module):
         with torch.no_grad():
             self.genres.weight[c.n_genres].zero_()
             self.title.weight[c.n_title_words].zero_()
+        # initialisation: buffers built on the CPU, moved with the module by `.to(device)`
         self.register_buffer("user_profiles", torch.zeros(c.n_users, 3, dtype=torch.long))
         self.register_buffer(
             "item_genres", torch.full((c.n_items, c.max_genres), c.n_genres, dtype=torch.long)
