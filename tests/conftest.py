@@ -87,3 +87,14 @@ def assert_page_screenshot():
         assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50, "screenshot has almost no content"
 
     return check
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one intra-op thread for the test (small ops on a busy 2-core machine run fastest so)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

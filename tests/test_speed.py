@@ -12,11 +12,8 @@ from icg.speed import SpeedOptions, apply_speed_options, default_speed_options, 
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(previous)
 
 
 def _covers(pipe) -> torch.Tensor:

@@ -159,7 +159,24 @@ def load_clip_encoder(
     return CLIPEncoder(model, image_spec_from_processor(image_processor), tokenizer)
 
 
-class CLIPSimilarityReward(Reward):
+class CLIPEncoderReward(Reward):
+    """A reward that scores through one `CLIPEncoder` (`self.encoder`): the hooks the speed options use."""
+
+    def towers(self) -> list[nn.Module]:
+        return [self.encoder.model]
+
+    def tower_slots(self) -> list[tuple[nn.Module, str, nn.Module]]:
+        return [(self.encoder, "model", self.encoder.model)]
+
+    def warm_text_cache(self, texts: Sequence[str], users: Sequence[str] | None = None) -> None:
+        if texts:
+            self.encoder.text_features(texts)
+
+    def text_tensors(self) -> list[Tensor]:
+        return self.encoder.text_tensors()
+
+
+class CLIPSimilarityReward(CLIPEncoderReward):
     """scale · cos(CLIP image, CLIP text); the paper's weak reconstruction term (image ↔ caption)."""
 
     name = "clip"
@@ -175,19 +192,6 @@ class CLIPSimilarityReward(Reward):
         img = self.encoder.image_features(images)  # (B, D)
         txt = self.encoder.text_features(texts)  # (B, D), no graph
         return self.scale * (img * txt).sum(-1)  # (B,)
-
-    def towers(self) -> list[nn.Module]:
-        return [self.encoder.model]
-
-    def tower_slots(self) -> list[tuple[nn.Module, str, nn.Module]]:
-        return [(self.encoder, "model", self.encoder.model)]
-
-    def warm_text_cache(self, texts: Sequence[str], users: Sequence[str] | None = None) -> None:
-        if texts:
-            self.encoder.text_features(texts)
-
-    def text_tensors(self) -> list[Tensor]:
-        return self.encoder.text_tensors()
 
 
 def load_clip_similarity(

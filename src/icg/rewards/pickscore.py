@@ -8,17 +8,16 @@ images (the official script then softmaxes over candidate images of one prompt; 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from icg.rewards.base import Reward, RewardLoss, Users
-from icg.rewards.clip_score import CLIPEncoder, load_clip_encoder
+from icg.rewards.base import RewardLoss, Users
+from icg.rewards.clip_score import CLIPEncoder, CLIPEncoderReward, load_clip_encoder
 
 
-class PickScoreReward(Reward):
+class PickScoreReward(CLIPEncoderReward):
     """logit_scale.exp() · cos(CLIP image, CLIP text), batched, differentiable w.r.t. the images."""
 
     name = "pickscore"
@@ -36,19 +35,6 @@ class PickScoreReward(Reward):
         img = self.encoder.image_features(images)  # (B, D)
         txt = self.encoder.text_features(texts)  # (B, D), no graph
         return self.encoder.logit_scale.float().exp() * (img * txt).sum(-1)  # (B,)
-
-    def towers(self) -> list[nn.Module]:
-        return [self.encoder.model]
-
-    def tower_slots(self) -> list[tuple[nn.Module, str, nn.Module]]:
-        return [(self.encoder, "model", self.encoder.model)]
-
-    def warm_text_cache(self, texts: Sequence[str], users: Sequence[str] | None = None) -> None:
-        if texts:
-            self.encoder.text_features(texts)
-
-    def text_tensors(self) -> list[Tensor]:
-        return self.encoder.text_tensors()
 
 
 def load_pickscore(
