@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One call of the GPU machine, as run for bench/RESULTS.md (wheels from bench/device_wheels.sh, carried in .whl).
-#   bash bench/device_run.sh check   # gpu_check.py (issue 15) + pipeline_gpu.py (generation speed)
+#   bash bench/device_run.sh check   # gpu_check.py (issue 15) + pipeline_gpu.py (generation speed); the
+#                                    # HPSv2 path is SKIP here (open_clip rides in the speed call: the three
+#                                    # wheel sets and the tree together pass the 64 MiB a call carries)
 #   bash bench/device_run.sh speed   # train_step.py (reward overhead, memory) + flux_gpu.py + mllm_gpu.py
 # Each script has its own time limit so the call ends inside the device's 10-minute command limit.
 set -uo pipefail
@@ -28,7 +30,7 @@ run() {  # run SECONDS NAME ARGS...: one script, its log and JSON under $OUT
 }
 case $what in
   check)
-    run 160 gpu_check --device cuda
+    run 240 gpu_check --device cuda
     run 190 pipeline_gpu --reps 2 ;;
   speed)
     run 140 train_step --gpu --budget-s 100

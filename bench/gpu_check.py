@@ -159,13 +159,15 @@ def main() -> int:
             for r in commands(args.device, Path(tmp)):
                 print(r.line(), flush=True)
                 results.append(r)
-    failed = [r for r in results if not r.ok]
-    print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed  (device {args.device})")
-    for r in failed:
-        print("  FAIL", r.name, "—", r.detail)
+    failed = [r for r in results if r.status == "FAIL"]
+    skipped = [r for r in results if r.status == "SKIP"]
+    passed = len(results) - len(failed) - len(skipped)
+    print(f"\n{passed} passed, {len(failed)} failed, {len(skipped)} skipped  (device {args.device})")
+    for r in failed + skipped:
+        print(f"  {r.status}", r.name, "—", r.detail)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        rows = [vars(r) for r in results]
+        rows = [vars(r) | {"status": r.status} for r in results]
         args.out.write_text(json.dumps({"machine": info, "device": args.device, "results": rows}, indent=2))
     return 1 if failed else 0
 

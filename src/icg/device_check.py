@@ -403,9 +403,14 @@ class CheckResult:
     ok: bool
     detail: str
     seconds: float
+    missing: str | None = None  # a package the path needs that is not installed (e.g. open_clip): not run
+
+    @property
+    def status(self) -> str:
+        return "PASS" if self.ok else ("SKIP" if self.missing else "FAIL")
 
     def line(self) -> str:
-        return f"{'PASS' if self.ok else 'FAIL'}  {self.name}  ({self.seconds:.1f} s)  {self.detail}"
+        return f"{self.status}  {self.name}  ({self.seconds:.1f} s)  {self.detail}"
 
 
 def run_paths(
@@ -422,12 +427,15 @@ def run_paths(
         with fake_cuda() if fake else contextlib.nullcontext():
             for name in names or list(PATHS):
                 started = time.perf_counter()
+                missing = None
                 try:
                     detail, ok = PATHS[name](ctx), True
                 except Exception as err:  # a check reports every failure and goes on
                     detail, ok = f"{type(err).__name__}: {err}".splitlines()[0][:300], False
+                    if isinstance(err, ModuleNotFoundError):  # the machine lacks a package: not a verdict
+                        missing = err.name
                     logger.debug("%s failed:\n%s", name, traceback.format_exc())
-                results.append(CheckResult(name, ok, detail, time.perf_counter() - started))
+                results.append(CheckResult(name, ok, detail, time.perf_counter() - started, missing))
     return results
 
 
