@@ -370,6 +370,7 @@ def prepare(pipe, data: AdapterData, variants: dict[str, WeightedRewards], confi
             frozen.to(DTYPES[precision])
     trainable.float().requires_grad_(True).train()
     pipe.unet.enable_gradient_checkpointing()
+    pipe.vae.enable_gradient_checkpointing()  # as `_train` does: the decode of x̂0 holds most of the memory
     feats = item_features(pipe, data, cache, config.max_prompt_tokens)
     if precision == "fp16":  # random fp16 weights may overflow in the VAE; keeps the timing runnable
         pipe.vae.decoder.register_forward_hook(lambda m, i, out: torch.nan_to_num(out, 0.0, 1.0, -1.0))

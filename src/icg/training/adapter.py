@@ -448,8 +448,9 @@ def _train(
         for frozen_module in (backbone.denoiser, pipe.vae, *backbone.text_encoders):
             frozen_module.to(dtype)
     module.float().requires_grad_(True).train()
-    if config.gradient_checkpointing:
+    if config.gradient_checkpointing:  # the denoiser and the VAE decoder of x̂0 (most of a 512² step's memory)
         backbone.denoiser.enable_gradient_checkpointing()
+        pipe.vae.enable_gradient_checkpointing()
 
     with accelerator.main_process_first():  # the first process fills the disk cache, the others read it
         feats = item_features(pipe, data, cache_dir, config.max_prompt_tokens, progress=progress and main)
@@ -594,6 +595,7 @@ def _train(
         tracker.finish()  # second stage may run in the same `accelerate launch` process
     if config.gradient_checkpointing:
         backbone.denoiser.disable_gradient_checkpointing()
+        pipe.vae.disable_gradient_checkpointing()
     unwrapped.eval()
     return json.loads(text)
 
