@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import AttnProcessor
 from PIL import Image
 from scipy import linalg
 from transformers import CLIPModel, CLIPProcessor
@@ -33,6 +36,12 @@ from icg.evaluation.mini import (
     swap_targets,
     vae_reconstruction,
     zero_shot_genres,
+)
+from icg.evaluation.mini_diagnosis import (
+    RecordingAttnProcessor,
+    diagnose_conditioning,
+    diagnosis_markdown,
+    write_section,
 )
 from icg.testing import get_dummy_components, tiny_clip_model
 from icg.training.clip_data import (
@@ -338,3 +347,67 @@ def test_result_has_prompt_following_figures(result) -> None:
     assert ret["chance_r1"] == 0.25 and ret["chance_r10"] == 1.0
     report = mini_report_markdown(res)
     assert "prompt swap" in report and "item retrieval R@10" in report and "McNemar" in report
+
+
+# ------------------------------------------------------------------------------------------------ diagnosis
+def _diagnose(backbone: Path, tmp_path: Path) -> dict:
+    items = load_ml100k().items.head(20)
+    return diagnose_conditioning(
+        backbone, items, cache_dir=tmp_path / "cache", max_items=4, timesteps=(100, 900)
+    )
+
+
+def test_diagnosis_sees_the_caption_and_not_without_cross_attention(saved, tmp_path: Path) -> None:
+    """The tiny UNet's ε moves with the caption; with every cross-attention output zeroed it cannot."""
+    backbone, _ = saved
+    res = _diagnose(backbone, tmp_path)
+    assert res["n_items"] == 4 and set(res["eps"]["by_t"]) == {"100", "900"}
+    assert res["eps"]["mean"]["rel_change_vs_empty"] > 1e-4
+    uniform = res["cross_attention"]["uniform_entropy"]
+    for layer in res["cross_attention"]["layers"].values():
+        assert 0.0 <= layer["caption"]["entropy"] <= uniform + 1e-4
+        assert 0.0 < layer["caption"]["mass_on_caption_tokens"] <= 1.0 + 1e-6
+    deaf = tmp_path / "deaf"
+    shutil.copytree(backbone, deaf)
+    unet = UNet2DConditionModel.from_pretrained(deaf / "unet")
+    with torch.no_grad():
+        for name, module in unet.named_modules():
+            if name.endswith("attn2.to_out.0"):
+                module.weight.zero_()
+                module.bias.zero_()
+    unet.save_pretrained(deaf / "unet")
+    mean = _diagnose(deaf, tmp_path)["eps"]["mean"]
+    assert mean["rel_change_vs_empty"] == 0.0 and mean["rel_change_vs_swapped"] == 0.0
+    assert mean["eps_mse_caption"] == mean["eps_mse_empty"]
+
+
+def test_recording_processor_leaves_outputs_unchanged(saved) -> None:
+    backbone, _ = saved
+    unet = UNet2DConditionModel.from_pretrained(backbone / "unet").eval()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, unet.config.in_channels, 8, 8, generator=gen)
+    hidden = torch.randn(2, 7, unet.config.cross_attention_dim, generator=gen)
+    with torch.no_grad():
+        unet.set_attn_processor(AttnProcessor())
+        plain = unet(x, torch.tensor([10, 500]), hidden).sample
+        store: dict[str, list] = {}
+        mask = {"mask": torch.ones(2, 7, dtype=torch.bool)}
+        unet.set_attn_processor({n: RecordingAttnProcessor(n, store, mask) for n in unet.attn_processors})
+        recorded = unet(x, torch.tensor([10, 500]), hidden).sample
+    assert torch.allclose(plain, recorded, atol=1e-6)
+    assert store and all(torch.cat(v).shape == (2, 3) for v in store.values())
+    for chunks in store.values():  # every key token is a caption token here: all the mass is on them
+        assert torch.allclose(torch.cat(chunks)[:, 1], torch.ones(2), atol=1e-5)
+
+
+def test_diagnosis_section_is_replaced_not_repeated(saved, tmp_path: Path) -> None:
+    backbone, _ = saved
+    report = diagnosis_markdown(_diagnose(backbone, tmp_path) | {"command": "python -m x"})
+    assert "Diagnosis" in report and "python -m x" in report and report.count("\n|") > 10
+    md = tmp_path / "mini_eval.md"
+    md.write_text("# Mini backbone quality\n\ntable\n")
+    write_section(md, report)
+    write_section(md, report.replace("Diagnosis", "Diagnosis again"))
+    text = md.read_text()
+    assert text.startswith("# Mini backbone quality\n\ntable\n")
+    assert text.count("Diagnosis") == 1 and "Diagnosis again" in text
