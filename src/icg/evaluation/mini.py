@@ -610,7 +610,9 @@ def mini_report_markdown(result: dict) -> str:
     lines = [
         "# Mini backbone quality",
         "",
-        f"{result['n_items']} held-out items, {s['image_size']}² px, DDIM {s['num_inference_steps']} steps, "
+        f"{result['n_items']} held-out items"
+        + (f" (the first {s['max_items']} by row, --max-items)" if s.get("max_items") else "")
+        + f", {s['image_size']}² px, DDIM {s['num_inference_steps']} steps, "
         f"guidance {s['guidance_scale']}, seed {s['seed']}; prompt 'title, genres movie'.",
         "",
         "| figure | mini backbone | floor / baseline | ceiling: random UNet | chance |",
