@@ -447,7 +447,8 @@ def evaluate_mini(
 ) -> dict[str, object]:
     """Measure the backbone at `backbone_dir` on the held-out items of `items` (see the module docstring).
 
-    Returns a JSON-able dict with `fd_miniclip`, `genre_accuracy`, `vae`, `n_items`, `settings`, `seconds`;
+    Returns a JSON-able dict with `fd_miniclip`, `genre_accuracy`, `prompt_swap`, `guidance_effect`,
+    `item_retrieval`, `vae`, `n_items`, `settings`, `seconds`; `max_items` keeps the first N held-out rows;
     with `out_dir`, also writes `mini_eval_samples.png` there (reference | generated | random UNet).
     """
     if num_inference_steps < 1 or batch_size < 1:
