@@ -71,6 +71,9 @@ def evaluate_mini_cmd(
     ),
     steps: Annotated[int, typer.Option(help="DDIM steps.")] = 15,
     guidance: Annotated[float, typer.Option(help="Guidance scale.")] = 7.0,
+    max_items: Annotated[
+        int | None, typer.Option(help="Measure only the first N held-out items (by row; default: all).")
+    ] = None,
     threads: ThreadsOpt = None,
 ) -> None:
     """Quality of the mini backbone: VAE PSNR, FD-miniCLIP (floor, ceiling), zero-shot genre accuracy."""
@@ -86,10 +89,14 @@ def evaluate_mini_cmd(
     if spec.clip is None or spec.base_model is None:
         raise ICGError(f"preset '{spec.name}' names no CLIP or no base model to evaluate")
     out.mkdir(parents=True, exist_ok=True)
-    result = evaluate_mini(
-        Path(spec.base_model), Path(spec.clip), load_data(dataset, None).items,
-        cache_dir=icg_home() / "covers", num_inference_steps=steps, guidance_scale=guidance, out_dir=out,
-    )  # fmt: skip
+    try:
+        result = evaluate_mini(
+            Path(spec.base_model), Path(spec.clip), load_data(dataset, None).items,
+            cache_dir=icg_home() / "covers", num_inference_steps=steps, guidance_scale=guidance,
+            max_items=max_items, out_dir=out,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise ICGError(str(exc)) from exc
     result["command"] = "icg " + " ".join(sys.argv[1:])
     write_text_atomic(out / "mini_eval.json", json.dumps(result, indent=2, default=str))
     report = mini_report_markdown(result)

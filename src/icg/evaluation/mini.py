@@ -13,6 +13,19 @@ model shares), against their reference covers (variant 0 of the rendered cover c
   and 128-d features FD is biased upward, so the like-for-like comparison uses the same half sizes.
 - Zero-shot primary-genre accuracy of the mini CLIP on generated, reference and random-UNet covers, beside
   the majority-genre share and 1/#genres.
+- Does the cover follow its prompt (issue 17, item 3)?
+  - prompt swap: each item again from the same noise, its genre words replaced by one other genre (seeded,
+    uniform among the genres it does not have) → share of covers the mini CLIP now calls that new genre,
+    beside 1/#genres and beside the proper baseline: how often the unswapped cover is already called the
+    new genre (exact McNemar on the paired outcomes). Reference covers re-rendered with the swapped genre
+    give what a cover that follows its genre scores under this CLIP.
+  - guidance effect: zero-shot genre accuracy of the same items and seeds at guidance 1 (no classifier-free
+    guidance) vs the evaluation's guidance, paired; exact McNemar test (two-sided binomial sign test on the
+    discordant pairs).
+  - item retrieval: each generated cover ranks the held-out reference covers by mini-CLIP image-embedding
+    cosine → R@1, R@10 of its own item, beside k/N, beside a genre-only oracle (a cover that carries its
+    primary genre and nothing else of its item) and beside the references' own figure: the renderer's
+    variant 1 of each item (another composition of the same title, genres, year) retrieving variant 0.
 """
 
 from __future__ import annotations
@@ -27,15 +40,20 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from PIL import Image, ImageDraw
+from scipy.stats import binomtest
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from tqdm.auto import tqdm
 from transformers import CLIPModel, CLIPProcessor
 
 from icg.atomic import atomic_path
+from icg.data.covers.render import render_cover
 from icg.evaluation.fd import FD_NAME, ClipImageFeatures, frechet_distance
 from icg.loading import load_backbone
 from icg.training.clip_data import (
+    embed_images,
+    embed_texts,
     evaluate_clip,
+    genre_prompt,
     item_text,
     items_genres,
     render_cover_cache,
@@ -50,6 +68,10 @@ SPLIT = {"seed": 0, "val_fraction": 0.1, "test_fraction": 0.1}  # the mini CLIP'
 COVER_VARIANTS = 4  # the mini CLIP's cover cache (variant 0 = reference): the same file is reused
 SEED_STRIDE = 1_000_000  # item at row r of the items table is generated with seed * SEED_STRIDE + r
 RANDOM_UNET_SEED = 7919  # + seed: apart from 0, the seed a trainer (or a test's dummy UNet) may start from
+SWAP_SEED = 104_729  # + seed: the draw of each item's swapped genre
+RETRIEVAL_KS = (1, 10)
+REFERENCE_QUERY_VARIANT = 1  # the references' own item-retrieval figure: variant 1 queries variant 0
+LOW_GUIDANCE = 1.0  # diffusers skips classifier-free guidance at 1: the conditional prediction alone
 FD_BIAS_NOTE = (
     "FD is estimated from {n} samples of {d}-d features: the estimate has a positive small-sample bias, so "
     "two halves of the reference covers themselves are {floor:.4g} apart (the floor, measured at the same "
@@ -221,6 +243,172 @@ def genre_figures(
     return out
 
 
+# ------------------------------------------------------------------------------------------- prompt following
+def genre_candidates(tuples: list[tuple[str, ...]]) -> list[str]:
+    """The zero-shot genres: every genre of the items, sorted (what `evaluate_clip` uses by default)."""
+    return sorted({g for t in tuples for g in t})
+
+
+@torch.no_grad()
+def zero_shot_genres(
+    clip: CLIPModel,
+    processor: CLIPProcessor,
+    images: torch.Tensor,
+    candidates: list[str],
+    batch_size: int = 256,
+) -> list[str]:
+    """The mini CLIP's zero-shot genre of each (N, 3, H, W) uint8 cover among `candidates` (processor)."""
+    img = embed_images(clip, processor, [to_pil(c) for c in images], batch_size)  # (N, P)
+    prompts = embed_texts(clip, processor, [genre_prompt(g) for g in candidates], batch_size)  # (G, P)
+    return [candidates[i] for i in (img @ prompts.T).argmax(dim=1).tolist()]
+
+
+def swap_targets(tuples: list[tuple[str, ...]], candidates: list[str], seed: int) -> list[str]:
+    """For each item one genre it does not have, uniform among `candidates` ('unknown' excluded), seeded."""
+    rng = np.random.default_rng([seed, SWAP_SEED])
+    out = []
+    for genres in tuples:
+        options = [g for g in candidates if g not in genres and g != "unknown"]
+        if not options:
+            raise ValueError(f"no genre to swap {genres} to among {candidates}")
+        out.append(options[int(rng.integers(len(options)))])
+    return out
+
+
+def exact_mcnemar(first: np.ndarray, second: np.ndarray) -> dict[str, object]:
+    """Exact McNemar test of paired booleans: two-sided binomial sign test on the discordant pairs.
+
+    `first_only` pairs are True in `first` only, `second_only` in `second` only; p = 1 if none.
+    """
+    first, second = np.asarray(first, dtype=bool), np.asarray(second, dtype=bool)
+    if first.shape != second.shape or first.ndim != 1:
+        raise ValueError(
+            f"paired outcomes must be two 1-d arrays of one length, got {first.shape}, {second.shape}"
+        )
+    first_only, second_only = int((first & ~second).sum()), int((~first & second).sum())
+    n = first_only + second_only
+    p = 1.0 if n == 0 else float(binomtest(first_only, n, 0.5, alternative="two-sided").pvalue)
+    return {
+        "first_only": first_only,
+        "second_only": second_only,
+        "p_value": p,
+        "test": "exact McNemar (two-sided binomial sign test on discordant pairs)",
+    }
+
+
+def prompt_swap_figures(
+    new_genres: list[str],
+    primary: list[str],
+    swapped: list[str],
+    unswapped: list[str],
+    reference_swapped: list[str],
+    reference: list[str],
+    n_genres: int,
+) -> dict[str, object]:
+    """Prompt-swap figures from zero-shot predictions (all lists over the same items, in one order).
+
+    `swapped`/`unswapped`: predictions on covers generated from the swapped/original prompt with the same
+    noise; `reference_swapped`/`reference`: on reference covers rendered with the swapped/original genres.
+    """
+    n = len(new_genres)
+    if not n or any(len(x) != n for x in (primary, swapped, unswapped, reference_swapped, reference)):
+        raise ValueError("prompt-swap predictions must be non-empty lists of one length")
+    new = np.array(new_genres)
+    follows = np.array(swapped) == new  # (N,) the swapped cover is called the new genre
+    already = np.array(unswapped) == new  # (N,) the unswapped cover is already called the new genre
+    ref_follows = np.array(reference_swapped) == new
+    return {
+        "follows_new_genre": round(float(follows.mean()), 4),
+        "baseline_unswapped_is_new_genre": round(float(already.mean()), 4),
+        "chance_uniform": round(1 / n_genres, 4),
+        "keeps_original_genre": round(float((np.array(swapped) == np.array(primary)).mean()), 4),
+        "unswapped_original_genre": round(float((np.array(unswapped) == np.array(primary)).mean()), 4),
+        "reference_follows_new_genre": round(float(ref_follows.mean()), 4),
+        "reference_baseline_is_new_genre": round(float((np.array(reference) == new).mean()), 4),
+        "paired_test": exact_mcnemar(follows, already),
+        "n_items": n,
+        "n_genres": n_genres,
+    }
+
+
+def guidance_figures(
+    low: list[str], high: list[str], primary: list[str], low_scale: float, high_scale: float
+) -> dict[str, object]:
+    """Zero-shot genre accuracy at two guidance scales on the same items and seeds, paired (exact McNemar)."""
+    if not primary or len(low) != len(primary) or len(high) != len(primary):
+        raise ValueError("guidance predictions must be non-empty lists of one length")
+    truth = np.array(primary)
+    hit_low, hit_high = np.array(low) == truth, np.array(high) == truth
+    test = exact_mcnemar(hit_high, hit_low)
+    return {
+        "low_guidance": low_scale,
+        "high_guidance": high_scale,
+        "accuracy_low": round(float(hit_low.mean()), 4),
+        "accuracy_high": round(float(hit_high.mean()), 4),
+        "only_high_correct": test["first_only"],
+        "only_low_correct": test["second_only"],
+        "p_value": test["p_value"],
+        "test": test["test"],
+        "n_items": len(primary),
+    }
+
+
+def recall_at_k(queries: torch.Tensor, keys: torch.Tensor, k: int) -> float:
+    """Share of queries i whose key i is among their k most cosine-similar keys; ties count against it."""
+    if queries.shape != keys.shape or queries.dim() != 2:
+        raise ValueError(f"queries and keys must be (N, D) of one shape, got {queries.shape}, {keys.shape}")
+    sims = F.normalize(queries.float(), dim=-1) @ F.normalize(keys.float(), dim=-1).T  # (N, N)
+    rivals = (sims >= sims.diagonal()[:, None]).sum(dim=1) - 1  # (N,) other keys at least as similar
+    return float((rivals < k).float().mean())
+
+
+def genre_oracle_recall(primary: list[str], k: int) -> float:
+    """R@k of a cover that carries its primary genre and nothing else: random among same-genre references."""
+    counts = pd.Series(primary).map(pd.Series(primary).value_counts()).to_numpy(dtype=float)  # (N,)
+    return float(np.mean(np.minimum(1.0, k / counts)))
+
+
+@torch.no_grad()
+def item_retrieval_figures(
+    features: ClipImageFeatures,
+    references: torch.Tensor,
+    queries: dict[str, torch.Tensor],
+    primary: list[str],
+    batch_size: int = 256,
+    ks: tuple[int, ...] = RETRIEVAL_KS,
+) -> dict[str, object]:
+    """R@k of each query cover set retrieving its own item among `references` (row i ↔ item i)."""
+
+    def embed(images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([features(images[s : s + batch_size]) for s in range(0, len(images), batch_size)])
+
+    keys = embed(references)  # (N, P)
+    n = len(references)
+    out: dict[str, object] = {}
+    for name, images in queries.items():
+        emb = embed(images)
+        for k in ks:
+            out[f"{name}_r{k}"] = round(recall_at_k(emb, keys, k), 4)
+    for k in ks:
+        out[f"chance_r{k}"] = round(min(k, n) / n, 4)
+        out[f"genre_oracle_r{k}"] = round(genre_oracle_recall(primary, k), 4)
+    out["n_items"] = n
+    return out
+
+
+def render_references(items: pd.DataFrame, genres: list[tuple[str, ...]], size: int) -> torch.Tensor:
+    """(N, 3, size, size) uint8 variant-0 reference covers of `items`, drawn with `genres` for theirs."""
+    years = items["year"] if "year" in items.columns else pd.Series([None] * len(items))
+    covers = torch.empty((len(items), 3, size, size), dtype=torch.uint8)  # host buffer of rendered covers
+    rows = zip(items["item_id"], items["title"], genres, years, strict=True)
+    for n, (item_id, title, g, year) in enumerate(rows):
+        year = None if year is None or pd.isna(year) else int(year)
+        title = "" if pd.isna(title) else str(title)
+        img = render_cover(str(item_id), title, g, year, size, 0)
+        covers[n] = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
+    return covers
+
+
 def sample_grid(
     references: torch.Tensor, generated: torch.Tensor, random_covers: torch.Tensor, n: int = 16, cols: int = 4
 ) -> Image.Image:
@@ -259,7 +447,8 @@ def evaluate_mini(
 ) -> dict[str, object]:
     """Measure the backbone at `backbone_dir` on the held-out items of `items` (see the module docstring).
 
-    Returns a JSON-able dict with `fd_miniclip`, `genre_accuracy`, `vae`, `n_items`, `settings`, `seconds`;
+    Returns a JSON-able dict with `fd_miniclip`, `genre_accuracy`, `prompt_swap`, `guidance_effect`,
+    `item_retrieval`, `vae`, `n_items`, `settings`, `seconds`; `max_items` keeps the first N held-out rows;
     with `out_dir`, also writes `mini_eval_samples.png` there (reference | generated | random UNet).
     """
     if num_inference_steps < 1 or batch_size < 1:
@@ -280,8 +469,10 @@ def evaluate_mini(
     clip = CLIPModel.from_pretrained(clip_dir).eval()
     processor = CLIPProcessor.from_pretrained(clip_dir)
     size = int(unet.config.sample_size) * vae_scale_factor(vae)
-    references = render_cover_cache(items, Path(cache_dir), size, COVER_VARIANTS, progress=progress)
-    references = references[torch.from_numpy(rows), 0]  # (N, 3, S, S) uint8
+    cache = render_cover_cache(items, Path(cache_dir), size, COVER_VARIANTS, progress=progress)
+    references = cache[torch.from_numpy(rows), 0]  # (N, 3, S, S) uint8
+    reference_queries = cache[torch.from_numpy(rows), REFERENCE_QUERY_VARIANT]  # (N, 3, S, S) uint8
+    del cache
     timings["load"] = time.perf_counter() - t0
 
     t = time.perf_counter()
@@ -300,9 +491,30 @@ def evaluate_mini(
         "progress": progress,
     }
     t = time.perf_counter()
-    pipe = build_pipeline(unet, vae, text_encoder, tokenizer, scheduler)
-    generated = generate_covers(pipe, prompts, seeds, desc="generate (mini UNet)", **gen_kwargs)
+    mini_pipe = build_pipeline(unet, vae, text_encoder, tokenizer, scheduler)
+    generated = generate_covers(mini_pipe, prompts, seeds, desc="generate (mini UNet)", **gen_kwargs)
     timings["generate"] = time.perf_counter() - t
+
+    # prompt swap: the same seeds, each item's genres replaced by one genre it does not have
+    tuples = items_genres(held)
+    primary = [g[0] for g in tuples]
+    candidates = genre_candidates(tuples)
+    new_genres = swap_targets(tuples, candidates, seed)
+    swap_prompts = [
+        item_text(str(title), (g,), 0) for title, g in zip(held["title"], new_genres, strict=True)
+    ]
+    t = time.perf_counter()
+    swapped = generate_covers(mini_pipe, swap_prompts, seeds, desc="generate (swapped genre)", **gen_kwargs)
+    timings["generate_swapped"] = time.perf_counter() - t
+    t = time.perf_counter()
+    low_guidance = generate_covers(
+        mini_pipe,
+        prompts,
+        seeds,
+        desc=f"generate (guidance {LOW_GUIDANCE})",
+        **(gen_kwargs | {"guidance_scale": LOW_GUIDANCE}),
+    )
+    timings["generate_low_guidance"] = time.perf_counter() - t
     t = time.perf_counter()
     pipe = build_pipeline(random_unet(unet, RANDOM_UNET_SEED + seed), vae, text_encoder, tokenizer, scheduler)
     random_covers = generate_covers(pipe, prompts, seeds, desc="generate (random UNet)", **gen_kwargs)
@@ -314,6 +526,36 @@ def evaluate_mini(
     fd_result = fd_figures(references, generated, random_covers, features, seed, batch_size)
     covers = {"generated": generated, "reference": references, "random_unet": random_covers}
     genre_result = genre_figures(clip, processor, held, covers)
+    reference_swapped = render_references(held, [(g,) for g in new_genres], size)
+    predict = {
+        name: zero_shot_genres(clip, processor, images, candidates, batch_size)
+        for name, images in {
+            "generated": generated,
+            "swapped": swapped,
+            "low_guidance": low_guidance,
+            "reference": references,
+            "reference_swapped": reference_swapped,
+        }.items()
+    }
+    swap_result = prompt_swap_figures(
+        new_genres,
+        primary,
+        predict["swapped"],
+        predict["generated"],
+        predict["reference_swapped"],
+        predict["reference"],
+        len(candidates),
+    )
+    guidance_result = guidance_figures(
+        predict["low_guidance"], predict["generated"], primary, LOW_GUIDANCE, guidance_scale
+    )
+    retrieval_result = item_retrieval_figures(
+        features,
+        references,
+        {"generated": generated, "random_unet": random_covers, "reference_variant": reference_queries},
+        primary,
+        batch_size,
+    )
     timings["measure"] = time.perf_counter() - t
 
     if out_dir is not None:
@@ -326,6 +568,9 @@ def evaluate_mini(
     return {
         "fd_miniclip": fd_result,
         "genre_accuracy": genre_result,
+        "prompt_swap": swap_result,
+        "guidance_effect": guidance_result,
+        "item_retrieval": retrieval_result | {"reference_query_variant": REFERENCE_QUERY_VARIANT},
         "vae": vae_result,
         "n_items": len(rows),
         "settings": {
@@ -342,6 +587,9 @@ def evaluate_mini(
             "seed": seed,
             "seeds": f"item at row r: {seed} * {SEED_STRIDE} + r",
             "random_unet_seed": RANDOM_UNET_SEED + seed,
+            "swap": "each item's genres → one genre it lacks, uniform ('unknown' excluded), "
+            f"np.random.default_rng([{seed}, {SWAP_SEED}]); prompt item_text(title, (new genre,), 0)",
+            "low_guidance": LOW_GUIDANCE,
             "max_items": max_items,
             "batch_size": batch_size,
             "machine": machine(),
@@ -363,7 +611,9 @@ def mini_report_markdown(result: dict) -> str:
     lines = [
         "# Mini backbone quality",
         "",
-        f"{result['n_items']} held-out items, {s['image_size']}² px, DDIM {s['num_inference_steps']} steps, "
+        f"{result['n_items']} held-out items"
+        + (f" (the first {s['max_items']} by row, --max-items)" if s.get("max_items") else "")
+        + f", {s['image_size']}² px, DDIM {s['num_inference_steps']} steps, "
         f"guidance {s['guidance_scale']}, seed {s['seed']}; prompt 'title, genres movie'.",
         "",
         "| figure | mini backbone | floor / baseline | ceiling: random UNet | chance |",
@@ -384,6 +634,7 @@ def mini_report_markdown(result: dict) -> str:
         "| – | – |",
         f"| VAE SSIM ↑ | {_fmt(vae['ssim'])} | {_fmt(vae['bicubic_ssim'])} (bicubic ÷{factor}) | – | – |",
         "",
+        *prompt_following_markdown(result),
         f"- {fd['note']}",
         f"- {FD_NAME} is the Fréchet distance on the mini CLIP's {fd['feature_dim']}-d image embeddings "
         "in place of Inception-v3 features: its scale is its own.",
@@ -399,3 +650,61 @@ def mini_report_markdown(result: dict) -> str:
     if "command" in result:
         lines.append(f"- command: `{result['command']}`")
     return "\n".join(lines) + "\n"
+
+
+def _p(value: float) -> str:
+    return f"{value:.2g}" if value < 0.001 else f"{value:.3f}"
+
+
+def prompt_following_markdown(result: dict) -> list[str]:
+    """Prompt-following table (prompt swap, guidance effect, item retrieval) and notes; [] if absent."""
+    if not {"prompt_swap", "guidance_effect", "item_retrieval"} <= set(result):
+        return []
+    swap, guide, ret = result["prompt_swap"], result["guidance_effect"], result["item_retrieval"]
+    n = ret["n_items"]
+    test = swap["paired_test"]
+    return [
+        "## Does the cover follow its prompt?",
+        "",
+        "| figure | mini backbone | baseline | reference covers | ceiling: random UNet | chance |",
+        "|---|---|---|---|---|---|",
+        f"| prompt swap: cover called the swapped-in genre ↑ | {_fmt(swap['follows_new_genre'])} "
+        f"| {_fmt(swap['baseline_unswapped_is_new_genre'])} (unswapped cover called it; "
+        f"p = {_p(test['p_value'])}, {test['first_only']} vs {test['second_only']} discordant) "
+        f"| {_fmt(swap['reference_follows_new_genre'])} (re-rendered with it; "
+        f"{_fmt(swap['reference_baseline_is_new_genre'])} unswapped) | – "
+        f"| {_fmt(swap['chance_uniform'])} uniform ({swap['n_genres']} genres) |",
+        f"| prompt swap: cover still called its own primary genre | {_fmt(swap['keeps_original_genre'])} "
+        f"| {_fmt(swap['unswapped_original_genre'])} (unswapped) | – | – | – |",
+        f"| genre accuracy at guidance {guide['high_guidance']:g} vs {guide['low_guidance']:g} ↑ "
+        f"| {_fmt(guide['accuracy_high'])} vs {_fmt(guide['accuracy_low'])} "
+        f"(p = {_p(guide['p_value'])}; {guide['only_high_correct']} items right only at "
+        f"{guide['high_guidance']:g}, {guide['only_low_correct']} only at {guide['low_guidance']:g}) "
+        "| – | – | – | – |",
+        f"| item retrieval R@1 ↑ (among {n} references) | {_fmt(ret['generated_r1'])} "
+        f"| {_fmt(ret['genre_oracle_r1'])} (genre-only oracle) | {_fmt(ret['reference_variant_r1'])} "
+        f"(variant {ret.get('reference_query_variant', 1)}) | {_fmt(ret['random_unet_r1'])} "
+        f"| {_fmt(ret['chance_r1'])} |",
+        f"| item retrieval R@10 ↑ (among {n} references) | {_fmt(ret['generated_r10'])} "
+        f"| {_fmt(ret['genre_oracle_r10'])} (genre-only oracle) | {_fmt(ret['reference_variant_r10'])} "
+        f"(variant {ret.get('reference_query_variant', 1)}) | {_fmt(ret['random_unet_r10'])} "
+        f"| {_fmt(ret['chance_r10'])} |",
+        "",
+        "- Prompt swap: each item generated again from the same noise with its genres replaced by one genre "
+        "it does not have (seeded, uniform, 'unknown' excluded); prompt 'title, a {new genre} movie'. "
+        "The proper baseline is how often the unswapped cover is already called the new genre; "
+        "p is the exact McNemar test (two-sided binomial sign test on discordant pairs) of swapped vs "
+        "unswapped. 'Reference covers' re-renders each item's reference with the swapped genre: what a "
+        "cover that follows it scores.",
+        f"- Guidance: the same items, prompts and seeds at guidance {guide['low_guidance']:g} (no classifier-"
+        f"free guidance) and {guide['high_guidance']:g}; p is the exact McNemar test (two-sided) on the "
+        "paired correct/incorrect outcomes.",
+        "- Item retrieval: each cover ranks the held-out variant-0 reference covers by mini-CLIP "
+        "image-embedding cosine (ties count against it); R@k is the share whose own item is in the top k. "
+        "The references' own figure queries with the renderer's variant "
+        f"{ret.get('reference_query_variant', 1)} "
+        "of each item (another composition of the same title, genres and year). The genre-only oracle ranks "
+        "its item at random among the items of the same primary genre: a cover that carries its genre and "
+        "nothing else of its item.",
+        "",
+    ]
