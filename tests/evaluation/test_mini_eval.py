@@ -14,6 +14,8 @@ from scipy import linalg
 from transformers import CLIPModel, CLIPProcessor
 
 from icg.data.movielens import load_ml100k
+from icg.data.pixels import to_pil
+from icg.data.splits import split_items
 from icg.evaluation.fd import FD_NAME, ClipImageFeatures, frechet_distance
 from icg.evaluation.mini import (
     SAMPLES_NAME,
@@ -25,7 +27,7 @@ from icg.evaluation.mini import (
     vae_reconstruction,
 )
 from icg.testing import get_dummy_components, tiny_clip_model
-from icg.training.clip_data import embed_images, split_items, to_pil
+from icg.training.clip_data import embed_images
 
 
 @pytest.fixture(scope="module")

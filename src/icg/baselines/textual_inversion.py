@@ -54,10 +54,10 @@ from tqdm.auto import tqdm
 from icg.adapter.attention import personalized_unet_inputs
 from icg.atomic import atomic_path, write_text_atomic
 from icg.baselines.pmg import user_history
+from icg.data.covers.cache import render_cover_cache
 from icg.data.records import InteractionData
 from icg.errors import ICGError
 from icg.training import loop
-from icg.training.clip_data import render_cover_cache
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from transformers import CLIPModel
 
+from icg.data.pixels import IMAGE_MEAN, IMAGE_STD
 from icg.modules import has_values
-from icg.training.clip_data import IMAGE_MEAN, IMAGE_STD
 
 FD_NAME = "FD-miniCLIP"
 

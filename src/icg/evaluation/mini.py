@@ -32,16 +32,14 @@ from tqdm.auto import tqdm
 from transformers import CLIPModel, CLIPProcessor
 
 from icg.atomic import atomic_path
+from icg.data.captions import item_text
+from icg.data.covers.cache import render_cover_cache
+from icg.data.covers.render import items_genres
+from icg.data.pixels import to_pil
+from icg.data.splits import split_items
 from icg.evaluation.fd import FD_NAME, ClipImageFeatures, frechet_distance
 from icg.loading import load_backbone
-from icg.training.clip_data import (
-    evaluate_clip,
-    item_text,
-    items_genres,
-    render_cover_cache,
-    split_items,
-    to_pil,
-)
+from icg.training.clip_data import evaluate_clip
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure
 from transformers import CLIPModel
 
+from icg.data.pixels import IMAGE_MEAN, IMAGE_STD
 from icg.evaluation.fd import ClipPixels, check_images, to_unit_float
-from icg.training.clip_data import IMAGE_MEAN, IMAGE_STD
 
 LPIPS_NAME = "LPIPS-miniCLIP"
 

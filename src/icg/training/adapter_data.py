@@ -114,7 +114,8 @@ def prepare_adapter_data(
     Profiles are the reward model's (`user_profiles`: the user's most watched genres outside their pairs,
     then the demographic sentence). `max_users` keeps the first users in id order (tests, quick looks).
     """
-    from icg.training.clip_data import render_cover_cache, split_items
+    from icg.data.covers.cache import render_cover_cache
+    from icg.data.splits import split_items
     from icg.training.reward_model import user_profiles
 
     if user_split not in SPLITS or item_split not in ITEM_SPLITS:
@@ -226,8 +227,8 @@ def item_features(
     progress: bool = False,
 ) -> ItemFeatures:
     """P_exp and C_ref with the frozen context encoder, once per item (disk cache); U_pre once per user."""
+    from icg.data.pixels import to_pil
     from icg.pipeline import CoverUser
-    from icg.training.clip_data import to_pil
 
     cache = ContextCache(cache_dir)
     prompts: list[str] = []
