@@ -394,7 +394,7 @@ def test_users_per_item_trains_on_groups_and_resumes_exactly(parts, data, tmp_pa
     train_adapter(resumed, _rewards(parts), data, tmp_path / "b", config, progress=False)
     a, b = _trainable(straight), _trainable(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    from icg.training.adapter import _build_objective
+    from icg.training.adapter import build_objective
 
-    objective = _build_objective(_rewards(parts), config)
+    objective = build_objective(_rewards(parts), config)
     assert isinstance(objective.rewards["personalized"], UserSwapReward)

@@ -25,7 +25,7 @@ from icg.data.records import InteractionData
 from icg.data.splits import split_items
 from icg.training import MiniClipConfig, evaluate_clip, train_mini_clip
 from icg.training import clip_data as cd
-from icg.training.clip_tokenizer import _word_counts, learn_bpe_merges, train_clip_tokenizer
+from icg.training.clip_tokenizer import learn_bpe_merges, train_clip_tokenizer, word_counts
 
 # Every call uses threads=1: fast on a machine shared with other jobs, and bit-identical resume needs the
 # same thread count in every call of a run.
@@ -62,7 +62,7 @@ def trained(ml100k: InteractionData, tmp_path_factory: pytest.TempPathFactory) -
 # ------------------------------------------------------------------------------------------------ tokenizer
 def _naive_merges(texts: list[str], num_merges: int) -> list[tuple[str, str]]:
     """Reference BPE: recount every pair after every merge (slow, obviously right), same tie-break."""
-    words = {tuple(w[:-1]) + (w[-1] + "</w>",): n for w, n in _word_counts(texts).items()}
+    words = {tuple(w[:-1]) + (w[-1] + "</w>",): n for w, n in word_counts(texts).items()}
     merges: list[tuple[str, str]] = []
     for _ in range(num_merges):
         pairs: Counter[tuple[str, str]] = Counter()
@@ -225,9 +225,9 @@ def test_interrupted_and_budgeted_runs_resume_to_identical_weights(
 # ------------------------------------------------------------------------------------------------ evaluation
 def test_recall_counts_ranks() -> None:
     sims = torch.tensor([[0.9, 0.1, 0.0], [0.5, 0.4, 0.0], [0.0, 0.3, 0.2]])  # true match on the diagonal
-    assert cd._recall(sims, 1) == pytest.approx(1 / 3)  # only row 0 ranks its match first
-    assert cd._recall(sims, 2) == pytest.approx(1.0)
-    assert cd._recall(torch.ones(4, 4), 1) == 0.0  # ties count against: a collapsed model gets nothing
+    assert cd.recall_at_k(sims, 1) == pytest.approx(1 / 3)  # only row 0 ranks its match first
+    assert cd.recall_at_k(sims, 2) == pytest.approx(1.0)
+    assert cd.recall_at_k(torch.ones(4, 4), 1) == 0.0  # ties count against: a collapsed model gets nothing
 
 
 def test_evaluate_keys_chance_and_errors(trained: tuple[Path, dict]) -> None:

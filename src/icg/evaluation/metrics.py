@@ -39,7 +39,7 @@ from transformers import CLIPModel, CLIPProcessor
 
 from icg.errors import ICGError
 from icg.evaluation.fd import FD_NAME, ClipImageFeatures, check_images, frechet_distance, to_unit_float
-from icg.evaluation.perceptual import LPIPS_NAME, ClipPerceptualDistance, _pair, ssim_per_image
+from icg.evaluation.perceptual import LPIPS_NAME, ClipPerceptualDistance, paired_images, ssim_per_image
 from icg.rewards.aesthetic import AestheticReward, load_aesthetic
 from icg.rewards.base import read_state_file
 
@@ -344,7 +344,7 @@ def load_lpips(
     logger.info("loaded LPIPS-%s from %s and %s", net, backbone_path, lin_path)
 
     def pair_fn(images: Tensor, references: Tensor) -> Tensor:
-        x, y = _pair(images, references)
+        x, y = paired_images(images, references)
         return lpips(x, y, normalize=True).flatten()  # (B,)
 
     return PairedMetric(LPIPS_REAL_NAME, False, pair_fn, lpips, batch_size=batch_size)

@@ -126,7 +126,7 @@ def embed_texts(
     return torch.nn.functional.normalize(torch.cat(out), dim=-1)
 
 
-def _recall(sims: torch.Tensor, k: int) -> float:
+def recall_at_k(sims: torch.Tensor, k: int) -> float:
     """Share of rows whose diagonal entry is among the row's k largest.
 
     Ties count against it, so a collapsed model (all embeddings equal) scores 0, not 1.
@@ -187,10 +187,10 @@ def evaluate_clip(
     hits = np.array(predicted) == np.array(primary)
     return {
         "n_items": n,
-        "i2t_r1": round(_recall(sims, 1), 4),
-        "i2t_r5": round(_recall(sims, 5), 4),
-        "t2i_r1": round(_recall(sims.T, 1), 4),
-        "t2i_r5": round(_recall(sims.T, 5), 4),
+        "i2t_r1": round(recall_at_k(sims, 1), 4),
+        "i2t_r5": round(recall_at_k(sims, 5), 4),
+        "t2i_r1": round(recall_at_k(sims.T, 1), 4),
+        "t2i_r5": round(recall_at_k(sims.T, 5), 4),
         "chance_r1": round(1 / n, 4),
         "chance_r5": round(min(5, n) / n, 4),
         "genre_oracle_r1": round(float(np.mean(1 / same)), 4),
