@@ -62,7 +62,7 @@ def path_guard(ctx: CheckContext) -> str:
     LPIPS-miniCLIP); the real run also records the check in a GuardMonitor."""
     from transformers import CLIPModel
 
-    from icg.evaluation.perceptual import ClipPerceptualDistance
+    from icg.measures.perceptual import ClipPerceptualDistance
     from icg.rewards import load_reward
     from icg.training.guard import (
         GuardMonitor,

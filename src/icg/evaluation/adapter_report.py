@@ -40,7 +40,7 @@ from icg.data.pairs import PairConfig, build_pairs
 from icg.data.pixels import to_pil
 from icg.data.records import InteractionData
 from icg.data.splits import split_items
-from icg.evaluation.perceptual import LPIPS_NAME, ClipPerceptualDistance, ssim_per_image
+from icg.measures.perceptual import LPIPS_NAME, ClipPerceptualDistance, ssim_per_image
 from icg.training.clip_data import embed_texts
 
 logger = logging.getLogger(__name__)

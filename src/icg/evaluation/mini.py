@@ -319,7 +319,7 @@ def evaluate_mini(
         with atomic_path(Path(out_dir) / SAMPLES_NAME) as tmp:
             sample_grid(references, generated, random_covers).save(tmp, format="PNG")
 
-    from icg.evaluation.table6 import machine
+    from icg.machine import machine
 
     return {
         "fd_miniclip": fd_result,

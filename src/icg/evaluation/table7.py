@@ -442,7 +442,7 @@ def run_table7(
     generated-user features are cached per chunk of users, and each finished (row, seed) run is kept in
     out_dir/runs and reused when its inputs are unchanged.
     """
-    from icg.evaluation.table6 import machine
+    from icg.machine import machine
 
     config = config or Table7Config()
     if not seeds:

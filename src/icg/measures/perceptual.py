@@ -21,7 +21,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 from transformers import CLIPModel
 
 from icg.data.pixels import IMAGE_MEAN, IMAGE_STD
-from icg.evaluation.fd import ClipPixels, check_images, to_unit_float
+from icg.measures.clip_pixels import ClipPixels, check_images, to_unit_float
 
 LPIPS_NAME = "LPIPS-miniCLIP"
 
