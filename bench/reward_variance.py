@@ -16,12 +16,12 @@ import json
 import numpy as np
 import torch
 
+from icg.data.covers.cache import render_cover_cache
 from icg.data.covers.render import display_title
 from icg.data.pairs import PairConfig, build_pairs
 from icg.data.registry import load_dataset
 from icg.presets import get_preset, icg_home
 from icg.rewards.personalized import PersonalizedRewardModel, reward_text
-from icg.training.clip_data import render_cover_cache
 from icg.training.reward_model import user_profiles
 
 

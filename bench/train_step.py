@@ -92,7 +92,7 @@ from icg.training.adapter import (  # noqa: E402
     REWARD_WEIGHTS,
     AdapterTrainConfig,
     TrainableAdapter,
-    _build_objective,
+    build_objective,
 )
 from icg.training.adapter_data import AdapterData, SampleStream, item_features  # noqa: E402
 
@@ -299,10 +299,10 @@ def objectives(
         "no_reward": lambda: WeightedRewards(
             {"no_reward": RewardTerm(ImageMean(), 1.0, RewardLoss())}, speed=RewardSpeed.off()
         ),
-        "all_rewards_eager": lambda: _build_objective(eager_rewards, dataclasses.replace(config, **every)),
-        "all_rewards": lambda: _build_objective(rewards, dataclasses.replace(config, **every)),
-        "all_rewards_graphed": lambda: _build_objective(rewards, dataclasses.replace(config, **every)),
-        "one_reward": lambda: _build_objective(rewards, dataclasses.replace(config, **clip_only)),
+        "all_rewards_eager": lambda: build_objective(eager_rewards, dataclasses.replace(config, **every)),
+        "all_rewards": lambda: build_objective(rewards, dataclasses.replace(config, **every)),
+        "all_rewards_graphed": lambda: build_objective(rewards, dataclasses.replace(config, **every)),
+        "one_reward": lambda: build_objective(rewards, dataclasses.replace(config, **clip_only)),
     }
     out = {v: built[v]() for v in variants}
     for v, objective in out.items():
@@ -568,7 +568,7 @@ def reward_part(
     configs: dict[str, WeightedRewards] = {"eager": eager, "ours": ours}
     for option in ("tower_dtype", *OPTIONS):
         off = {option: "fp32" if option == "tower_dtype" else False}
-        objective = _build_objective(eager_rewards if option == "tower_dtype" else rewards, every_config)
+        objective = build_objective(eager_rewards if option == "tower_dtype" else rewards, every_config)
         objective.speed = dataclasses.replace(ours.active_speed, **off)
         configs[f"ours without {option}"] = objective
     out: dict[str, Any] = {"ms": {}, "score_gap": {}}

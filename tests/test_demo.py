@@ -25,7 +25,7 @@ def test_contrasting_users_lean_towards_their_genre(data):
 
 
 def test_held_out_items_are_in_the_test_split(data):
-    from icg.training.clip_data import split_items
+    from icg.data.splits import split_items
 
     items = held_out_items(data.items)
     test_ids = set(data.items.iloc[split_items(len(data.items), 0, 0.1, 0.1).test]["item_id"])

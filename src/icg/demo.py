@@ -75,7 +75,7 @@ def contrasting_users(
 
 def held_out_items(items: pd.DataFrame, genres: tuple[str, ...] = ITEM_GENRES) -> pd.DataFrame:
     """Per genre, the test-split item carrying it with the fewest other genres (distinct, in order)."""
-    from icg.training.clip_data import split_items
+    from icg.data.splits import split_items
 
     split = split_items(len(items), 0, 0.1, 0.1)
     test = items.iloc[split.test]

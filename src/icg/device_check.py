@@ -152,14 +152,14 @@ class CheckContext:
     parts: dict[str, Any] = dataclasses.field(default_factory=dict)  # built once per run, shared by paths
 
 
-def _images(n: int, side: int = 48) -> list:
+def device_images(n: int, side: int = 48) -> list:
     from PIL import Image
 
     colours = [(200, 40, 40), (30, 160, 60), (40, 60, 200), (220, 200, 40)]
     return [Image.new("RGB", (side, side), colours[i % len(colours)]) for i in range(n)]
 
 
-def _pipeline(ctx: CheckContext, flux: bool = False):
+def device_pipeline(ctx: CheckContext, flux: bool = False):
     """The tiny (or tiny-flux) preset's pipeline, loaded on the CPU once, moved to the checked device."""
     key = "flux" if flux else "sd15"
     if key not in ctx.parts:
@@ -220,22 +220,24 @@ def sd15_shaped(tiny, device: torch.device):
 
 
 @contextlib.contextmanager
-def _mllm(ctx: CheckContext, pipe) -> Iterator[None]:
+def device_mllm(ctx: CheckContext, pipe) -> Iterator[None]:
     with mllm_stand_in(pipe.context_encoder) if ctx.fake else contextlib.nullcontext():
         yield
 
 
 def path_context(ctx: CheckContext) -> str:
-    pipe = _pipeline(ctx)
-    with _mllm(ctx, pipe), torch.no_grad():
-        context = pipe.context_encoder.context_embeddings(_images(2), ["Heat", "Toy Story"])
-        prompts = pipe.context_encoder.explicit_prompt(_images(2), ["Heat", "Toy Story"], max_new_tokens=4)
+    pipe = device_pipeline(ctx)
+    with device_mllm(ctx, pipe), torch.no_grad():
+        context = pipe.context_encoder.context_embeddings(device_images(2), ["Heat", "Toy Story"])
+        prompts = pipe.context_encoder.explicit_prompt(
+            device_images(2), ["Heat", "Toy Story"], max_new_tokens=4
+        )
     check_on_device("C_ref", ctx.device, {"context": context})
     return f"C_ref {tuple(context.shape)}, {len(prompts)} prompts"
 
 
 def path_users_projector(ctx: CheckContext) -> str:
-    pipe = _pipeline(ctx)
+    pipe = device_pipeline(ctx)
     with torch.no_grad():
         users = pipe.user_encoder.encode_users(["1", None], [None, "a 24-year-old male technician"])
         users = users.to(ctx.device, pipe.projector.dtype)
@@ -248,10 +250,10 @@ def path_users_projector(ctx: CheckContext) -> str:
 def _generate(ctx: CheckContext, flux: bool) -> str:
     from icg.pipeline import CoverItem, CoverUser
 
-    pipe = _pipeline(ctx, flux)
-    items = [CoverItem(t, im) for t, im in zip(["Heat", "Toy Story"], _images(2), strict=True)]
+    pipe = device_pipeline(ctx, flux)
+    items = [CoverItem(t, im) for t, im in zip(["Heat", "Toy Story"], device_images(2), strict=True)]
     users = [CoverUser(user_id="1"), CoverUser(profile="a 30-year-old female writer")]
-    with _mllm(ctx, pipe):
+    with device_mllm(ctx, pipe):
         out = pipe(items, users, num_inference_steps=2, output_type="pt", max_prompt_tokens=4)
     check_on_device("covers", ctx.device, {"images": out.images})
     return f"{len(out.images)} covers {tuple(out.images.shape[1:])}"
@@ -265,7 +267,7 @@ def path_pipeline_flux(ctx: CheckContext) -> str:
     return _generate(ctx, flux=True)
 
 
-def _reward_parts(ctx: CheckContext) -> dict[str, Any]:
+def device_reward_parts(ctx: CheckContext) -> dict[str, Any]:
     """Tiny CLIP-score and personalized rewards (random weights, real classes), built on the CPU once."""
     if "rewards" not in ctx.parts:
         from icg.rewards import load_reward
@@ -290,7 +292,7 @@ def path_rewards(ctx: CheckContext) -> str:
     from icg.rewards import WeightedRewards
     from icg.rewards.personalized import reward_text
 
-    rewards = _reward_parts(ctx)
+    rewards = device_reward_parts(ctx)
     images = torch.rand(2, 3, 40, 40, device=ctx.device, requires_grad=True)
     captions = ["a horror film poster", "a cartoon cat"]
     texts = {
@@ -314,7 +316,7 @@ def backward(ctx: CheckContext, loss: torch.Tensor) -> bool:
     return True
 
 
-def _adapter_step(ctx: CheckContext, flux: bool, stage: str):
+def device_adapter_step(ctx: CheckContext, flux: bool, stage: str):
     """An adapter-training step on 3 items × 2 users, built as the trainer builds it (frozen parts in the
     checked dtype, trainable adapter in float32)."""
     from icg.rewards import RewardTerm, WeightedRewards
@@ -322,7 +324,7 @@ def _adapter_step(ctx: CheckContext, flux: bool, stage: str):
     from icg.training.adapter import AdapterTrainConfig, backbone_of
     from icg.training.adapter_data import AdapterData, frozen_latents, item_features
 
-    pipe = _pipeline(ctx, flux)
+    pipe = device_pipeline(ctx, flux)
     data = AdapterData(
         item_ids=["1", "2", "3"],
         titles=["Toy Story", "Heat", "Psycho"],
@@ -335,11 +337,11 @@ def _adapter_step(ctx: CheckContext, flux: bool, stage: str):
         stage=stage, batch_size=2, num_inference_steps=3, stop_window=2, max_prompt_tokens=4,
         lambda_hps=0.0, lambda_pick=0.0, denoise_weight=1.0,
     )  # fmt: skip
-    rewards = _reward_parts(ctx)
+    rewards = device_reward_parts(ctx)
     terms = {n: RewardTerm(rewards[n], w, rewards[n].default_loss)
              for n, w in config.reward_weights().items()}  # fmt: skip
     backbone = backbone_of(pipe)
-    with _mllm(ctx, pipe):
+    with device_mllm(ctx, pipe):
         # fake tensors cannot be written to disk: the fake run keeps the item cache in memory
         cache = None if ctx.fake else ctx.work / f"cache-{stage}-{flux}"
         feats = item_features(pipe, data, cache, 4, progress=False)
@@ -353,7 +355,7 @@ def _adapter_step(ctx: CheckContext, flux: bool, stage: str):
 
 
 def _train(ctx: CheckContext, flux: bool, stage: str) -> str:
-    step, backbone = _adapter_step(ctx, flux, stage)
+    step, backbone = device_adapter_step(ctx, flux, stage)
     adapter = backbone.adapter
     if any(p.dtype != torch.float32 for p in adapter.parameters()):  # the trainer keeps them in float32
         adapter.float()

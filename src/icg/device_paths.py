@@ -16,13 +16,13 @@ import torch
 
 from icg.device_check import (
     CheckContext,
-    _adapter_step,
-    _images,
-    _mllm,
-    _pipeline,
-    _reward_parts,
     backward,
     check_on_device,
+    device_adapter_step,
+    device_images,
+    device_mllm,
+    device_pipeline,
+    device_reward_parts,
 )
 
 CAPTIONS = ["a cartoon cat in a city at night", "a horror film poster"]
@@ -53,7 +53,7 @@ def path_public_rewards(ctx: CheckContext) -> str:
 
 
 def _clip_folder(ctx: CheckContext):
-    _reward_parts(ctx)  # writes the tiny CLIP folder
+    device_reward_parts(ctx)  # writes the tiny CLIP folder
     return ctx.work / "clip"
 
 
@@ -62,7 +62,7 @@ def path_guard(ctx: CheckContext) -> str:
     LPIPS-miniCLIP); the real run also records the check in a GuardMonitor."""
     from transformers import CLIPModel
 
-    from icg.evaluation.perceptual import ClipPerceptualDistance
+    from icg.measures.perceptual import ClipPerceptualDistance
     from icg.rewards import load_reward
     from icg.training.guard import (
         GuardMonitor,
@@ -74,7 +74,7 @@ def path_guard(ctx: CheckContext) -> str:
         held_out_scores,
     )
 
-    step, _ = _adapter_step(ctx, False, "reward")
+    step, _ = device_adapter_step(ctx, False, "reward")
     clip = CLIPModel.from_pretrained(_clip_folder(ctx))
     judges = [
         RewardJudge(load_reward("personalized", ctx.work / "reward")),
@@ -83,8 +83,8 @@ def path_guard(ctx: CheckContext) -> str:
     ]
     for judge in judges:
         judge.to(ctx.device)
-    pipe = _pipeline(ctx)
-    with _mllm(ctx, pipe):
+    pipe = device_pipeline(ctx)
+    with device_mllm(ctx, pipe):
         if ctx.fake:  # the device half; held_out_scores reads the scores back as floats
             scores = held_out_batch(step, judges, torch.arange(2))
             # the objective's per-sample record and SSIM are computed on the host by design
@@ -129,10 +129,10 @@ def path_pmg(ctx: CheckContext) -> str:
     from icg.baselines import pmg_suffix
     from icg.pipeline import CoverItem, CoverUser
 
-    pipe = _pipeline(ctx)
-    items = [CoverItem(t, im) for t, im in zip(["Heat", "Toy Story"], _images(2), strict=True)]
+    pipe = device_pipeline(ctx)
+    items = [CoverItem(t, im) for t, im in zip(["Heat", "Toy Story"], device_images(2), strict=True)]
     suffixes = [pmg_suffix(["horror", "night"]), pmg_suffix(["cartoon"])]
-    with _mllm(ctx, pipe):
+    with device_mllm(ctx, pipe):
         out = pipe(
             items, [CoverUser(user_id="1"), CoverUser(user_id="2")], num_inference_steps=2, output_type="pt",
             max_prompt_tokens=4, adapter_scale=0.0, prompt_suffixes=suffixes,
@@ -147,28 +147,28 @@ def path_textual_inversion(ctx: CheckContext) -> str:
     from diffusers import DDPMScheduler
 
     from icg.baselines import TextualInversionConfig, ti_suffix, train_user_tokens, user_tokens
-    from icg.baselines.textual_inversion import _posteriors, _step_loss, _TokenBatch
+    from icg.baselines.textual_inversion import TokenBatch, cover_posteriors, step_loss
     from icg.pipeline import CoverItem, CoverUser
 
-    pipe = _pipeline(ctx)
+    pipe = device_pipeline(ctx)
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     gen = torch.Generator().manual_seed(0)
     users = {u: torch.randint(0, 256, (1, 3, size, size), dtype=torch.uint8, generator=gen) for u in "12"}
     config = TextualInversionConfig(epochs=2, batch_size=2, templates=("a poster in the style of {}",))
     if ctx.fake:  # training reads weights back (fingerprint), steps backward and logs floats: the loss only
         ids = sorted(users)
-        tokens = _TokenBatch(pipe, ids, config)
+        tokens = TokenBatch(pipe, ids, config)
         rows = torch.nn.ParameterList(torch.nn.Parameter(tokens.init.clone().to(ctx.device)) for _ in ids)
         owners = torch.tensor([0, 1])  # CPU: host-side index
-        posteriors = _posteriors(pipe.vae, torch.cat([users[u] for u in ids]))
+        posteriors = cover_posteriors(pipe.vae, torch.cat([users[u] for u in ids]))
         frozen = pipe.text_encoder.get_input_embeddings().weight.detach()
         scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-        loss = _step_loss(pipe, tokens, rows, frozen, posteriors, owners, owners, scheduler, config, 0)
+        loss = step_loss(pipe, tokens, rows, frozen, posteriors, owners, owners, scheduler, config, 0)
         check_on_device("textual inversion", ctx.device, {"loss": loss})
         return "step loss (forward only on fake CUDA)"
     metrics = train_user_tokens(pipe, users, ctx.work / "ti", config, progress=False)
-    items = [CoverItem("Heat", _images(1)[0])]
-    with user_tokens(pipe, ctx.work / "ti", ["1"]), _mllm(ctx, pipe):
+    items = [CoverItem("Heat", device_images(1)[0])]
+    with user_tokens(pipe, ctx.work / "ti", ["1"]), device_mllm(ctx, pipe):
         out = pipe(
             items, [CoverUser(user_id="1")], num_inference_steps=2, output_type="pt", max_prompt_tokens=4,
             adapter_scale=0.0, prompt_suffixes=[ti_suffix("1")],
@@ -218,7 +218,7 @@ def path_batch_stage(ctx: CheckContext) -> str:
     also encodes and writes them."""
     from icg.batch.stages import GenerateStage
 
-    pipe = _pipeline(ctx)
+    pipe = device_pipeline(ctx)
     stage = object.__new__(GenerateStage)  # the stage with the checked pipeline instead of loading its own
     stage.pipe, stage.steps, stage.guidance, stage.adapter_scale = pipe, 2, 7.0, None
     stage.out_dir, stage.fmt, stage.preset = str(ctx.work / "batch"), "png", "tiny"

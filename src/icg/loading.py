@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
 
-def _offline() -> bool:
+def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
@@ -47,7 +47,7 @@ def load_backbone(base_model: str, base_config: str | None = None, torch_dtype: 
     holds weights only, and a hub config cannot be fetched here. See `icg.single_file` for what comes from
     the file and what from the folder; a file of another architecture is an ICGError naming what differs.
     """
-    local_only = _offline() or Path(base_model).exists()
+    local_only = hub_offline() or Path(base_model).exists()
     if base_model.endswith(SINGLE_FILE_SUFFIXES) or Path(base_model).is_file():
         if not Path(base_model).is_file():
             raise ICGError(f"{base_model}: single-file checkpoint not found")

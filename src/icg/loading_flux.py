@@ -16,7 +16,7 @@ from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokeniz
 
 from icg.adapter.flux import install_flux_dual_path_adapter, load_flux_adapter
 from icg.errors import ICGError
-from icg.loading import _offline, load_conditioning
+from icg.loading import hub_offline, load_conditioning
 from icg.pipeline_flux import FluxCoverPipeline
 from icg.presets import PresetSpec
 
@@ -31,7 +31,7 @@ def load_flux_backbone(base_model: str, torch_dtype: torch.dtype = torch.float32
         raise ICGError(
             f"{base_model}: single-file Flux checkpoints are not supported; give a diffusers folder"
         )
-    common = {"local_files_only": _offline() or Path(base_model).exists()}
+    common = {"local_files_only": hub_offline() or Path(base_model).exists()}
     typed = {"torch_dtype": torch_dtype, **common}
     try:
         parts = {

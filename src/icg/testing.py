@@ -35,7 +35,7 @@ TINY_MAX_LENGTH = 16  # token positions of the tiny text encoder (SD1.5 uses 77)
 TINY_NUM_MERGES = 300
 
 # A small fixed corpus in the domain's words, only to learn a few hundred byte-pair merges offline.
-_CORPUS = """
+TINY_CORPUS = """
 a movie poster of a cartoon cat in a city at night, bright neon colors, cinematic lighting, high detail
 the cover of a drama film with two people on a beach at sunset, soft warm light, film grain, portrait
 an action thriller poster, a man running from an explosion, dark blue and orange, dramatic composition
@@ -92,7 +92,7 @@ def tiny_clip_vocab() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
     """CLIP-layout vocabulary: 256 byte symbols, the same with `</w>`, learned merges, then BOS and EOS."""
     alphabet = list(bytes_to_unicode().values())
     tokens = alphabet + [c + "</w>" for c in alphabet]
-    merges = _learn_merges(_CORPUS, TINY_NUM_MERGES)
+    merges = _learn_merges(TINY_CORPUS, TINY_NUM_MERGES)
     for a, b in merges:
         if a + b not in tokens:
             tokens.append(a + b)

@@ -17,7 +17,7 @@ import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
-from icg.testing import _CORPUS, tiny_clip_tokenizer, tiny_text_encoder
+from icg.testing import TINY_CORPUS, tiny_clip_tokenizer, tiny_text_encoder
 
 TINY_FLUX_WIDTH = 32  # joint_attention_dim = T5 d_model = c_p width; also the CLIP pooled width
 TINY_FLUX_SIZE = 32  # pixels of a tiny-flux cover (VAE factor 8 → 4×4 latents → 2×2 packed tokens)
@@ -65,7 +65,7 @@ def tiny_flux_vae(seed: int = 0) -> AutoencoderKL:
 
 def tiny_t5_tokenizer(directory: str | Path, max_length: int = TINY_T5_LENGTH) -> T5Tokenizer:
     """A Unigram T5 tokenizer over the corpus words and single characters, saved and loaded back."""
-    words = sorted(set(re.findall(r"[a-z]+", _CORPUS.lower())))
+    words = sorted(set(re.findall(r"[a-z]+", TINY_CORPUS.lower())))
     chars = sorted(set(string.ascii_letters + string.digits + string.punctuation))
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -6.0)]
     vocab += [(f"▁{w}", -0.1 * len(w)) for w in words]

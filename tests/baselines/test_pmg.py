@@ -20,8 +20,8 @@ from icg.baselines.pmg import (
 from icg.data.covers.render import display_title
 from icg.data.movielens import load_ml100k
 from icg.data.records import InteractionData
+from icg.data.splits import split_items
 from icg.errors import DataError
-from icg.training.clip_data import split_items
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,12 @@ from icg.baselines.textual_inversion import (
     user_tokens,
 )
 from icg.data.covers import render_cover
+from icg.data.covers.cache import render_cover_cache
 from icg.data.movielens import load_ml100k
 from icg.data.records import InteractionData
 from icg.loading import load_cover_pipeline
 from icg.pipeline import CoverItem, CoverUser
 from icg.presets import tiny_preset
-from icg.training.clip_data import render_cover_cache
 
 CONFIG = TextualInversionConfig(epochs=3, batch_size=2, checkpoint_every=2)  # 2 users × 2 covers: 6 steps
 FAST = {"num_inference_steps": 2, "guidance_scale": 1.0, "max_prompt_tokens": 1, "output_type": "pt"}

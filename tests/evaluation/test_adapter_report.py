@@ -31,7 +31,7 @@ def data():
 
 def test_held_out_users_and_items_are_test_splits(data):
     from icg.data.pairs import PairConfig, build_pairs
-    from icg.training.clip_data import split_items
+    from icg.data.splits import split_items
 
     chosen = held_out(data, 5, 4, seed=0, judge_seed=1)
     pairs, _ = build_pairs(data.interactions, PairConfig())

@@ -25,7 +25,7 @@ from icg.evaluation.metrics import (
     shipped_lpips_lin,
     ssim_metric,
 )
-from icg.evaluation.perceptual import ssim_per_image
+from icg.measures.perceptual import ssim_per_image
 from icg.rewards.aesthetic import AestheticHead, load_aesthetic
 from icg.testing import random_fid_inception_state, tiny_clip_model
 

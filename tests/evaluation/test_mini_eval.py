@@ -16,7 +16,11 @@ from PIL import Image
 from scipy import linalg
 from transformers import CLIPModel, CLIPProcessor
 
+from icg.data.covers.cache import render_cover_cache
+from icg.data.covers.render import items_genres
 from icg.data.movielens import load_ml100k
+from icg.data.pixels import to_pil
+from icg.data.splits import split_items
 from icg.evaluation.fd import FD_NAME, ClipImageFeatures, frechet_distance
 from icg.evaluation.mini import (
     SAMPLES_NAME,
@@ -44,14 +48,7 @@ from icg.evaluation.mini_diagnosis import (
     write_section,
 )
 from icg.testing import get_dummy_components, tiny_clip_model
-from icg.training.clip_data import (
-    embed_images,
-    evaluate_clip,
-    items_genres,
-    render_cover_cache,
-    split_items,
-    to_pil,
-)
+from icg.training.clip_data import embed_images, evaluate_clip
 
 
 @pytest.fixture(scope="module")

@@ -157,9 +157,9 @@ def test_split_is_disjoint_about_80_10_10_and_test_is_the_user_encoders_holdout(
 
 
 def test_generated_user_features_on_the_tiny_preset(data, tmp_path):
+    from icg.data.covers.cache import render_cover_cache
     from icg.presets import tiny_preset
     from icg.testing import tiny_clip_model
-    from icg.training.clip_data import render_cover_cache
 
     spec = tiny_preset(tmp_path / "tiny")
     clip, _ = tiny_clip_model()

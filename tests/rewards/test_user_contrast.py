@@ -53,12 +53,12 @@ def test_one_sample_has_no_other_user():
 
 
 def test_the_trainer_wraps_the_personalized_reward_when_asked():
-    from icg.training.adapter import AdapterTrainConfig, _build_objective
+    from icg.training.adapter import AdapterTrainConfig, build_objective
 
     off = {"lambda_hps": 0.0, "lambda_pick": 0.0, "lambda_rec": 0.0}
     base = ToyReward(1.0)
-    plain = _build_objective({"personalized": base}, AdapterTrainConfig(**off))
-    contrast = _build_objective({"personalized": base}, AdapterTrainConfig(**off, personal_contrast=True))
+    plain = build_objective({"personalized": base}, AdapterTrainConfig(**off))
+    contrast = build_objective({"personalized": base}, AdapterTrainConfig(**off, personal_contrast=True))
     assert plain.rewards["personalized"] is base
     assert isinstance(contrast.rewards["personalized"], UserContrastReward)
     with pytest.raises(ValueError, match="personal_contrast must be a bool"):

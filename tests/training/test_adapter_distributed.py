@@ -91,17 +91,17 @@ def test_two_processes_train_like_one_with_the_global_batch(tmp_path):
 
 def test_a_launch_that_gave_one_process_says_so(monkeypatch, caplog):
     """`accelerate launch` with a MULTI_CPU config, no mpirun: MASTER_ADDR set, no WORLD_SIZE, 1 process."""
-    from icg.training.adapter import _warn_if_alone
+    from icg.training.adapter import warn_if_alone
 
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with caplog.at_level("WARNING", logger="icg.training.adapter"):
-        _warn_if_alone(1)
+        warn_if_alone(1)
     assert "only process" in caplog.text and "torchrun" in caplog.text
     caplog.clear()
     monkeypatch.setenv("WORLD_SIZE", "2")
-    _warn_if_alone(2)
+    warn_if_alone(2)
     monkeypatch.delenv("MASTER_ADDR")
     monkeypatch.delenv("WORLD_SIZE")
-    _warn_if_alone(1)
+    warn_if_alone(1)
     assert caplog.text == ""

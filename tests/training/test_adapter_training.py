@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from icg.adapter.attention import get_adapter_layers
+from icg.data.pixels import to_pil
 from icg.loading import load_cover_pipeline
 from icg.pipeline import CoverItem, CoverUser
 from icg.presets import tiny_preset
@@ -19,7 +20,6 @@ from icg.rewards.base import Reward
 from icg.testing import tiny_clip_model, tiny_ip_adapter_state_dict
 from icg.training.adapter import AdapterTrainConfig, checkpoints, train_adapter
 from icg.training.adapter_data import AdapterData, SampleStream
-from icg.training.clip_data import to_pil
 
 # 3 DDIM steps, the stop step from the last 2, K = 1: every path of the step runs, in well under a second
 FAST = dict(batch_size=2, num_inference_steps=3, stop_window=2, max_prompt_tokens=8, lambda_hps=0.0,
@@ -245,8 +245,8 @@ def test_gradient_checkpointing_changes_no_value(parts, data, tmp_path):
 def test_samples_are_positives_of_train_users_on_train_items(tmp_path):
     from icg.data.movielens import load_ml100k
     from icg.data.pairs import build_pairs
+    from icg.data.splits import split_items
     from icg.training.adapter_data import prepare_adapter_data, sample_frame
-    from icg.training.clip_data import split_items
 
     ml = load_ml100k()
     data = prepare_adapter_data(ml, 64, tmp_path, max_users=3)
@@ -394,7 +394,7 @@ def test_users_per_item_trains_on_groups_and_resumes_exactly(parts, data, tmp_pa
     train_adapter(resumed, _rewards(parts), data, tmp_path / "b", config, progress=False)
     a, b = _trainable(straight), _trainable(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    from icg.training.adapter import _build_objective
+    from icg.training.adapter import build_objective
 
-    objective = _build_objective(_rewards(parts), config)
+    objective = build_objective(_rewards(parts), config)
     assert isinstance(objective.rewards["personalized"], UserSwapReward)

@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 import torch
 
+from icg.data.covers.render import items_genres
+from icg.data.splits import split_items
 from icg.errors import DataError
-from icg.training import clip_data as cd
 from icg.training import loop
 
 
@@ -70,7 +71,7 @@ def test_decay_groups_keep_the_parameter_order() -> None:
 
 def test_items_fingerprint_equals_the_old_formula() -> None:
     items, config = _items(), _Config()
-    payload = [list(map(str, items["item_id"])), list(map(str, items["title"])), cd.items_genres(items)]
+    payload = [list(map(str, items["item_id"])), list(map(str, items["title"])), items_genres(items)]
     old = hashlib.sha256(json.dumps([payload, dataclasses.asdict(config)]).encode()).hexdigest()
     old_extra = hashlib.sha256(json.dumps([payload, dataclasses.asdict(config), "abc"]).encode()).hexdigest()
     assert loop.items_fingerprint(items, config) == old
@@ -80,7 +81,7 @@ def test_items_fingerprint_equals_the_old_formula() -> None:
 def test_run_items_take_the_first_rows_and_check_the_batch() -> None:
     items, split = loop.run_items(_items(20).iloc[2:], _Config(max_items=12))
     assert list(items.index) == list(range(12)) and items["item_id"].iloc[0] == "3"
-    expected = cd.split_items(12, 0, 0.1, 0.1)
+    expected = split_items(12, 0, 0.1, 0.1)
     assert all((getattr(split, k) == getattr(expected, k)).all() for k in ("train", "val", "test"))
     with pytest.raises(ValueError, match="8 training items are fewer than batch_size 9"):
         loop.run_items(_items(), _Config(), min_train=9)

@@ -17,11 +17,15 @@ from safetensors.torch import load_file
 from transformers import CLIPModel, CLIPProcessor, CLIPTokenizer
 
 import icg.training.mini_clip as mini_clip_module
+from icg.data.captions import genre_prompt, item_text
+from icg.data.covers.render import items_genres, render_cover
 from icg.data.movielens import load_ml100k
+from icg.data.pixels import normalize, to_pil
 from icg.data.records import InteractionData
+from icg.data.splits import split_items
 from icg.training import MiniClipConfig, evaluate_clip, train_mini_clip
 from icg.training import clip_data as cd
-from icg.training.clip_tokenizer import _word_counts, learn_bpe_merges, train_clip_tokenizer
+from icg.training.clip_tokenizer import learn_bpe_merges, train_clip_tokenizer, word_counts
 
 # Every call uses threads=1: fast on a machine shared with other jobs, and bit-identical resume needs the
 # same thread count in every call of a run.
@@ -58,7 +62,7 @@ def trained(ml100k: InteractionData, tmp_path_factory: pytest.TempPathFactory) -
 # ------------------------------------------------------------------------------------------------ tokenizer
 def _naive_merges(texts: list[str], num_merges: int) -> list[tuple[str, str]]:
     """Reference BPE: recount every pair after every merge (slow, obviously right), same tie-break."""
-    words = {tuple(w[:-1]) + (w[-1] + "</w>",): n for w, n in _word_counts(texts).items()}
+    words = {tuple(w[:-1]) + (w[-1] + "</w>",): n for w, n in word_counts(texts).items()}
     merges: list[tuple[str, str]] = []
     for _ in range(num_merges):
         pairs: Counter[tuple[str, str]] = Counter()
@@ -119,24 +123,24 @@ def test_tokenizer_round_trip_and_determinism(ml100k: InteractionData, tmp_path:
 
 # ------------------------------------------------------------------------------------------------------ data
 def test_captions_split_and_processor_match_training_pixels(tmp_path: Path) -> None:
-    assert cd.item_text("Birdcage, The", ("Comedy",)) == "The Birdcage, a comedy movie"
-    assert cd.item_text("Heat", ("Action", "Crime", "Thriller"), 1) == (
+    assert item_text("Birdcage, The", ("Comedy",)) == "The Birdcage, a comedy movie"
+    assert item_text("Heat", ("Action", "Crime", "Thriller"), 1) == (
         "an action, crime and thriller movie called Heat"
     )
-    assert cd.genre_prompt("Adventure") == "an adventure movie"
-    split = cd.split_items(100, seed=3, val_fraction=0.1, test_fraction=0.1)
+    assert genre_prompt("Adventure") == "an adventure movie"
+    split = split_items(100, seed=3, val_fraction=0.1, test_fraction=0.1)
     parts = [set(split.train), set(split.val), set(split.test)]
     assert (len(split.val), len(split.test)) == (10, 10) and set.union(*parts) == set(range(100))
     assert sum(map(len, parts)) == 100
     with pytest.raises(ValueError, match="too few"):
-        cd.split_items(5, seed=0, val_fraction=0.1, test_fraction=0.1)
+        split_items(5, seed=0, val_fraction=0.1, test_fraction=0.1)
     # Training normalizes cached uint8 covers itself; evaluation and users go through the processor.
-    cover = torch.from_numpy(np.array(cd.render_cover("1", "Toy Story", ("Animation",), 1995, 64)))
+    cover = torch.from_numpy(np.array(render_cover("1", "Toy Story", ("Animation",), 1995, 64)))
     cover = cover.permute(2, 0, 1)  # (3, 64, 64) uint8
     tokenizer = train_clip_tokenizer(["a drama movie"], tmp_path, vocab_size=520, max_length=16)
     processor = mini_clip_module.build_processor(MICRO, tokenizer)
-    via_processor = processor.image_processor(images=[cd.to_pil(cover)], return_tensors="pt")["pixel_values"]
-    torch.testing.assert_close(via_processor, cd.normalize(cover[None]), atol=1e-5, rtol=0)
+    via_processor = processor.image_processor(images=[to_pil(cover)], return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(via_processor, normalize(cover[None]), atol=1e-5, rtol=0)
 
 
 def test_config_json_round_trip_and_validation() -> None:
@@ -170,8 +174,8 @@ def test_trained_folder_loads_like_a_real_checkpoint(
     assert metrics["completed"] and metrics["epochs_completed"] == len(metrics["history"]) == MICRO.epochs
     # Reloaded weights + processor + freshly rendered covers reproduce the reported test metrics exactly.
     items = ml100k.items.iloc[:40].reset_index(drop=True)
-    split = cd.split_items(40, MICRO.seed, MICRO.val_fraction, MICRO.test_fraction)
-    genres = sorted({g for t in cd.items_genres(items) for g in t})
+    split = split_items(40, MICRO.seed, MICRO.val_fraction, MICRO.test_fraction)
+    genres = sorted({g for t in items_genres(items) for g in t})
     assert evaluate_clip(model, processor, items.iloc[split.test], genres=genres) == metrics["test"]
 
 
@@ -221,9 +225,9 @@ def test_interrupted_and_budgeted_runs_resume_to_identical_weights(
 # ------------------------------------------------------------------------------------------------ evaluation
 def test_recall_counts_ranks() -> None:
     sims = torch.tensor([[0.9, 0.1, 0.0], [0.5, 0.4, 0.0], [0.0, 0.3, 0.2]])  # true match on the diagonal
-    assert cd._recall(sims, 1) == pytest.approx(1 / 3)  # only row 0 ranks its match first
-    assert cd._recall(sims, 2) == pytest.approx(1.0)
-    assert cd._recall(torch.ones(4, 4), 1) == 0.0  # ties count against: a collapsed model gets nothing
+    assert cd.recall_at_k(sims, 1) == pytest.approx(1 / 3)  # only row 0 ranks its match first
+    assert cd.recall_at_k(sims, 2) == pytest.approx(1.0)
+    assert cd.recall_at_k(torch.ones(4, 4), 1) == 0.0  # ties count against: a collapsed model gets nothing
 
 
 def test_evaluate_keys_chance_and_errors(trained: tuple[Path, dict]) -> None:

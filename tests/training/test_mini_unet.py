@@ -20,10 +20,11 @@ from safetensors.torch import load_file
 from transformers import CLIPModel
 
 from icg.context.teacher import explicit_prompt_teacher
+from icg.data.captions import item_text
+from icg.data.covers.render import items_genres
 from icg.data.movielens import load_ml100k
 from icg.errors import DataError, ICGError
 from icg.testing import tiny_clip_model
-from icg.training import clip_data as cd
 from icg.training.mini_unet import (
     N_TEMPLATES,
     MiniUnetConfig,
@@ -162,9 +163,9 @@ def test_interrupted_run_resumes_to_identical_weights(
 def test_caption_sampler_drops_to_empty_at_the_configured_rate(items: pd.DataFrame) -> None:
     captions, table = caption_table(items.iloc[:50])
     assert captions[0] == "" and table.shape == (50, N_TEMPLATES + 1) and bool((table > 0).all())
-    genres = cd.items_genres(items.iloc[:50])
+    genres = items_genres(items.iloc[:50])
     assert captions[table[3, N_TEMPLATES]] == explicit_prompt_teacher(items["title"].iloc[3], genres[3])
-    assert captions[table[3, 0]] == cd.item_text(items["title"].iloc[3], genres[3], 0)
+    assert captions[table[3, 0]] == item_text(items["title"].iloc[3], genres[3], 0)
     rows = torch.arange(50).repeat(400)  # 20,000 draws
     ids = sample_caption_ids(table, rows, TINY, torch.Generator().manual_seed(0))
     dropped = ids == 0

@@ -16,8 +16,9 @@ from diffusers import AutoencoderKL
 from safetensors.torch import load_file
 
 import icg.training.mini_vae as mini_vae_module
+from icg.data.covers.cache import render_cover_cache
 from icg.data.movielens import load_ml100k
-from icg.training import clip_data as cd
+from icg.data.splits import ItemSplit, split_items
 from icg.training.mini_vae import MiniVaeConfig, evaluate_vae, train_mini_vae
 
 # threads=1 in every call: bit-identical resume needs the same thread count in every call of a run.
@@ -49,10 +50,10 @@ def trained(items: pd.DataFrame, cache: Path, tmp_path_factory: pytest.TempPathF
     return out, train_mini_vae(items, out, MICRO, cache_dir=cache, threads=1, progress=False)
 
 
-def _micro_covers(items: pd.DataFrame, cache: Path) -> tuple[torch.Tensor, cd.ItemSplit]:
+def _micro_covers(items: pd.DataFrame, cache: Path) -> tuple[torch.Tensor, ItemSplit]:
     table = items.iloc[: MICRO.max_items].reset_index(drop=True)
-    covers = cd.render_cover_cache(table, cache, MICRO.image_size, MICRO.variants, progress=False)
-    return covers, cd.split_items(len(table), MICRO.seed, MICRO.val_fraction, MICRO.test_fraction)
+    covers = render_cover_cache(table, cache, MICRO.image_size, MICRO.variants, progress=False)
+    return covers, split_items(len(table), MICRO.seed, MICRO.val_fraction, MICRO.test_fraction)
 
 
 # -------------------------------------------------------------------------------------------- config

@@ -293,13 +293,13 @@ def load_ip_adapter_sd15(
         for layer, (k_w, v_w) in zip(adapter.layers, weights, strict=True):
             layer.to_k_p.weight.copy_(k_w)
             layer.to_v_p.weight.copy_(v_w)
-    num_tokens, loaded, message = _import_image_proj(state["image_proj"], projector)
+    num_tokens, loaded, message = import_image_proj(state["image_proj"], projector)
     log = logger.info if loaded or projector is None else logger.warning
     log("IP-Adapter import: %d layers; %s", len(adapter), message)
     return IPAdapterImport(adapter, num_tokens, loaded, message)
 
 
-def _import_image_proj(
+def import_image_proj(
     image_proj: Mapping[str, torch.Tensor], projector: PersonalizedProjector | None
 ) -> tuple[int | None, bool, str]:
     """Copy IP-Adapter's ImageProjModel (proj, norm) into the projector's context path if shapes agree."""

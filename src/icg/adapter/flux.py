@@ -29,7 +29,7 @@ from icg.adapter.attention import AdapterLayers, InitMode, PersonalKV, PersonalT
 from icg.adapter.checkpoint import (
     AdapterCheckpointConfig,
     IPAdapterImport,
-    _import_image_proj,
+    import_image_proj,
     load_adapter_folder,
     read_ip_adapter_state_dict,
 )
@@ -284,7 +284,7 @@ def load_ip_adapter_flux(
     dtype = adapter[0].to_k_p.weight.dtype
     for proc, layer in zip(adapter.layers, weights, strict=True):
         proc.load_state_dict({k: v.to(dtype) for k, v in layer.items()})
-    num_tokens, loaded, message = _import_image_proj(state["image_proj"], projector)
+    num_tokens, loaded, message = import_image_proj(state["image_proj"], projector)
     log = logger.info if loaded or projector is None else logger.warning
     log("IP-Adapter-Flux import: %d layers; %s", len(adapter), message)
     return IPAdapterImport(adapter, num_tokens, loaded, message)

@@ -36,8 +36,8 @@ import pandas as pd
 
 from icg.data.covers.render import display_title, item_genres
 from icg.data.records import InteractionData
+from icg.data.splits import split_items
 from icg.errors import DataError
-from icg.training.clip_data import split_items
 
 logger = logging.getLogger(__name__)
 

@@ -54,10 +54,10 @@ from tqdm.auto import tqdm
 from icg.adapter.attention import personalized_unet_inputs
 from icg.atomic import atomic_path, write_text_atomic
 from icg.baselines.pmg import user_history
+from icg.data.covers.cache import render_cover_cache
 from icg.data.records import InteractionData
 from icg.errors import ICGError
 from icg.training import loop
-from icg.training.clip_data import render_cover_cache
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ def _frozen_eval(*modules: torch.nn.Module) -> Iterator[None]:
 
 
 @torch.no_grad()
-def _posteriors(vae, covers: torch.Tensor, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def cover_posteriors(vae, covers: torch.Tensor, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, 3, S, S) uint8 → posterior mean and std × scaling_factor, each (N, C, h, w) float32 on the CPU
     (the per-step noise is drawn there from a CPU generator, then moved to the UNet's device)."""
     means, stds = [], []
@@ -248,7 +248,7 @@ def _sample_order(n: int, seed: int, first: int, count: int, cache: dict[int, to
     return torch.stack(out)
 
 
-class _TokenBatch:
+class TokenBatch:
     """Tokenized template prompts for every (user, template) on a tokenizer copy with the user words."""
 
     def __init__(self, pipe, user_ids: list[str], config: TextualInversionConfig) -> None:
@@ -283,9 +283,9 @@ class _TokenBatch:
         self.param_name = next(n for n, p in pipe.text_encoder.named_parameters() if p is embedding.weight)
 
 
-def _step_loss(
+def step_loss(
     pipe,
-    tokens: _TokenBatch,
+    tokens: TokenBatch,
     rows: torch.nn.ParameterList,
     frozen: torch.Tensor,
     posteriors: tuple[torch.Tensor, torch.Tensor],
@@ -364,8 +364,8 @@ def _train(pipe, users, out: Path, config, resume, progress, max_minutes, max_st
     covers = torch.cat([users[u] for u in user_ids])  # (S_all, 3, S, S)
     # (S_all,) on the CPU by design: it indexes the host-side token table and picks each user's optimizer
     owner = torch.cat([torch.full((len(users[u]),), n) for n, u in enumerate(user_ids)])
-    mean, std = _posteriors(pipe.vae, covers)  # (S_all, C, h, w)
-    tokens = _TokenBatch(pipe, user_ids, config)
+    mean, std = cover_posteriors(pipe.vae, covers)  # (S_all, C, h, w)
+    tokens = TokenBatch(pipe, user_ids, config)
     n_samples = len(covers)
     total = math.ceil(config.epochs * n_samples / config.batch_size)
     rows = torch.nn.ParameterList(torch.nn.Parameter(tokens.init.clone().to(device)) for _ in user_ids)
@@ -412,7 +412,7 @@ def _train(pipe, users, out: Path, config, resume, progress, max_minutes, max_st
         sample = _sample_order(
             n_samples, config.seed, step * config.batch_size, config.batch_size, order_cache
         )
-        loss = _step_loss(pipe, tokens, rows, frozen, (mean, std), owner[sample], sample, noise_scheduler,
+        loss = step_loss(pipe, tokens, rows, frozen, (mean, std), owner[sample], sample, noise_scheduler,
                           config, step)  # fmt: skip
         loss.backward()  # only the new rows carry gradients
         for u in owner[sample].unique().tolist():  # the users in this batch, each with its own AdamW

@@ -33,11 +33,15 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from icg.atomic import atomic_path, write_text_atomic
+from icg.data.captions import genre_prompt
+from icg.data.covers.cache import render_cover_cache
 from icg.data.covers.render import display_title, item_genres
 from icg.data.pairs import PairConfig, build_pairs
+from icg.data.pixels import to_pil
 from icg.data.records import InteractionData
-from icg.evaluation.perceptual import LPIPS_NAME, ClipPerceptualDistance, ssim_per_image
-from icg.training.clip_data import embed_texts, genre_prompt, render_cover_cache, split_items, to_pil
+from icg.data.splits import split_items
+from icg.measures.perceptual import LPIPS_NAME, ClipPerceptualDistance, ssim_per_image
+from icg.training.clip_data import embed_texts
 
 logger = logging.getLogger(__name__)
 

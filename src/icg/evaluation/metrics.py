@@ -6,7 +6,7 @@ Real metrics (run when their weights are given):
   torchmetrics wheel (`functional/image/lpips_models/{alex,vgg}.pth`, the official v0.1 weights).
 - FID: torchmetrics' `FrechetInceptionDistance` over torch-fidelity's Inception-v3 (2048-d pool features) with
   `feature_extractor_weights_path` (the `weights-inception-2015-12-05` state dict).
-- SSIM: torchmetrics (`icg.evaluation.perceptual.ssim_per_image`), needs no weights.
+- SSIM: torchmetrics (`icg.measures.perceptual.ssim_per_image`), needs no weights.
 - Aesthetics: the LAION improved-aesthetic-predictor head over CLIP ViT-L/14 (`icg.rewards.aesthetic`).
 - CLIP score: torchmetrics' `CLIPScore` (100 · cos, batch mean clamped at 0) over a local transformers folder.
 
@@ -38,8 +38,9 @@ from torchmetrics.multimodal.clip_score import CLIPScore
 from transformers import CLIPModel, CLIPProcessor
 
 from icg.errors import ICGError
-from icg.evaluation.fd import FD_NAME, ClipImageFeatures, check_images, frechet_distance, to_unit_float
-from icg.evaluation.perceptual import LPIPS_NAME, ClipPerceptualDistance, _pair, ssim_per_image
+from icg.evaluation.fd import FD_NAME, ClipImageFeatures, frechet_distance
+from icg.measures.clip_pixels import check_images, to_unit_float
+from icg.measures.perceptual import LPIPS_NAME, ClipPerceptualDistance, paired_images, ssim_per_image
 from icg.rewards.aesthetic import AestheticReward, load_aesthetic
 from icg.rewards.base import read_state_file
 
@@ -344,7 +345,7 @@ def load_lpips(
     logger.info("loaded LPIPS-%s from %s and %s", net, backbone_path, lin_path)
 
     def pair_fn(images: Tensor, references: Tensor) -> Tensor:
-        x, y = _pair(images, references)
+        x, y = paired_images(images, references)
         return lpips(x, y, normalize=True).flatten()  # (B,)
 
     return PairedMetric(LPIPS_REAL_NAME, False, pair_fn, lpips, batch_size=batch_size)

@@ -46,20 +46,14 @@ from tqdm.auto import tqdm
 from transformers import CLIPModel, CLIPProcessor
 
 from icg.atomic import atomic_path
-from icg.data.covers.render import render_cover
+from icg.data.captions import genre_prompt, item_text
+from icg.data.covers.cache import render_cover_cache
+from icg.data.covers.render import items_genres, render_cover
+from icg.data.pixels import to_pil
+from icg.data.splits import split_items
 from icg.evaluation.fd import FD_NAME, ClipImageFeatures, frechet_distance
 from icg.loading import load_backbone
-from icg.training.clip_data import (
-    embed_images,
-    embed_texts,
-    evaluate_clip,
-    genre_prompt,
-    item_text,
-    items_genres,
-    render_cover_cache,
-    split_items,
-    to_pil,
-)
+from icg.training.clip_data import embed_images, embed_texts, evaluate_clip
 
 logger = logging.getLogger(__name__)
 
@@ -563,7 +557,7 @@ def evaluate_mini(
         with atomic_path(Path(out_dir) / SAMPLES_NAME) as tmp:
             sample_grid(references, generated, random_covers).save(tmp, format="PNG")
 
-    from icg.evaluation.table6 import machine
+    from icg.machine import machine
 
     return {
         "fd_miniclip": fd_result,

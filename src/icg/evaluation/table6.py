@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from transformers import CLIPModel, CLIPProcessor
 from icg.atomic import write_text_atomic
 from icg.data.pairs import PairConfig
 from icg.data.records import InteractionData
+from icg.machine import machine
 from icg.rewards.personalized import Encoded, PersonalizedRewardConfig, PersonalizedRewardModel
 from icg.training.reward_model import (
     RewardData,
@@ -106,27 +106,6 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     mean = sum(values) / len(values)
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
     return mean, std
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            names = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
-    except OSError:
-        names = []
-    return names[0] if names else platform.processor() or platform.machine()
-
-
-def machine() -> dict[str, object]:
-    """What ran the table: CPU, cores, torch threads, load."""
-    return {
-        "platform": platform.platform(),
-        "processor": _cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-    }
 
 
 def run_table6(

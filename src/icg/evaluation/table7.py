@@ -223,8 +223,8 @@ def generated_user_features(
     and `covers`, (I, 3, S, S) uint8 references), one pipeline call per user. Chunks of `chunk` users are
     cached as safetensors (atomic) keyed by a fingerprint of `settings` and the chunk's users and items, so
     a killed run resumes; a user without items gets 0. Returns the features and the generation timing."""
+    from icg.data.pixels import to_pil
     from icg.pipeline import CoverItem, CoverUser
-    from icg.training.clip_data import to_pil
 
     out, seconds, made, total_seconds = [], 0.0, 0, 0.0
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -384,10 +384,10 @@ def prepare_inputs(
     Generated-user covers, cached under out/generated_user)."""
     from transformers import CLIPModel
 
+    from icg.data.covers.cache import render_cover_cache
     from icg.data.covers.render import display_title
     from icg.data.pairs import PairConfig, build_pairs
     from icg.evaluation.fd import ClipImageFeatures
-    from icg.training.clip_data import render_cover_cache
     from icg.users import FeatureVocab
 
     if spec.clip is None:
@@ -442,7 +442,7 @@ def run_table7(
     generated-user features are cached per chunk of users, and each finished (row, seed) run is kept in
     out_dir/runs and reused when its inputs are unchanged.
     """
-    from icg.evaluation.table6 import machine
+    from icg.machine import machine
 
     config = config or Table7Config()
     if not seeds:

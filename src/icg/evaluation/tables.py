@@ -29,10 +29,12 @@ import torch
 from tqdm.auto import tqdm
 
 from icg.atomic import write_text_atomic
+from icg.data.covers.cache import render_cover_cache
 from icg.data.covers.render import display_title
+from icg.data.pixels import to_pil
 from icg.data.records import InteractionData
+from icg.data.splits import split_items
 from icg.evaluation.adapter_report import ITEM_SEED_STRIDE, held_out
-from icg.training.clip_data import render_cover_cache, split_items, to_pil
 
 logger = logging.getLogger(__name__)
 

@@ -319,7 +319,7 @@ def _link(target: Path, out_dir: Path, repo: Path | None) -> str:
 
 
 def _header(spec, data: InteractionData) -> str:
-    from icg.evaluation.table6 import machine
+    from icg.machine import machine
 
     e = html.escape
     box = machine()

@@ -60,8 +60,8 @@ class CoverGrid:
 
 def grid_items(items: pd.DataFrame, n_items: int) -> pd.DataFrame:
     """`held_out_items` (one per genre), topped up in test-split order when `n_items` exceeds them."""
+    from icg.data.splits import split_items
     from icg.demo import ITEM_GENRES, held_out_items
-    from icg.training.clip_data import split_items
 
     if isinstance(n_items, bool) or not isinstance(n_items, int) or n_items < 1:
         raise ValueError(f"n_items must be a positive integer, got {n_items!r}")

@@ -212,7 +212,7 @@ def _has_accelerator() -> bool:
     return torch.cuda.is_available()
 
 
-def _warn_if_alone(num_processes: int) -> None:
+def warn_if_alone(num_processes: int) -> None:
     """`accelerate launch` with a MULTI_CPU config (and no mpirun) starts ONE process with MASTER_ADDR set and
     no WORLD_SIZE: say so instead of silently training alone."""
     if num_processes == 1 and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ:
@@ -316,7 +316,7 @@ def _save_grid(step_fn: AdapterStep, out: Path, step: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------- training
-def _build_objective(rewards: Mapping[str, Reward], config: AdapterTrainConfig) -> WeightedRewards:
+def build_objective(rewards: Mapping[str, Reward], config: AdapterTrainConfig) -> WeightedRewards:
     """Only the enabled rewards (λ > 0) enter: a switched-off reward is never evaluated, not even moved."""
     unknown = sorted(set(rewards) - set(REWARD_WEIGHTS))
     if unknown:
@@ -378,7 +378,7 @@ def train_adapter(
     names = [j.name for j in judges]
     if len(set(names)) != len(names) or "train_reward" in names:
         raise ValueError(f"judge names must be unique and not 'train_reward', got {names}")
-    objective = _build_objective(rewards, config)
+    objective = build_objective(rewards, config)
     out = Path(out_dir)
     # the caller's global RNG is left as it was
     with loop.torch_threads(threads), torch.random.fork_rng(devices=[]):
@@ -428,7 +428,7 @@ def _train(
     )
     device = accelerator.device
     main = accelerator.is_main_process
-    _warn_if_alone(accelerator.num_processes)
+    warn_if_alone(accelerator.num_processes)
     if not resume and main and (out / "checkpoints").exists():
         logger.warning("resume=False: removing the old checkpoints in %s", out / "checkpoints")
         shutil.rmtree(out / "checkpoints")

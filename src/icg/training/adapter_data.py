@@ -70,7 +70,7 @@ class AdapterData:
         """`n` samples drawn without replacement (seeded), the tables unchanged: e.g. a fixed guard set."""
         if n < 1:
             raise ValueError(f"subset needs n >= 1, got {n}")
-        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(_mix_seed(seed, "subset")))
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(mix_seed(seed, "subset")))
         rows = order[: min(n, len(self))].sort().values
         info = {**self.info, "subset": f"{len(rows)} of {len(self)} samples (seed {seed})"}
         return dataclasses.replace(self, samples=self.samples[rows], info=info)
@@ -84,7 +84,7 @@ class AdapterData:
             raise ValueError(f"users_per_item must be between 1 and the {n_users} users, got {g}")
         rows = []
         for k, (user, item) in enumerate(self.samples.tolist()):
-            generator = torch.Generator().manual_seed(_mix_seed(seed, "group", k))
+            generator = torch.Generator().manual_seed(mix_seed(seed, "group", k))
             others = [u for u in torch.randperm(n_users, generator=generator).tolist() if u != user][: g - 1]
             rows += [(user, item)] + [(u, item) for u in others]
         info = {**self.info, "users_per_item": g}
@@ -114,7 +114,8 @@ def prepare_adapter_data(
     Profiles are the reward model's (`user_profiles`: the user's most watched genres outside their pairs,
     then the demographic sentence). `max_users` keeps the first users in id order (tests, quick looks).
     """
-    from icg.training.clip_data import render_cover_cache, split_items
+    from icg.data.covers.cache import render_cover_cache
+    from icg.data.splits import split_items
     from icg.training.reward_model import user_profiles
 
     if user_split not in SPLITS or item_split not in ITEM_SPLITS:
@@ -163,7 +164,7 @@ def prepare_adapter_data(
     )  # fmt: skip
 
 
-def _mix_seed(*parts: object) -> int:
+def mix_seed(*parts: object) -> int:
     """A 63-bit seed from any parts (seed, tag, index): stable across runs, processes and machines."""
     digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
@@ -177,7 +178,7 @@ class SampleStream:
     seed: int
 
     def permutation(self, epoch: int) -> Tensor:
-        generator = torch.Generator().manual_seed(_mix_seed(self.seed, "epoch", epoch))
+        generator = torch.Generator().manual_seed(mix_seed(self.seed, "epoch", epoch))
         return torch.randperm(self.n, generator=generator)
 
     def take(self, start: int, count: int) -> Tensor:
@@ -226,8 +227,8 @@ def item_features(
     progress: bool = False,
 ) -> ItemFeatures:
     """P_exp and C_ref with the frozen context encoder, once per item (disk cache); U_pre once per user."""
+    from icg.data.pixels import to_pil
     from icg.pipeline import CoverUser
-    from icg.training.clip_data import to_pil
 
     cache = ContextCache(cache_dir)
     prompts: list[str] = []

@@ -16,7 +16,7 @@ from torch import Tensor
 from icg.adapter.attention import personalized_unet_inputs
 from icg.rewards.base import WeightedRewards
 from icg.rewards.personalized import reward_text
-from icg.training.adapter_data import AdapterData, ItemFeatures, _mix_seed
+from icg.training.adapter_data import AdapterData, ItemFeatures, mix_seed
 
 if TYPE_CHECKING:
     from icg.training.adapter import AdapterTrainConfig
@@ -100,7 +100,7 @@ class AdapterStep:
         """Full DDIM covers (no gradients) of the samples `rows`, noise seeded by (seed, tag, j) → (prompts,
         images (B, 3, H, W) in [0, 1]): the sample grids and the guard's held-out covers."""
         prompts, text, cond_p, uncond_p = self.conditioning(rows)
-        seeds = [_mix_seed(self.config.seed, tag, int(j)) for j in rows.tolist()]
+        seeds = [mix_seed(self.config.seed, tag, int(j)) for j in rows.tolist()]
         last = self.config.num_inference_steps - 1
         return prompts, self.rollout(text, cond_p, uncond_p, seeds, last, grad=False)
 
@@ -165,9 +165,7 @@ class AdapterStep:
         items = self.data.samples[rows, 1]
         z0 = self.ref_latents[items].to(self.device)  # (B, C, h, w)
         seed = self.config.seed
-        gens = [
-            torch.Generator().manual_seed(_mix_seed(seed, "denoise", first + b)) for b in range(len(rows))
-        ]
+        gens = [torch.Generator().manual_seed(mix_seed(seed, "denoise", first + b)) for b in range(len(rows))]
         # drawn on the CPU by design (per-sample seeded CPU generators: one draw on any device), moved once
         noise = torch.stack([torch.randn(z0.shape[1:], generator=g) for g in gens]).to(self.device)
         t_max = self.scheduler.config.num_train_timesteps
@@ -184,8 +182,8 @@ class AdapterStep:
         cfg = self.config
         prompts, text, cond_p, uncond_p = self.conditioning(rows)
         group = cfg.users_per_item  # a group's covers share their noise: only the user differs
-        seeds = [_mix_seed(cfg.seed, "noise", (first + b) // group) for b in range(len(rows))]
-        stop_gen = torch.Generator().manual_seed(_mix_seed(cfg.seed, "stop", micro))
+        seeds = [mix_seed(cfg.seed, "noise", (first + b) // group) for b in range(len(rows))]
+        stop_gen = torch.Generator().manual_seed(mix_seed(cfg.seed, "stop", micro))
         # a seeded host draw (CPU generator, read as a Python int): the same stop on any device
         stop = cfg.num_inference_steps - 1 - int(torch.randint(0, cfg.stop_window, (1,), generator=stop_gen))
         images = self.rollout(text, cond_p, uncond_p, seeds, stop, grad=True)

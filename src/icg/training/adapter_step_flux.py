@@ -18,7 +18,7 @@ from torch import Tensor
 
 from icg.adapter.flux import personalized_flux_kwargs
 from icg.pipeline_flux import flow_timesteps, latent_image_ids, pack_latents
-from icg.training.adapter_data import _mix_seed
+from icg.training.adapter_data import mix_seed
 from icg.training.adapter_step import AdapterStep
 
 
@@ -103,7 +103,7 @@ class FluxAdapterStep(AdapterStep):
         batch, channels, h, w = z0.shape
         z0 = pack_latents(z0)  # (B, L, 4C)
         gens = [
-            torch.Generator().manual_seed(_mix_seed(self.config.seed, "denoise", first + b))
+            torch.Generator().manual_seed(mix_seed(self.config.seed, "denoise", first + b))
             for b in range(batch)
         ]
         # noise and σ drawn on the CPU by design: per-sample seeded CPU generators give the same draw on any

@@ -1,175 +1,24 @@
-"""Data and measurement for the mini CLIP: captions, item split, cover cache, augmentations, evaluation.
+"""The mini CLIP's training data and measurement: augmentations, training pairs, tokenizer corpus, evaluation.
 
-Texts pair an item's title with its genres ("Toy Story, an animation, children's and comedy movie"); the
-rendered cover shows the title in type and the genres as style (primary), badge (second) and rule (third).
-The split is by item, so held-out retrieval asks about covers and titles the model never saw.
+Texts pair an item's title with its genres (`icg.data.captions`); the rendered cover shows the title in type
+and the genres as style (primary), badge (second) and rule (third). The split is by item
+(`icg.data.splits`), so held-out retrieval asks about covers and titles the model never saw.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
 from torchvision.transforms import v2
-from tqdm.auto import tqdm
 from transformers import CLIPModel, CLIPProcessor
 
-from icg.atomic import atomic_path
-from icg.data.covers.render import check_size, display_title, item_genres, render_cover
-from icg.data.records import primary_genre
-
-logger = logging.getLogger(__name__)
-
-# Template 0 is the evaluation text; training draws one of all of them per pair.
-TEXT_TEMPLATES: tuple[str, ...] = (
-    "{title}, {article} {genres} movie",
-    "{article} {genres} movie called {title}",
-    "the cover of {title}, {article} {genres} film",
-    "{genres}: {title}",
-    "{article} {genres} movie",
-    "{primary_article} {primary} movie",  # the zero-shot prompt's form: the primary genre sets the style
-)
-GENRE_PROMPT = "{article} {genre} movie"
-# OpenAI CLIP's normalization: the mini model's processor stays a drop-in for a real CLIP processor (and code
-# that normalizes with CLIP's constants by hand gets the same pixels).
-IMAGE_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-IMAGE_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
-
-
-def _article(word: str) -> str:
-    return "an" if word[:1].lower() in "aeiou" else "a"
-
-
-def _join(words: Sequence[str]) -> str:
-    """('Drama',) → 'drama'; ('Action', 'Comedy', 'War') → 'action, comedy and war'."""
-    words = [w.lower() for w in words] or ["unknown"]
-    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
-
-
-def item_text(title: str, genres: Sequence[str], template: int = 0) -> str:
-    """The caption of one item under one of `TEXT_TEMPLATES` (title as the cover prints it)."""
-    if not 0 <= template < len(TEXT_TEMPLATES):
-        raise ValueError(f"template must be in [0, {len(TEXT_TEMPLATES)}), got {template}")
-    joined, primary = _join(genres), _join(genres[:1])
-    return TEXT_TEMPLATES[template].format(
-        title=display_title(title) or "untitled",
-        genres=joined,
-        article=_article(joined),
-        primary=primary,
-        primary_article=_article(primary),
-    )
-
-
-def genre_prompt(genre: str) -> str:
-    """Zero-shot prompt for one genre: 'an action movie'."""
-    word = genre.lower()
-    return GENRE_PROMPT.format(article=_article(word), genre=word)
-
-
-def items_genres(items: pd.DataFrame) -> list[tuple[str, ...]]:
-    """Genre tuples of an items table (primary first); items without genres get ('unknown',)."""
-    return [item_genres(g) or ("unknown",) for g in items["genres"]]
-
-
-def primary_genres(items: pd.DataFrame) -> list[str]:
-    return [primary_genre(g) for g in items_genres(items)]
-
-
-@dataclass(frozen=True)
-class ItemSplit:
-    """Row positions (into the items table) of train, validation and test items."""
-
-    train: np.ndarray  # (N_train,)
-    val: np.ndarray  # (N_val,)
-    test: np.ndarray  # (N_test,)
-
-
-def split_items(n_items: int, seed: int, val_fraction: float, test_fraction: float) -> ItemSplit:
-    """A seeded item-level split; validation and test get at least 2 items each (retrieval needs a choice)."""
-    if not (0.0 < val_fraction < 1.0 and 0.0 < test_fraction < 1.0 and val_fraction + test_fraction < 1.0):
-        raise ValueError(
-            f"val_fraction and test_fraction must be in (0, 1) with a sum below 1, "
-            f"got {val_fraction} and {test_fraction}"
-        )
-    n_test = max(2, round(test_fraction * n_items))
-    n_val = max(2, round(val_fraction * n_items))
-    if n_items - n_test - n_val < 2:
-        raise ValueError(
-            f"{n_items} items are too few for a train/val/test split ({n_val} val, {n_test} test)"
-        )
-    order = np.random.default_rng([seed, 2718]).permutation(n_items)
-    return ItemSplit(
-        train=np.sort(order[n_test + n_val :]),
-        val=np.sort(order[n_test : n_test + n_val]),
-        test=np.sort(order[:n_test]),
-    )
-
-
-def _cache_key(items: pd.DataFrame, size: int, variants: int) -> str:
-    payload = [list(map(str, items["item_id"])), list(map(str, items["title"])), items_genres(items)]
-    years = items["year"] if "year" in items.columns else [None] * len(items)
-    payload.append([None if y is None or pd.isna(y) else int(y) for y in years])
-    text = json.dumps([payload, size, variants], default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def render_cover_cache(
-    items: pd.DataFrame, cache_dir: Path, size: int, variants: int, progress: bool = True
-) -> torch.Tensor:
-    """(N, variants, 3, size, size) uint8 covers of every item, variant 0..variants-1, rendered once.
-
-    Stored as `covers_{size}px_{variants}v_{key}.pt` (atomic write); the key hashes ids, titles, genres and
-    years, so a different items table never reads another table's covers.
-    """
-    size = check_size(size)
-    if variants < 1:
-        raise ValueError(f"variants must be >= 1, got {variants}")
-    path = Path(cache_dir) / f"covers_{size}px_{variants}v_{_cache_key(items, size, variants)}.pt"
-    if path.is_file():
-        covers = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(covers, torch.Tensor) and covers.shape == (len(items), variants, 3, size, size):
-            logger.info("covers from cache %s", path)
-            return covers
-        logger.warning("ignoring cover cache %s with unexpected shape", path)
-    covers = torch.empty(
-        (len(items), variants, 3, size, size), dtype=torch.uint8
-    )  # data building: host cache
-    genres = items_genres(items)
-    years = items["year"] if "year" in items.columns else pd.Series([None] * len(items))
-    rows = zip(items["item_id"], items["title"], genres, years, strict=True)
-    bar = tqdm(
-        total=len(items) * variants, desc=f"render covers {size}px", unit="cover", disable=not progress
-    )
-    for n, (item_id, title, g, year) in enumerate(rows):
-        year = None if year is None or pd.isna(year) else int(year)
-        for v in range(variants):
-            img = render_cover(str(item_id), "" if pd.isna(title) else str(title), g, year, size, v)
-            covers[n, v] = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
-            bar.update(1)
-    bar.close()
-    with atomic_path(path) as tmp:
-        torch.save(covers, tmp)
-    return covers
-
-
-def to_pil(cover: torch.Tensor) -> Image.Image:
-    """(3, H, W) uint8 → RGB PIL image (what a user hands the processor)."""
-    return Image.fromarray(cover.permute(1, 2, 0).contiguous().numpy(), "RGB")
-
-
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) uint8 → float pixel values with IMAGE_MEAN/IMAGE_STD (as CLIPImageProcessor computes)."""
-    mean = torch.tensor(IMAGE_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGE_STD, device=images.device).view(1, 3, 1, 1)
-    return (images.float() / 255.0 - mean) / std
+from icg.data.captions import TEXT_TEMPLATES, genre_prompt, item_text
+from icg.data.covers.render import items_genres, render_cover
+from icg.data.pixels import normalize
 
 
 def build_augment(size: int, crop_scale_min: float, jitter: float, hue: float) -> v2.Compose:
@@ -277,7 +126,7 @@ def embed_texts(
     return torch.nn.functional.normalize(torch.cat(out), dim=-1)
 
 
-def _recall(sims: torch.Tensor, k: int) -> float:
+def recall_at_k(sims: torch.Tensor, k: int) -> float:
     """Share of rows whose diagonal entry is among the row's k largest.
 
     Ties count against it, so a collapsed model (all embeddings equal) scores 0, not 1.
@@ -338,10 +187,10 @@ def evaluate_clip(
     hits = np.array(predicted) == np.array(primary)
     return {
         "n_items": n,
-        "i2t_r1": round(_recall(sims, 1), 4),
-        "i2t_r5": round(_recall(sims, 5), 4),
-        "t2i_r1": round(_recall(sims.T, 1), 4),
-        "t2i_r5": round(_recall(sims.T, 5), 4),
+        "i2t_r1": round(recall_at_k(sims, 1), 4),
+        "i2t_r5": round(recall_at_k(sims, 5), 4),
+        "t2i_r1": round(recall_at_k(sims.T, 1), 4),
+        "t2i_r5": round(recall_at_k(sims.T, 5), 4),
         "chance_r1": round(1 / n, 4),
         "chance_r5": round(min(5, n) / n, 4),
         "genre_oracle_r1": round(float(np.mean(1 / same)), 4),

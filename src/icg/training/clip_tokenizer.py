@@ -41,7 +41,7 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(sorted(mapping.items()))
 
 
-def _word_counts(texts: Iterable[str]) -> Counter[str]:
+def word_counts(texts: Iterable[str]) -> Counter[str]:
     """Byte-level words as CLIPTokenizer's own normalizer + pre-tokenizer produce them."""
     backend = CLIPTokenizer(vocab={BOS_TOKEN: 0, EOS_TOKEN: 1}, merges=[]).backend_tokenizer
     counts: Counter[str] = Counter()
@@ -59,7 +59,7 @@ def learn_bpe_merges(texts: Iterable[str], num_merges: int) -> list[tuple[str, s
     """
     if num_merges < 0:
         raise ValueError(f"num_merges must be >= 0, got {num_merges}")
-    counts = _word_counts(texts)
+    counts = word_counts(texts)
     words: list[list[str]] = []
     freq: list[int] = []
     for word, n in sorted(counts.items()):

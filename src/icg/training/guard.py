@@ -80,7 +80,7 @@ class SsimJudge(Judge):
     name = "ssim"
 
     def __call__(self, images: Tensor, inputs: JudgeInputs) -> Tensor:
-        from icg.evaluation.perceptual import ssim_per_image
+        from icg.measures.perceptual import ssim_per_image
 
         # on the CPU by design: SSIM's Gaussian windows are cheap, the references live on the host
         return ssim_per_image(images.float().cpu(), inputs.references)
@@ -118,7 +118,7 @@ def default_judges(judge_reward: str | None, clip: str | None) -> list[Judge]:
     if clip is not None:
         from transformers import CLIPModel
 
-        from icg.evaluation.perceptual import ClipPerceptualDistance
+        from icg.measures.perceptual import ClipPerceptualDistance
 
         judges.append(PerceptualJudge(ClipPerceptualDistance(CLIPModel.from_pretrained(clip))))
     return judges

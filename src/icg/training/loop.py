@@ -26,8 +26,9 @@ import pandas as pd
 import torch
 
 from icg.atomic import atomic_path
+from icg.data.covers.render import items_genres
+from icg.data.splits import ItemSplit, split_items
 from icg.errors import DataError
-from icg.training import clip_data as cd
 
 
 # -------------------------------------------------------------------------------------------- configs
@@ -88,7 +89,7 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 # --------------------------------------------------------------------------------------- items, identity
 def run_items(
     items: pd.DataFrame, config: Any, min_train: int | None = None
-) -> tuple[pd.DataFrame, cd.ItemSplit]:
+) -> tuple[pd.DataFrame, ItemSplit]:
     """The config's first `max_items` rows (renumbered from 0) and their seeded item split.
 
     `config` has max_items, seed, val_fraction and test_fraction; `min_train` (a batch size) refuses a
@@ -96,7 +97,7 @@ def run_items(
     """
     items = items if config.max_items is None else items.iloc[: config.max_items]
     items = items.reset_index(drop=True)
-    split = cd.split_items(len(items), config.seed, config.val_fraction, config.test_fraction)
+    split = split_items(len(items), config.seed, config.val_fraction, config.test_fraction)
     if min_train is not None and len(split.train) < min_train:
         raise ValueError(f"{len(split.train)} training items are fewer than batch_size {min_train}")
     return items, split
@@ -107,7 +108,7 @@ def items_fingerprint(items: pd.DataFrame, config: Any, *extra: str) -> str:
 
     The JSON list is [items, config, *extra]: with no extra it is the two-element list older runs hashed.
     """
-    payload = [list(map(str, items["item_id"])), list(map(str, items["title"])), cd.items_genres(items)]
+    payload = [list(map(str, items["item_id"])), list(map(str, items["title"])), items_genres(items)]
     return hashlib.sha256(json.dumps([payload, dataclasses.asdict(config), *extra]).encode()).hexdigest()
 
 
@@ -286,7 +287,7 @@ def epoch_counts(history: Sequence[Mapping[str, Any]], epochs: int) -> dict[str,
     return {"epochs": epochs, "epochs_completed": done, "completed": done == epochs}
 
 
-def split_sizes(items: pd.DataFrame, split: cd.ItemSplit) -> dict[str, int]:
+def split_sizes(items: pd.DataFrame, split: ItemSplit) -> dict[str, int]:
     """metrics.json's n_items, n_train, n_val and n_test."""
     return {
         "n_items": len(items),

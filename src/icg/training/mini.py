@@ -36,7 +36,7 @@ from pathlib import Path
 from icg.atomic import write_text_atomic
 from icg.data.records import InteractionData
 from icg.errors import ICGError
-from icg.evaluation.table6 import machine
+from icg.machine import machine
 from icg.presets import PresetSpec, mini_assets_dir
 from icg.training.loop import torch_threads
 

@@ -32,6 +32,9 @@ from tqdm.auto import tqdm
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
 from icg.atomic import write_text_atomic
+from icg.data.covers.cache import render_cover_cache
+from icg.data.covers.render import check_size, items_genres
+from icg.data.pixels import IMAGE_MEAN, IMAGE_STD, to_pil
 from icg.data.records import InteractionData
 from icg.training import clip_data as cd
 from icg.training import loop
@@ -80,7 +83,7 @@ class MiniClipConfig(loop.JsonConfig):
         positive = ("patch_size", "vision_width", "vision_layers", "text_width", "text_layers", "heads")
         positive += ("projection_dim", "variants", "epochs", "batch_size")
         loop.check_positive_ints(self, positive)
-        cd.check_size(self.image_size)  # the renderer's range, 64-512 px
+        check_size(self.image_size)  # the renderer's range, 64-512 px
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
@@ -116,8 +119,8 @@ def build_processor(config: MiniClipConfig, tokenizer: CLIPTokenizer) -> CLIPPro
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": config.image_size},
         crop_size={"height": config.image_size, "width": config.image_size},
-        image_mean=list(cd.IMAGE_MEAN),
-        image_std=list(cd.IMAGE_STD),
+        image_mean=list(IMAGE_MEAN),
+        image_std=list(IMAGE_STD),
     )
     return CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
@@ -227,14 +230,14 @@ def _train(
             logger.info("%s: mini CLIP already trained (%d epochs)", out, config.epochs)
             return metrics
 
-    all_genres = sorted({g for t in cd.items_genres(items) for g in t})
+    all_genres = sorted({g for t in items_genres(items) for g in t})
     corpus = cd.tokenizer_corpus(items.iloc[split.train], all_genres)
     # vocab.json + merges.txt (OpenAI's layout) stay in out/ beside the tokenizer.json that save_pretrained
     # adds; deterministic, so a resumed run writes the same files.
     tokenizer = train_clip_tokenizer(corpus, out, config.vocab_size, config.max_text_tokens)
     processor = build_processor(config, tokenizer)
-    covers = cd.render_cover_cache(items, out / "cache", config.image_size, config.variants, progress)
-    val_images = [cd.to_pil(c) for c in covers[split.val, 0]]
+    covers = render_cover_cache(items, out / "cache", config.image_size, config.variants, progress)
+    val_images = [to_pil(c) for c in covers[split.val, 0]]
     augment = cd.build_augment(
         config.image_size, config.crop_scale_min, config.color_jitter, config.hue_jitter
     )
@@ -281,7 +284,7 @@ def _train(
 
     test_items = items.iloc[split.test]
     test = evaluate_clip(
-        model, processor, test_items, images=[cd.to_pil(c) for c in covers[split.test, 0]], genres=all_genres
+        model, processor, test_items, images=[to_pil(c) for c in covers[split.test, 0]], genres=all_genres
     )
     val = evaluate_clip(model, processor, items.iloc[split.val], images=val_images, genres=all_genres)
     model.save_pretrained(out)

@@ -53,7 +53,9 @@ from icg.context import (
 )
 from icg.context.meta_tokens import append_meta_placeholders
 from icg.context.teacher import explicit_prompt_teacher
-from icg.data.covers.render import display_title
+from icg.data.covers.cache import render_cover_cache
+from icg.data.covers.render import check_size, display_title, items_genres
+from icg.data.pixels import to_pil
 from icg.errors import DataError
 from icg.training import clip_data as cd
 from icg.training import loop
@@ -117,7 +119,7 @@ class MiniContextConfig(loop.JsonConfig):
             raise ValueError(f"vocab_size must be >= 300 (256 bytes + specials), got {self.vocab_size}")
         if self.max_pixels < 28 * 28:
             raise ValueError(f"max_pixels must be >= {28 * 28} (one merged patch), got {self.max_pixels}")
-        cd.check_size(self.cover_size)
+        check_size(self.cover_size)
         if self.input_variants > self.variants:
             raise ValueError(f"input_variants {self.input_variants} exceeds variants {self.variants}")
         if self.transform not in TRANSFORMS:
@@ -146,7 +148,7 @@ def clip_targets(clip_dir: Path, covers: torch.Tensor) -> torch.Tensor:
     """(N, P) L2-normalised CLIP image embeddings of the clean reference covers (N, 3, S, S) uint8."""
     clip = CLIPModel.from_pretrained(clip_dir).eval()
     processor = CLIPProcessor.from_pretrained(clip_dir)
-    return cd.embed_images(clip, processor, [cd.to_pil(c) for c in covers])
+    return cd.embed_images(clip, processor, [to_pil(c) for c in covers])
 
 
 def tokenizer_corpus(titles: list[str], teachers: list[str]) -> list[str]:
@@ -210,14 +212,14 @@ class _Data:
         # with that form, so the MLLM learns to copy the title rather than to move articles
         raw = [str(t) for t in items["title"]]
         self.titles = [display_title(t) or "untitled" for t in raw]
-        self.genres = cd.items_genres(items)
+        self.genres = items_genres(items)
         self.teachers = [explicit_prompt_teacher(t, g) for t, g in zip(raw, self.genres, strict=True)]
         self.covers = covers  # (N, V, 3, S, S) uint8
         self.targets = targets  # (N, P) normalised CLIP embeddings of variant 0
 
     def images(self, rows, variants=None) -> list[Image.Image]:
         variants = [0] * len(rows) if variants is None else variants
-        return [cd.to_pil(self.covers[r, v]) for r, v in zip(rows, variants, strict=True)]
+        return [to_pil(self.covers[r, v]) for r, v in zip(rows, variants, strict=True)]
 
 
 @torch.no_grad()
@@ -412,7 +414,7 @@ def _train(items, out: Path, config, clip_dir: Path, cache: Path, resume, progre
     what, inputs = "mini context-encoder", "items, config or CLIP"
     state = loop.load_checkpoint(checkpoint, fingerprint, _CHECKPOINT_FORMAT, what, inputs, resume=resume)
 
-    covers = cd.render_cover_cache(items, cache, config.cover_size, config.variants, progress)
+    covers = render_cover_cache(items, cache, config.cover_size, config.variants, progress)
     data = _Data(items, covers, clip_targets(clip_dir, covers[:, 0]))
     base = _build_base(out, config, data, train, fingerprint)
     steps_per_epoch = n_train // config.batch_size

@@ -39,8 +39,10 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from icg.atomic import write_text_atomic
 from icg.context.teacher import explicit_prompt_teacher
+from icg.data.captions import TEXT_TEMPLATES, item_text
+from icg.data.covers.cache import render_cover_cache
+from icg.data.covers.render import items_genres
 from icg.errors import DataError, ICGError
-from icg.training import clip_data as cd
 from icg.training import loop
 
 logger = logging.getLogger(__name__)
@@ -51,7 +53,7 @@ CONFIG_NAME = "mini_unet.json"
 _CHECKPOINT_FORMAT = "icg.training.mini_unet.checkpoint/1"
 _DOWN_TYPES = {"CrossAttnDownBlock2D", "DownBlock2D"}
 _UP_TYPES = {"CrossAttnUpBlock2D", "UpBlock2D"}
-N_TEMPLATES = len(cd.TEXT_TEMPLATES)  # caption columns 0..N-1 are templates, column N the teacher prompt
+N_TEMPLATES = len(TEXT_TEMPLATES)  # caption columns 0..N-1 are templates, column N the teacher prompt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,9 +168,9 @@ def caption_table(items: pd.DataFrame) -> tuple[list[str], torch.Tensor]:
     """Distinct captions ("" first) and an (N, N_TEMPLATES + 1) index into them: templates, then teacher."""
     texts: dict[str, int] = {"": 0}
     rows = []
-    for title, genres in zip(items["title"], cd.items_genres(items), strict=True):
+    for title, genres in zip(items["title"], items_genres(items), strict=True):
         title = "" if pd.isna(title) else str(title)
-        row = [cd.item_text(title, genres, k) for k in range(N_TEMPLATES)]
+        row = [item_text(title, genres, k) for k in range(N_TEMPLATES)]
         row.append(explicit_prompt_teacher(title, genres))
         rows.append([texts.setdefault(t, len(texts)) for t in row])
     # data building: the caption table stays on the host (indexed by host rows)
@@ -309,7 +311,7 @@ def frozen_features(
         clip_dir, ("config.json", "*.safetensors", "*.txt", "vocab.json", "tok*.json")
     )
 
-    covers = cd.render_cover_cache(items, cache_dir, pixels, config.variants, progress)  # (N, V, 3, P, P)
+    covers = render_cover_cache(items, cache_dir, pixels, config.variants, progress)  # (N, V, 3, P, P)
     key = hashlib.sha256(covers.numpy().tobytes() + vae_digest.encode()).hexdigest()[:16]
     latents = _cached(cache_dir / f"unet_latents_{key}.pt", lambda: _encode_latents(vae, covers, progress))
     if latents["mean"].shape[-2:] != (config.sample_size, config.sample_size):

@@ -43,7 +43,8 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from tqdm.auto import tqdm
 
 from icg.atomic import write_text_atomic
-from icg.training import clip_data as cd
+from icg.data.covers.cache import render_cover_cache
+from icg.data.covers.render import check_size
 from icg.training import loop
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class MiniVaeConfig(loop.JsonConfig):
         positive = ("layers_per_block", "latent_channels", "norm_num_groups", "variants", "epochs")
         positive += ("batch_size", "scale_images")
         loop.check_positive_ints(self, positive)
-        cd.check_size(self.image_size)  # the renderer's range, 64-512 px
+        check_size(self.image_size)  # the renderer's range, 64-512 px
         if not channels or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in channels):
             raise ValueError(f"block_out_channels must be positive integers, got {channels!r}")
         factor = 2 ** (len(channels) - 1)
@@ -303,9 +304,7 @@ def _train(
         checkpoint, fingerprint, _CHECKPOINT_FORMAT, "mini-VAE", "items or config", resume=resume
     )
 
-    covers = cd.render_cover_cache(
-        items, cache, config.image_size, config.variants, progress
-    )  # (N, V, 3, S, S)
+    covers = render_cover_cache(items, cache, config.image_size, config.variants, progress)  # (N, V, 3, S, S)
     val_covers = covers[split.val, 0]
     steps_per_epoch = math.ceil(n_train / config.batch_size)
 

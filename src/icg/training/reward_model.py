@@ -444,12 +444,13 @@ def resolve_clip(
         return model, processor, str(Path(clip).resolve())
     import tempfile
 
+    from icg.data.covers.render import items_genres
     from icg.training import clip_data as cd
     from icg.training.clip_tokenizer import train_clip_tokenizer
     from icg.training.mini_clip import build_clip_model, build_processor, mini_clip_preset
 
     config = mini_clip_preset("mini")
-    genres = sorted({g for t in cd.items_genres(items) for g in t})
+    genres = sorted({g for t in items_genres(items) for g in t})
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = train_clip_tokenizer(
             cd.tokenizer_corpus(items, genres), tmp, config.vocab_size, config.max_text_tokens
@@ -471,7 +472,7 @@ def prepare_reward_data(
     """Pairs, covers (rendered once, cached), captions (template teacher unless given) and user profiles.
 
     Returns the RewardData, the pairs table and a description of the sources for the metrics."""
-    from icg.training.clip_data import render_cover_cache
+    from icg.data.covers.cache import render_cover_cache
 
     pairs, summary = build_pairs(data.interactions, pair_config or PairConfig())
     items = data.items.reset_index(drop=True)

@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from icg.data.covers.motifs import PAINTERS
 from icg.data.covers.styles import Composition, GenreStyle, rgba, stable_int, style_for_genre
+from icg.data.records import primary_genre
 
 logger = logging.getLogger(__name__)
 
@@ -299,6 +300,15 @@ def item_genres(value: object) -> tuple[str, ...]:
     if isinstance(value, Sequence | np.ndarray):
         return tuple(str(g) for g in value if str(g))
     return ()
+
+
+def items_genres(items: pd.DataFrame) -> list[tuple[str, ...]]:
+    """Genre tuples of an items table (primary first); items without genres get ('unknown',)."""
+    return [item_genres(g) or ("unknown",) for g in items["genres"]]
+
+
+def primary_genres(items: pd.DataFrame) -> list[str]:
+    return [primary_genre(g) for g in items_genres(items)]
 
 
 def cover_filename(item_id: str, variant: int = 0) -> str:

@@ -20,13 +20,13 @@ import torch.nn.functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure
 from transformers import CLIPModel
 
-from icg.evaluation.fd import ClipPixels, check_images, to_unit_float
-from icg.training.clip_data import IMAGE_MEAN, IMAGE_STD
+from icg.data.pixels import IMAGE_MEAN, IMAGE_STD
+from icg.measures.clip_pixels import ClipPixels, check_images, to_unit_float
 
 LPIPS_NAME = "LPIPS-miniCLIP"
 
 
-def _pair(images: torch.Tensor, references: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def paired_images(images: torch.Tensor, references: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Both in float [0, 1]; references resized (bicubic, antialiased) to the images' size."""
     check_images(images, "images")
     check_images(references, "references")
@@ -41,7 +41,7 @@ def _pair(images: torch.Tensor, references: torch.Tensor) -> tuple[torch.Tensor,
 @torch.no_grad()
 def ssim_per_image(images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
     """SSIM (torchmetrics, Gaussian 11×11, data range 1) of each image to its reference → (B,)."""
-    x, y = _pair(images, references)
+    x, y = paired_images(images, references)
     return structural_similarity_index_measure(x, y, data_range=1.0, reduction="none").float()
 
 
@@ -66,7 +66,7 @@ class ClipPerceptualDistance(ClipPixels):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
-        x, y = _pair(images, references)
+        x, y = paired_images(images, references)
         both = self._layers(torch.cat([x, y]))
         per_layer = [(a - b).pow(2).sum(-1).mean(-1) for a, b in (h.chunk(2) for h in both)]  # each (B,)
         return torch.stack(per_layer).mean(0)  # (B,)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from icg.evaluation.perceptual import LPIPS_NAME, ClipPerceptualDistance, ssim_per_image
+from icg.measures.perceptual import LPIPS_NAME, ClipPerceptualDistance, ssim_per_image
 from icg.testing import tiny_clip_model
 
 
