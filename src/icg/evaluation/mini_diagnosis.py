@@ -38,6 +38,9 @@ from diffusers.models.attention_processor import Attention, AttnProcessor
 
 from icg.atomic import write_text_atomic
 from icg.context.teacher import explicit_prompt_teacher
+from icg.data.captions import item_text
+from icg.data.covers.cache import render_cover_cache
+from icg.data.covers.render import items_genres
 from icg.evaluation.mini import (
     COVER_VARIANTS,
     genre_candidates,
@@ -46,7 +49,6 @@ from icg.evaluation.mini import (
     vae_scale_factor,
 )
 from icg.loading import load_backbone
-from icg.training.clip_data import item_text, items_genres, render_cover_cache
 
 TIMESTEPS = (50, 200, 400, 600, 800, 950)  # the mini UNet trainer's validation timesteps
 CAPTIONS = ("caption", "empty", "swapped", "other", "teacher")
