@@ -398,3 +398,16 @@ def test_users_per_item_trains_on_groups_and_resumes_exactly(parts, data, tmp_pa
 
     objective = build_objective(_rewards(parts), config)
     assert isinstance(objective.rewards["personalized"], UserSwapReward)
+
+
+def test_the_rollout_samples_as_the_preset_generates() -> None:
+    """A Flux adapter trained with 15 steps and guidance 1.0 would meet 28 and 3.5 at generation."""
+    from icg.presets import FLUX, SD15
+    from icg.training.adapter import config_for_preset
+
+    flux = config_for_preset(AdapterTrainConfig(), FLUX)
+    assert (flux.num_inference_steps, flux.guidance_scale) == (28, 3.5)
+    chosen = config_for_preset(AdapterTrainConfig(num_inference_steps=10, guidance_scale=2.0), FLUX)
+    assert (chosen.num_inference_steps, chosen.guidance_scale) == (10, 2.0)  # what the user set wins
+    sd15 = config_for_preset(AdapterTrainConfig(), SD15)
+    assert sd15.guidance_scale == 1.0  # SD1.5 trains without CFG (paper)

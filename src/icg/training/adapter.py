@@ -673,7 +673,20 @@ def train_adapter_from_preset(
         options.setdefault("judges", default_judges(spec.reward_judge, spec.clip))
     if not isinstance(data, AdapterData):
         data = prepare_adapter_data(data, pixels, Path(out_dir) / "cache", max_users=max_users)
-    config = dataclasses.replace(
-        config, max_prompt_tokens=min(config.max_prompt_tokens, spec.explicit_prompt_tokens)
-    )
+    config = config_for_preset(config, spec)
     return train_adapter(pipe, rewards, data, out_dir, config, **options)  # type: ignore[arg-type]
+
+
+def config_for_preset(config: AdapterTrainConfig, spec) -> AdapterTrainConfig:
+    """The training rollout samples as the preset generates: its explicit-prompt length, and where the config
+    keeps its defaults, the preset's step count and — for Flux, whose guidance is an input of the model, not
+    CFG — its embedded guidance (SD1.5 trains without CFG, guidance 1.0, as the paper does)."""
+    defaults = AdapterTrainConfig()
+    changes: dict[str, object] = {
+        "max_prompt_tokens": min(config.max_prompt_tokens, spec.explicit_prompt_tokens)
+    }
+    if config.num_inference_steps == defaults.num_inference_steps:
+        changes["num_inference_steps"] = spec.num_inference_steps
+    if spec.backbone == "flux" and config.guidance_scale == defaults.guidance_scale:
+        changes["guidance_scale"] = spec.guidance_scale
+    return dataclasses.replace(config, **changes)
