@@ -24,7 +24,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +47,8 @@ from pipeline_gpu import (  # noqa: E402
     StandInUserEncoder,
     Timer,
     context_encoder,
-    image_agreement,
     reference_images,
+    time_after_compile,
 )
 
 TINY = os.environ.get("TINY") == "1"
@@ -246,14 +245,9 @@ def main() -> None:
             speed = SpeedOptions(compile_mode=args.compile_mode, compile_backend=args.compile_backend)
             apply_speed_options(ours, speed)
             try:
-                start = time.perf_counter()
-                fast = ours(items[:b], user, output_type="pt", **common(size)).images.float()
-                timer.sync()
-                first = time.perf_counter() - start
-                fn = lambda: ours(items[:b], user, output_type="pt", **common(size))  # noqa: E731
-                r = timer.run(fn, 0, args.reps)
-                r |= {"covers_per_s": b / r["min_s"], "s_per_cover": r["min_s"] / b, "first_call_s": first}
-                r |= image_agreement(fast, eager)
+                generate = lambda: ours(items[:b], user, output_type="pt", **common(size)).images  # noqa: E731
+                r = time_after_compile(timer, generate, eager, b, 0, args.reps)
+                first = r["first_call_s"]
                 base = results[f"diffusers_flux_pipeline_{size}_b{b}"]["min_s"]
                 r["vs_diffusers"] = r["min_s"] / base
                 results[f"ours_fast_{size}_b{b}"] = r

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 
 class DeviceDtypeMixin:
@@ -32,8 +33,6 @@ def has_values(tensor: torch.Tensor) -> bool:
     The device-mix checks run the real code on fake CUDA tensors; value checks (finite, in range) cannot
     read data there, so they are skipped for such tensors and run for every real one.
     """
-    from torch._subclasses.fake_tensor import is_fake
-
     return not (tensor.is_meta or is_fake(tensor))
 
 

@@ -41,11 +41,8 @@ TINY_HPS = {
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 def _encoder(seed: int, tokenizer: bool = True) -> CLIPEncoder:
