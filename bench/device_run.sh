@@ -4,12 +4,15 @@
 #                                    # HPSv2 path is SKIP here (open_clip rides in the speed call: the three
 #                                    # wheel sets and the tree together pass the 64 MiB a call carries)
 #   bash bench/device_run.sh speed   # train_step.py (reward overhead, memory) + flux_gpu.py + mllm_gpu.py
+#   bash bench/device_run.sh mini    # mini_gpu.py: the mini VAE + UNet candidates on the GPU (issue 17);
+#                                    # $OUT gets one tar per model (fp16), their logs and summary.json
 # Each script has its own time limit so the call ends inside the device's 10-minute command limit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-what=${1:?check or speed}
+what=${1:?check, speed or mini}
 sets="common serve"
 [ "$what" = speed ] && sets="common clip"
+[ "$what" = mini ] && sets="common"
 wheels=$(for s in $sets; do ls .whl/"$s"/*.whl; done)
 # shellcheck disable=SC2086
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $wheels \
@@ -36,5 +39,8 @@ case $what in
     run 140 train_step --gpu --budget-s 100
     run 150 flux_gpu --sizes 512 --batches 1
     run 50 mllm_gpu --batches 16 --no-compile --profile --reps 1 ;;
+  mini)  # budgets in the recipe (VAE 1.8 min, UNets 3.5 min side by side); the rest: render, probes, packing
+    timeout 560 python3 bench/mini_gpu.py --out "$OUT" --device cuda 2>&1 | grep -v 'it/s]'
+    echo "=== mini_gpu: exit ${PIPESTATUS[0]} ===" ;;
   *) echo "unknown: $what"; exit 2 ;;
 esac

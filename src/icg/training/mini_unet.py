@@ -43,6 +43,7 @@ from icg.data.captions import TEXT_TEMPLATES, item_text
 from icg.data.covers.cache import render_cover_cache
 from icg.data.covers.render import items_genres
 from icg.errors import DataError, ICGError
+from icg.modules import resolve_device
 from icg.training import loop
 
 logger = logging.getLogger(__name__)
@@ -76,8 +77,12 @@ class MiniUnetConfig(loop.JsonConfig):
     caption_dropout: float = 0.1  # P(caption = "") for classifier-free guidance
     teacher_fraction: float = 0.5  # P(teacher prompt | kept); otherwise a uniform caption template
     sample_latents: bool = True
+    bf16_autocast: bool = True  # on CUDA only: the CPU trains in fp32, as every CPU recipe so far
     variants: int = 4
     epochs: int = 24
+    # shuffled passes over the (item, variant) pairs per epoch: on a GPU a pass takes a second or two, and
+    # the per-epoch validation and checkpoint would otherwise cost more than the training
+    passes_per_epoch: int = 1
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-2
@@ -92,7 +97,7 @@ class MiniUnetConfig(loop.JsonConfig):
 
     def __post_init__(self) -> None:
         positive = ("sample_size", "in_channels", "out_channels", "layers_per_block", "norm_num_groups")
-        loop.check_positive_ints(self, (*positive, "variants", "epochs", "batch_size"))
+        loop.check_positive_ints(self, (*positive, "variants", "epochs", "batch_size", "passes_per_epoch"))
         depth = len(self.block_out_channels)
         if depth < 2 or len(self.down_block_types) != depth or len(self.up_block_types) != depth:
             raise ValueError(
@@ -280,6 +285,12 @@ class FrozenFeatures:
     text_max_length: int
     digest: str  # of the VAE and CLIP files: part of the run's fingerprint
 
+    def to(self, device: torch.device) -> FrozenFeatures:
+        """The tables the loop indexes every step, moved to `device` once (the caption table stays on the
+        host: the caption draws index it there)."""
+        moved = {k: getattr(self, k).to(device) for k in ("latent_mean", "latent_std", "hidden")}
+        return dataclasses.replace(self, **moved)
+
 
 def frozen_features(
     items: pd.DataFrame,
@@ -350,18 +361,20 @@ def eps_mse(
     scheduler: DDPMScheduler,
     seed: int,
 ) -> dict[str, object]:
-    """Held-out ε-prediction MSE at fixed timesteps with fixed noise (same seed → same noise every call)."""
+    """Held-out ε-prediction MSE at fixed timesteps with fixed noise (same seed → same noise every call, on
+    any device: the noise is drawn on the host). Runs in fp32 on the UNet's device."""
+    device = unet.device
     generator = torch.Generator().manual_seed(seed)
     by_t = {}
     for t in timesteps:
-        noise = torch.randn(latents.shape, generator=generator)  # (N, C, S, S) CPU: the mini trainer's device
-        total = 0.0
+        noise = torch.randn(latents.shape, generator=generator)  # (N, C, S, S) host draw, seeded by design
+        total = torch.zeros((), device=device)
         for start in range(0, len(latents), 64):
-            x, eps, cond = (v[start : start + 64] for v in (latents, noise, hidden))
-            step = torch.full((len(x),), t, dtype=torch.long)  # CPU, as the mini trainer and its latents
+            x, eps, cond = (v[start : start + 64].to(device).float() for v in (latents, noise, hidden))
+            step = torch.full((len(x),), t, dtype=torch.long, device=device)
             pred = unet(scheduler.add_noise(x, eps, step), step, encoder_hidden_states=cond).sample
-            total += torch.nn.functional.mse_loss(pred, eps, reduction="sum").item()
-        by_t[str(t)] = round(total / noise.numel(), 5)
+            total += torch.nn.functional.mse_loss(pred.float(), eps, reduction="sum")
+        by_t[str(t)] = round(float(total) / noise.numel(), 5)
     return {"mean": round(sum(by_t.values()) / len(by_t), 5), "by_t": by_t}
 
 
@@ -376,20 +389,39 @@ def train_mini_unet(
     resume: bool = True,
     max_minutes: float | None = None,
     threads: int | None = None,
+    device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> dict[str, object]:
     """Train the mini UNet on `items`' covers through the saved VAE and CLIP text tower; returns the metrics.
 
     `threads` sets torch's intra-op threads for this call (restored afterwards); a resumed run must use the
-    same count as the first for bit-identical weights.
+    same count as the first for bit-identical weights. `device` ("cpu", "cuda", "auto") runs the UNet there,
+    under bf16 autocast on CUDA when `config.bf16_autocast`; every random draw stays on a seeded host
+    generator, so a run resumes bit-identically on the device type it started on (the device type is part
+    of the checkpoint's fingerprint).
     """
     config = config or MiniUnetConfig()
     loop.check_run_options(max_minutes, threads=threads)
     out = Path(out_dir)
     cache = Path(cache_dir) if cache_dir is not None else out / "cache"
+    run = _Run(resolve_device(device), resume, max_minutes, progress)
     # the caller's global RNG is left as it was
     with loop.torch_threads(threads), torch.random.fork_rng(devices=[]):
-        return _train(items, out, config, Path(vae_dir), Path(clip_dir), cache, resume, max_minutes, progress)
+        return _train(items, out, config, Path(vae_dir), Path(clip_dir), cache, run)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """How a run executes (not what it learns): the device and the resume/time/progress options."""
+
+    device: torch.device
+    resume: bool
+    max_minutes: float | None
+    progress: bool
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.device.type == "cuda" else None
 
 
 def _train(
@@ -399,15 +431,17 @@ def _train(
     vae_dir: Path,
     clip_dir: Path,
     cache_dir: Path,
-    resume: bool,
-    max_minutes: float | None,
-    progress: bool,
+    run: _Run,
 ) -> dict[str, object]:
     started, load_start = time.perf_counter(), os.getloadavg()
+    resume, max_minutes, progress, device = run.resume, run.max_minutes, run.progress, run.device
     items, split = loop.run_items(items, config)
     feats = frozen_features(items, config, vae_dir, clip_dir, cache_dir, progress)
     precompute_seconds = time.perf_counter() - started
-    fingerprint = loop.items_fingerprint(items, config, feats.digest)
+    # a CPU run keeps its fingerprint of before devices existed; another device type resumes only itself
+    fingerprint = loop.items_fingerprint(
+        items, config, feats.digest, *(() if device.type == "cpu" else (device.type,))
+    )
     metrics_file = out / METRICS_NAME
     done = loop.finished_metrics(metrics_file, fingerprint, resume and (out / "unet").is_dir())
     if done is not None:
@@ -419,12 +453,13 @@ def _train(
 
     # model, EMA, optimizer, schedule, RNG: fresh, or from the checkpoint
     pairs = torch.cartesian_prod(torch.from_numpy(split.train), torch.arange(config.variants))  # (P, 2) host
-    steps_per_epoch = -(-len(pairs) // config.batch_size)
+    steps_per_epoch = -(-len(pairs) // config.batch_size) * config.passes_per_epoch
     total_steps = config.epochs * steps_per_epoch
     noise_scheduler, ddim = noise_schedulers()
     torch.manual_seed(config.seed)
-    unet = build_unet(config, feats.hidden.shape[-1])
-    ema = EMAModel(unet.parameters(), decay=config.ema_decay)
+    unet = build_unet(config, feats.hidden.shape[-1]).to(device)
+    ema = EMAModel(unet.parameters(), decay=config.ema_decay, foreach=device.type == "cuda")
+    train_feats = feats.to(device)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     warmup = round(config.warmup_fraction * total_steps)
     lr_schedule = get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
@@ -451,6 +486,7 @@ def _train(
     start_epoch, history, seconds_before = loop.restore(
         state, modules, generators, logger, out, config.epochs
     )
+    ema.to(device=device)  # EMAModel.load_state_dict keeps the checkpoint's (host) shadow tensors
     if state is None:
         history.append({"epoch": 0, "val_eps_mse": evaluate()})  # the untrained model: where the curve starts
 
@@ -459,9 +495,16 @@ def _train(
         if loop.stop_for_time(logger, started, epoch_seconds, max_minutes, epoch, config.epochs):
             break
         tick = time.perf_counter()
-        batches = pairs[torch.randperm(len(pairs), generator=generator)].split(config.batch_size)
+        batches = [
+            batch
+            for _ in range(config.passes_per_epoch)
+            for batch in pairs[torch.randperm(len(pairs), generator=generator)].split(config.batch_size)
+        ]
         bar = tqdm(batches, desc=f"unet epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
-        loss = _train_epoch(unet, ema, optimizer, lr_schedule, noise_scheduler, feats, bar, config, generator)
+        loss = _train_epoch(
+            unet, ema, optimizer, lr_schedule, noise_scheduler, train_feats, bar, config, generator,
+            run.autocast_dtype if config.bf16_autocast else None,
+        )  # fmt: skip
         val = evaluate()
         history.append({"epoch": epoch + 1, "loss": round(loss, 5), "val_eps_mse": val,
                         "lr": lr_schedule.get_last_lr()[0]})  # fmt: skip
@@ -493,7 +536,7 @@ def _train(
         "test_eps_mse": test, "cross_attention_dim": unet.config.cross_attention_dim,
         "text_max_length": feats.text_max_length, "n_captions": len(feats.captions),
         "pixels": feats.pixels, "scaling_factor": feats.scaling_factor, "latent_std": round(latent_std, 4),
-        "parameters": sum(p.numel() for p in unet.parameters()),
+        "parameters": sum(p.numel() for p in unet.parameters()), "device": str(device),
         "ema": {k: v for k, v in ema.state_dict().items() if k != "shadow_params"},
         "precompute_seconds": round(precompute_seconds, 1),
         **loop.run_seconds(started, seconds_before, load_start),
@@ -514,24 +557,36 @@ def _train_epoch(
     batches,
     config: MiniUnetConfig,
     generator: torch.Generator,
+    autocast_dtype: torch.dtype | None = None,
 ) -> float:
-    """One pass over the (item, variant) pairs: ε-prediction MSE at uniform timesteps; the mean loss."""
+    """One pass over the (item, variant) pairs: ε-prediction MSE at uniform timesteps; the mean loss.
+
+    The draws come from the seeded host `generator` (the same on every device: bit-identical resume) and
+    are copied to the features' device; the loss is summed there and read once per epoch (no host sync
+    per step on a GPU; the progress bar shows the loss every 50 steps)."""
     unet.train()
-    total, steps = 0.0, 0
+    device = feats.latent_mean.device
+    total, steps = torch.zeros((), device=device), 0
     for pair in batches:  # (B, 2): item row, variant
         rows, variants = pair[:, 0], pair[:, 1]
-        x0 = feats.latent_mean[rows, variants].float()  # (B, C, S, S)
-        # seeded CPU draws by design: the mini UNet trains on the CPU (bit-identical resume)
+        index = (rows.to(device), variants.to(device))
+        x0 = feats.latent_mean[index].float()  # (B, C, S, S)
         if config.sample_latents:
-            x0 = x0 + feats.latent_std[rows, variants].float() * torch.randn(x0.shape, generator=generator)
-        noise = torch.randn(x0.shape, generator=generator)
+            draw = torch.randn(x0.shape, generator=generator).to(device)
+            x0 = x0 + feats.latent_std[index].float() * draw
+        noise = torch.randn(x0.shape, generator=generator).to(device)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(x0),), generator=generator)
-        cond = feats.hidden[sample_caption_ids(feats.table, rows, config, generator)].float()  # (B, L, W)
-        pred = unet(noise_scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
-        loss = torch.nn.functional.mse_loss(pred, noise)
+        caption_ids = sample_caption_ids(feats.table, rows, config, generator).to(device)
+        cond = feats.hidden[caption_ids].float()  # (B, L, W)
+        t = t.to(device)
+        with torch.autocast(
+            device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+        ):
+            pred = unet(noise_scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
+        loss = torch.nn.functional.mse_loss(pred.float(), noise)
         loop.optimizer_step(loss, optimizer, lr_schedule, unet.parameters(), config.grad_clip)
         ema.step(unet.parameters())
-        total, steps = total + loss.item(), steps + 1
-        if hasattr(batches, "set_postfix"):
-            batches.set_postfix(loss=f"{total / steps:.4f}")
-    return total / max(1, steps)
+        total, steps = total + loss.detach(), steps + 1
+        if hasattr(batches, "set_postfix") and (steps % 50 == 0 or device.type == "cpu"):
+            batches.set_postfix(loss=f"{float(total) / steps:.4f}")
+    return float(total) / max(1, steps)

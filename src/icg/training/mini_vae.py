@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from icg.atomic import write_text_atomic
 from icg.data.covers.cache import render_cover_cache
 from icg.data.covers.render import check_size
+from icg.modules import resolve_device
 from icg.training import loop
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,8 @@ class MiniVaeConfig(loop.JsonConfig):
     latent_channels: int = 4
     norm_num_groups: int = 16  # must divide every entry of block_out_channels
     variants: int = 4  # rendered compositions per item (0 = reference cover); training uses all
-    epochs: int = 10  # an epoch visits every train item once, at a random variant
+    epochs: int = 10  # an epoch visits every train item once per pass, at a random variant
+    passes_per_epoch: int = 1  # > 1 on a GPU: per-epoch validation and checkpoint would dominate
     batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 0.0
@@ -85,6 +87,7 @@ class MiniVaeConfig(loop.JsonConfig):
         channels = tuple(self.block_out_channels)
         object.__setattr__(self, "block_out_channels", channels)  # JSON gives a list
         positive = ("layers_per_block", "latent_channels", "norm_num_groups", "variants", "epochs")
+        positive += ("passes_per_epoch",)
         positive += ("batch_size", "scale_images")
         loop.check_positive_ints(self, positive)
         check_size(self.image_size)  # the renderer's range, 64-512 px
@@ -154,13 +157,13 @@ def evaluate_vae(vae: AutoencoderKL, covers: torch.Tensor) -> dict[str, float | 
         )
     was_training = vae.training
     vae.eval()
-    dtype = next(vae.parameters()).dtype
+    weight = next(vae.parameters())
     recs, lows = [], []
     try:
         for start in range(0, len(covers), _EVAL_BATCH):
-            pixels = to_pixels(covers[start : start + _EVAL_BATCH])  # (b, 3, S, S)
-            latents = vae.encode(pixels.to(dtype)).latent_dist.mean  # (b, C, S/f, S/f)
-            recs.append(((vae.decode(latents).sample.float() + 1.0) / 2.0).clamp(0.0, 1.0))
+            pixels = to_pixels(covers[start : start + _EVAL_BATCH])  # (b, 3, S, S) host
+            latents = vae.encode(pixels.to(weight.device, weight.dtype)).latent_dist.mean  # (b, C, S/f, S/f)
+            recs.append(((vae.decode(latents).sample.float().cpu() + 1.0) / 2.0).clamp(0.0, 1.0))
             side = tuple(latents.shape[-2:])
             small = F.interpolate((pixels + 1.0) / 2.0, size=side, mode="bicubic", antialias=True)
             lows.append(F.interpolate(small, size=pixels.shape[-2:], mode="bicubic").clamp(0.0, 1.0))
@@ -188,9 +191,10 @@ def evaluate_vae(vae: AutoencoderKL, covers: torch.Tensor) -> dict[str, float | 
 def latent_statistics(vae: AutoencoderKL, covers: torch.Tensor) -> dict[str, object]:
     """Std (all elements) and per-channel mean/std of the posterior means of (N, 3, S, S) uint8 covers."""
     vae.eval()
+    device = next(vae.parameters()).device
     means = torch.cat(
         [
-            vae.encode(to_pixels(covers[s : s + _EVAL_BATCH])).latent_dist.mean
+            vae.encode(to_pixels(covers[s : s + _EVAL_BATCH]).to(device)).latent_dist.mean.float().cpu()
             for s in range(0, len(covers), _EVAL_BATCH)
         ]
     )  # (N, C, h, w)
@@ -210,12 +214,15 @@ def _optimizer(model: AutoencoderKL, config: MiniVaeConfig, total_steps: int):
 
 def vae_loss(vae: AutoencoderKL, pixels: torch.Tensor, config: MiniVaeConfig) -> dict[str, torch.Tensor]:
     """Loss of one batch of (B, 3, S, S) pixels in [-1, 1]: L1 + MSE per pixel + KL at SD's weighting."""
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16_autocast)
+    autocast = torch.autocast(pixels.device.type, dtype=torch.bfloat16, enabled=config.bf16_autocast)
     with autocast:
         moments = vae.encode(pixels).latent_dist.parameters  # (B, 2C, h, w)
     posterior = DiagonalGaussianDistribution(moments.float())  # sample and KL in fp32
     with autocast:
-        rec = vae.decode(posterior.sample()).sample  # (B, 3, S, S)
+        # posterior.sample() on the host RNG (what it draws from on a CPU) on every device: the checkpoint
+        # holds that RNG's state, not a GPU's
+        draw = torch.randn(posterior.mean.shape).to(posterior.mean.device)
+        rec = vae.decode(posterior.mean + posterior.std * draw).sample  # (B, 3, S, S)
     err = rec.float() - pixels
     l1, mse = err.abs().mean(), err.square().mean()
     kl = posterior.kl().mean()  # summed over the latent per image, as SD's
@@ -234,24 +241,29 @@ def _train_epoch(
     epoch: int,
     progress: bool,
 ) -> dict[str, float]:
-    """Every train item once, at a random variant, in batches (the last may be short); mean losses."""
+    """Every train item once per pass, at a random variant, in batches (last may be short); mean losses."""
     vae.train()
-    order = torch.randperm(len(train_rows), generator=sampler)  # (N_train,)
-    variant = torch.randint(0, config.variants, (len(train_rows),), generator=sampler)  # host plan, seeded
-    sums = {"loss": 0.0, "l1": 0.0, "mse": 0.0, "kl": 0.0}
-    starts = range(0, len(train_rows), config.batch_size)
+    plan = []  # (item rows, variants) per batch: the host draws of every pass, seeded
+    for _ in range(config.passes_per_epoch):
+        order = torch.randperm(len(train_rows), generator=sampler)  # (N_train,)
+        variant = torch.randint(0, config.variants, (len(train_rows),), generator=sampler)
+        for start in range(0, len(train_rows), config.batch_size):
+            pos = order[start : start + config.batch_size]
+            plan.append((torch.from_numpy(train_rows[pos.numpy()]), variant[pos]))
+    device = next(vae.parameters()).device
+    sums = {key: torch.zeros((), device=device) for key in ("loss", "l1", "mse", "kl")}  # read once an epoch
     bar = tqdm(
-        starts, desc=f"vae epoch {epoch + 1}/{config.epochs}", unit="step", disable=not progress, leave=False
+        plan, desc=f"vae epoch {epoch + 1}/{config.epochs}", unit="step", disable=not progress, leave=False
     )
-    for step, start in enumerate(bar):
-        pos = order[start : start + config.batch_size]
-        pixels = to_pixels(covers[torch.from_numpy(train_rows[pos.numpy()]), variant[pos]])  # (B, 3, S, S)
-        parts = vae_loss(vae, pixels, config)
+    for step, (rows, variants) in enumerate(bar):
+        batch = covers[rows, variants]  # (B, 3, S, S) uint8 host
+        parts = vae_loss(vae, to_pixels(batch.to(device)), config)
         loop.optimizer_step(parts["loss"], optimizer, scheduler, vae.parameters(), config.grad_clip)
         for key, value in parts.items():
-            sums[key] += float(value.detach())
-        bar.set_postfix(loss=f"{sums['loss'] / (step + 1):.4f}")
-    return {key: round(value / len(starts), 5) for key, value in sums.items()}
+            sums[key] += value.detach()
+        if device.type == "cpu" or step % 50 == 0:  # a GPU reads the loss back rarely (no sync per step)
+            bar.set_postfix(loss=f"{float(sums['loss']) / (step + 1):.4f}")
+    return {key: round(float(value) / len(plan), 5) for key, value in sums.items()}
 
 
 def train_mini_vae(
@@ -263,9 +275,14 @@ def train_mini_vae(
     resume: bool = True,
     max_minutes: float | None = None,
     threads: int | None = None,
+    device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> dict[str, object]:
     """Train the mini VAE on `items`' rendered covers, measure it on held-out items, save it; returns metrics.
+
+    `device` ("cpu", "cuda", "auto") runs the VAE there; the covers stay on the host and every random draw
+    on seeded host generators, so a run resumes bit-identically on the device type it started on (the
+    device type is part of the checkpoint's fingerprint).
 
     `cache_dir` holds the rendered covers (default out_dir/cache; share the mini CLIP's to skip rendering).
     `threads` sets torch's intra-op threads for this call (restored afterwards); a resumed run must use the
@@ -277,7 +294,7 @@ def train_mini_vae(
     out = Path(out_dir)
     cache = Path(cache_dir) if cache_dir is not None else out / "cache"
     with loop.torch_threads(threads):
-        return _train(items, out, config, cache, resume, progress, max_minutes)
+        return _train(items, out, config, cache, resume, progress, max_minutes, resolve_device(device))
 
 
 def _train(
@@ -288,11 +305,13 @@ def _train(
     resume: bool,
     progress: bool,
     max_minutes: float | None,
+    device: torch.device,
 ) -> dict[str, object]:
     started, load_start = time.perf_counter(), os.getloadavg()
     items, split = loop.run_items(items, config, min_train=config.batch_size)
     n_train = len(split.train)
-    fingerprint = loop.items_fingerprint(items, config)
+    # a CPU run keeps its fingerprint of before devices existed; another device type resumes only itself
+    fingerprint = loop.items_fingerprint(items, config, *(() if device.type == "cpu" else (device.type,)))
     metrics_file = out / METRICS_NAME
     done = loop.finished_metrics(metrics_file, fingerprint, resume and (out / "config.json").is_file())
     if done is not None:
@@ -306,11 +325,11 @@ def _train(
 
     covers = render_cover_cache(items, cache, config.image_size, config.variants, progress)  # (N, V, 3, S, S)
     val_covers = covers[split.val, 0]
-    steps_per_epoch = math.ceil(n_train / config.batch_size)
+    steps_per_epoch = math.ceil(n_train / config.batch_size) * config.passes_per_epoch
 
     with torch.random.fork_rng(devices=[]):  # the caller's global RNG is left as it was
         torch.manual_seed(config.seed)
-        vae = build_vae(config)
+        vae = build_vae(config).to(device)
         optimizer, scheduler = _optimizer(vae, config, config.epochs * steps_per_epoch)
         sampler = torch.Generator().manual_seed(config.seed + 1)
         modules = {"model": vae, "optimizer": optimizer, "scheduler": scheduler}
@@ -362,6 +381,7 @@ def _train(
         "latent_statistics": {**stats, "n_covers": len(scale_covers)},
         "latent_shape": [config.latent_channels, config.latent_size, config.latent_size],
         "parameters": sum(p.numel() for p in vae.parameters()),
+        "device": str(device),
         **loop.run_seconds(started, seconds_before, load_start, threads_key="threads"),
         "fingerprint": fingerprint,
         "history": history,
