@@ -241,12 +241,15 @@ def train_mini_cmd(
     package: Annotated[bool, typer.Option(help="Package the preset folder after the steps.")] = True,
     dataset: Annotated[str, typer.Option(help="Dataset of items, users and ratings.")] = "ml-100k",
     threads: Annotated[int, typer.Option(help="Torch CPU threads per step.")] = 1,
+    device: Annotated[
+        str, typer.Option(help="Where the VAE and UNet steps train: auto, cpu, cuda or cuda:N (others: CPU).")
+    ] = "auto",
 ) -> None:
     """Train every model of the mini preset in order (resumable; finished steps skipped), then package."""
     from icg.training.mini import STEPS, check_steps, package_mini, train_mini
 
     steps = check_steps(step or STEPS)
-    results = train_mini(load_data(dataset, None), work, steps, threads=threads)
+    results = train_mini(load_data(dataset, None), work, steps, threads=threads, device=device)
     if package:
         folder = package_mini(work, out)
         console.print(f"mini preset written to [bold]{folder}[/bold]")

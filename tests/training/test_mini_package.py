@@ -114,3 +114,17 @@ def test_steps_are_checked_and_ordered():
     assert check_steps(["users", "clip"]) == ["clip", "users"]
     with pytest.raises(ICGError, match="unknown mini training step"):
         check_steps(["vea"])
+
+
+def test_train_mini_hands_the_device_to_the_vae_and_unet_steps_only(monkeypatch, tmp_path) -> None:
+    import icg.training.mini as mini
+
+    seen: dict[str, dict] = {}
+
+    def record(name):
+        return lambda data, work, threads, progress, **kwargs: seen.setdefault(name, kwargs) and {} or {}
+
+    monkeypatch.setattr(mini, "_STEP_FUNCTIONS", {name: record(name) for name in mini.STEPS})
+    data = type("Data", (), {"name": "toy"})()
+    mini.train_mini(data, tmp_path, ["clip", "vae", "unet", "users"], device="cuda", progress=False)
+    assert seen == {"clip": {}, "vae": {"device": "cuda"}, "unet": {"device": "cuda"}, "users": {}}

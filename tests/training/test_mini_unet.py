@@ -223,3 +223,33 @@ def test_mismatched_text_width_and_missing_vae_are_clear_errors(
         )
     with pytest.raises(ValueError, match="threads"):
         train_mini_unet(items, tmp_path / "c", TINY, **frozen, threads=0)
+
+
+# ------------------------------------------------------------------------ Min-SNR weighting, warm start
+def test_min_snr_weights_low_noise_steps_down_and_leaves_high_noise_ones() -> None:
+    from icg.training.mini_unet import _eps_loss, noise_schedulers
+
+    scheduler, _ = noise_schedulers()
+    pred, noise = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4)
+    plain = torch.nn.functional.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+    low, high = torch.tensor([10, 10]), torch.tensor([990, 990])  # SNR ≫ 5 at t=10, ≪ 5 at t=990
+    assert torch.allclose(_eps_loss(pred, noise, high, scheduler, 5.0), plain.mean())
+    assert _eps_loss(pred, noise, low, scheduler, 5.0) < 0.1 * plain.mean()
+    plain_loss = torch.nn.functional.mse_loss(pred, noise)
+    assert torch.equal(_eps_loss(pred, noise, low, scheduler, None), plain_loss)
+    with pytest.raises(ValueError, match="snr_gamma"):
+        MiniUnetConfig(snr_gamma=0.0)
+
+
+def test_warm_start_begins_at_the_saved_weights_and_refuses_another_architecture(
+    items: pd.DataFrame, frozen: dict[str, Path], trained: tuple[Path, dict], tmp_path: Path
+) -> None:
+    out, _ = trained
+    warm = dataclasses.replace(TINY, init_unet=str(out / "unet"), epochs=1, lr=1e-12, ema_decay=0.0)
+    train_mini_unet(items, tmp_path / "warm", warm, **frozen, threads=1, progress=False)
+    start = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+    after = load_file(tmp_path / "warm" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.allclose(start[k], after[k], atol=1e-6) for k in start)  # lr ≈ 0: still the saved ones
+    other = dataclasses.replace(warm, block_out_channels=(16, 16, 16))
+    with pytest.raises(DataError, match="another architecture"):
+        train_mini_unet(items, tmp_path / "other", other, **frozen, threads=1, progress=False)

@@ -62,20 +62,20 @@ def _step_clip(data: InteractionData, work: Path, threads: int, progress: bool) 
     return train_mini_clip(data, work / "clip", mini_clip_preset("mini"), progress=progress, threads=threads)
 
 
-def _step_vae(data: InteractionData, work: Path, threads: int, progress: bool) -> dict:
+def _step_vae(data: InteractionData, work: Path, threads: int, progress: bool, device: str = "cpu") -> dict:
     from icg.training.mini_vae import train_mini_vae
 
     return train_mini_vae(
-        data.items, work / "vae", cache_dir=_cache(work), threads=threads, progress=progress
+        data.items, work / "vae", cache_dir=_cache(work), threads=threads, device=device, progress=progress
     )
 
 
-def _step_unet(data: InteractionData, work: Path, threads: int, progress: bool) -> dict:
+def _step_unet(data: InteractionData, work: Path, threads: int, progress: bool, device: str = "cpu") -> dict:
     from icg.training.mini_unet import train_mini_unet
 
     return train_mini_unet(
         data.items, work / "unet", vae_dir=work / "vae", clip_dir=work / "clip", cache_dir=_cache(work),
-        threads=threads, progress=progress,
+        threads=threads, device=device, progress=progress,
     )  # fmt: skip
 
 
@@ -149,7 +149,7 @@ def _step_adapter(data: InteractionData, work: Path, threads: int, progress: boo
     return _adapter(work, data, threads, progress, "reward")
 
 
-_STEP_FUNCTIONS: dict[str, Callable[[InteractionData, Path, int, bool], dict]] = {
+_STEP_FUNCTIONS: dict[str, Callable[..., dict]] = {
     "clip": _step_clip,
     "vae": _step_vae,
     "unet": _step_unet,
@@ -160,6 +160,9 @@ _STEP_FUNCTIONS: dict[str, Callable[[InteractionData, Path, int, bool], dict]] =
     "adapter-init": _step_adapter_init,
     "adapter": _step_adapter,
 }
+
+
+_DEVICE_STEPS = {"vae", "unet"}  # the steps whose trainers take a device (the others run on the CPU)
 
 
 def check_steps(steps: Sequence[str]) -> list[str]:
@@ -176,9 +179,11 @@ def train_mini(
     *,
     threads: int = 1,
     progress: bool = True,
+    device: str = "cpu",
 ) -> dict[str, dict]:
     """Run `steps` in order into `work_dir/<step>/`; returns {step: metrics}. Records wall time per step in
     `work_dir/train_mini.json` (a step that was already complete reports its trainer's own total seconds).
+    `device` is where the VAE and UNet steps train (the other steps run on the CPU).
     """
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -188,7 +193,8 @@ def train_mini(
     for step in check_steps(steps):
         logger.info("mini preset: step %s", step)
         tick = time.perf_counter()
-        metrics = _STEP_FUNCTIONS[step](data, work, threads, progress)
+        on_device = {"device": device} if step in _DEVICE_STEPS else {}
+        metrics = _STEP_FUNCTIONS[step](data, work, threads, progress, **on_device)
         metrics = {k: v for k, v in metrics.items() if k != "history"}
         results[step] = metrics
         record["steps"][step] = {

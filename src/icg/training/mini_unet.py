@@ -33,7 +33,7 @@ import torch
 import transformers
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_cosine_schedule_with_warmup
-from diffusers.training_utils import EMAModel
+from diffusers.training_utils import EMAModel, compute_snr
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -77,6 +77,12 @@ class MiniUnetConfig(loop.JsonConfig):
     caption_dropout: float = 0.1  # P(caption = "") for classifier-free guidance
     teacher_fraction: float = 0.5  # P(teacher prompt | kept); otherwise a uniform caption template
     sample_latents: bool = True
+    # Min-SNR-γ loss weighting (Hang et al. 2023; diffusers' train_text_to_image `--snr_gamma`): ε-loss
+    # weight min(SNR, γ)/SNR, so low-noise steps (where the caption hardly matters) weigh less; None: plain
+    snr_gamma: float | None = None
+    # warm start: a saved UNet folder of the same architecture whose weights initialise the run (its files
+    # are part of the run's fingerprint); None: random initialisation under `seed`
+    init_unet: str | None = None
     bf16_autocast: bool = True  # on CUDA only: the CPU trains in fp32, as every CPU recipe so far
     variants: int = 4
     epochs: int = 24
@@ -121,6 +127,8 @@ class MiniUnetConfig(loop.JsonConfig):
             raise ValueError("caption_dropout must be in [0, 1) and teacher_fraction in [0, 1]")
         if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip <= 0 or not 0 <= self.warmup_fraction < 1:
             raise ValueError("lr and grad_clip must be > 0, weight_decay >= 0, warmup_fraction in [0, 1)")
+        if self.snr_gamma is not None and self.snr_gamma <= 0:
+            raise ValueError(f"snr_gamma must be None or > 0, got {self.snr_gamma}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not self.val_timesteps or any(not 0 <= t < 1000 for t in self.val_timesteps):
@@ -439,9 +447,10 @@ def _train(
     feats = frozen_features(items, config, vae_dir, clip_dir, cache_dir, progress)
     precompute_seconds = time.perf_counter() - started
     # a CPU run keeps its fingerprint of before devices existed; another device type resumes only itself
-    fingerprint = loop.items_fingerprint(
-        items, config, feats.digest, *(() if device.type == "cpu" else (device.type,))
-    )
+    extra = () if device.type == "cpu" else (device.type,)
+    if config.init_unet is not None:
+        extra += (_folder_digest(Path(config.init_unet), ("config.json", "*.safetensors")),)
+    fingerprint = loop.items_fingerprint(items, config, feats.digest, *extra)
     metrics_file = out / METRICS_NAME
     done = loop.finished_metrics(metrics_file, fingerprint, resume and (out / "unet").is_dir())
     if done is not None:
@@ -457,7 +466,10 @@ def _train(
     total_steps = config.epochs * steps_per_epoch
     noise_scheduler, ddim = noise_schedulers()
     torch.manual_seed(config.seed)
-    unet = build_unet(config, feats.hidden.shape[-1]).to(device)
+    unet = build_unet(config, feats.hidden.shape[-1])
+    if config.init_unet is not None:
+        _warm_start(unet, Path(config.init_unet))
+    unet = unet.to(device)
     ema = EMAModel(unet.parameters(), decay=config.ema_decay, foreach=device.type == "cuda")
     train_feats = feats.to(device)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -547,6 +559,34 @@ def _train(
     return json.loads(text)  # what a later call that finds the run complete returns
 
 
+def _warm_start(unet: UNet2DConditionModel, folder: Path) -> None:
+    """Copy a saved UNet's weights into `unet`, refusing another architecture (clear message, no partial
+    load)."""
+    if not (folder / "config.json").is_file():
+        raise DataError("init_unet: no saved UNet here (config.json missing)", path=folder)
+    source = UNet2DConditionModel.from_pretrained(folder)
+    theirs, ours = source.state_dict(), unet.state_dict()
+    if theirs.keys() != ours.keys() or any(theirs[k].shape != v.shape for k, v in ours.items()):
+        raise DataError("init_unet: another architecture than the config's; use its config", path=folder)
+    unet.load_state_dict(theirs)
+
+
+def _eps_loss(
+    pred: torch.Tensor,
+    noise: torch.Tensor,
+    t: torch.Tensor,
+    scheduler: DDPMScheduler,
+    snr_gamma: float | None,
+) -> torch.Tensor:
+    """ε-prediction MSE, plain or Min-SNR-γ weighted per sample as in diffusers' train_text_to_image."""
+    if snr_gamma is None:
+        return torch.nn.functional.mse_loss(pred, noise)
+    snr = compute_snr(scheduler, t)  # (B,)
+    weights = snr.clamp(max=snr_gamma) / snr  # ε-prediction: min(SNR, γ) / SNR
+    per_sample = torch.nn.functional.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+    return (per_sample * weights).mean()
+
+
 def _train_epoch(
     unet: UNet2DConditionModel,
     ema: EMAModel,
@@ -583,7 +623,7 @@ def _train_epoch(
             device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
         ):
             pred = unet(noise_scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
-        loss = torch.nn.functional.mse_loss(pred.float(), noise)
+        loss = _eps_loss(pred.float(), noise, t, noise_scheduler, config.snr_gamma)
         loop.optimizer_step(loss, optimizer, lr_schedule, unet.parameters(), config.grad_clip)
         ema.step(unet.parameters())
         total, steps = total + loss.detach(), steps + 1
