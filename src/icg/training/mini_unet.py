@@ -80,6 +80,9 @@ class MiniUnetConfig(loop.JsonConfig):
     # Min-SNR-γ loss weighting (Hang et al. 2023; diffusers' train_text_to_image `--snr_gamma`): ε-loss
     # weight min(SNR, γ)/SNR, so low-noise steps (where the caption hardly matters) weigh less; None: plain
     snr_gamma: float | None = None
+    # training timesteps drawn uniformly from [low, high): a fine-tune can put every step where the cover's
+    # layout and palette (hence its genre) are decided, the high-noise end; SD's is (0, 1000)
+    timestep_range: tuple[int, int] = (0, 1000)
     # warm start: a saved UNet folder of the same architecture whose weights initialise the run (its files
     # are part of the run's fingerprint); None: random initialisation under `seed`
     init_unet: str | None = None
@@ -127,6 +130,9 @@ class MiniUnetConfig(loop.JsonConfig):
             raise ValueError("caption_dropout must be in [0, 1) and teacher_fraction in [0, 1]")
         if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip <= 0 or not 0 <= self.warmup_fraction < 1:
             raise ValueError("lr and grad_clip must be > 0, weight_decay >= 0, warmup_fraction in [0, 1)")
+        low, high = self.timestep_range
+        if not 0 <= low < high <= 1000:
+            raise ValueError(f"timestep_range must be (low, high), 0 <= low < high <= 1000, got {low, high}")
         if self.snr_gamma is not None and self.snr_gamma <= 0:
             raise ValueError(f"snr_gamma must be None or > 0, got {self.snr_gamma}")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -615,7 +621,7 @@ def _train_epoch(
             draw = torch.randn(x0.shape, generator=generator).to(device)
             x0 = x0 + feats.latent_std[index].float() * draw
         noise = torch.randn(x0.shape, generator=generator).to(device)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(x0),), generator=generator)
+        t = torch.randint(*config.timestep_range, (len(x0),), generator=generator)
         caption_ids = sample_caption_ids(feats.table, rows, config, generator).to(device)
         cond = feats.hidden[caption_ids].float()  # (B, L, W)
         t = t.to(device)
