@@ -32,7 +32,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from serve_load import RssSampler, cpu_name, percentiles, rss_mb
+from serve_measure import RssSampler, cpu_name, percentiles, rss_mb
 
 PROBE_ADDRESS = "127.0.0.2"
 

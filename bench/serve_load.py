@@ -41,7 +41,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
+from serve_hostile import hostile_markdown, hostile_mixes, write_json
+from serve_measure import RssSampler, cpu_name, percentiles, rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -58,27 +59,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def rss_mb(pid: int, field: str = "VmRSS") -> float | None:
-    """A process's resident memory from /proc (Linux), MiB."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def get_json(url: str, timeout: float = 5.0) -> dict:
@@ -116,32 +96,6 @@ def request_plan(n: int, items: int, users: int, repeat_share: float, seed: int 
         uniques.append(form)
         plan.append(form)
     return plan
-
-
-def percentiles(seconds: list[float]) -> dict[str, float | None]:
-    if not seconds:
-        return {k: None for k in ("p50", "p95", "p99", "max")}
-    values = np.asarray(seconds) * 1000  # ms
-    return {
-        "p50": float(np.percentile(values, 50)),
-        "p95": float(np.percentile(values, 95)),
-        "p99": float(np.percentile(values, 99)),
-        "max": float(values.max()),
-    }
-
-
-class RssSampler(threading.Thread):
-    def __init__(self, pid: int, every: float = 0.2) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.every, self.peak = pid, every, 0.0
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            value = rss_mb(self.pid)
-            if value is not None:
-                self.peak = max(self.peak, value)
-            self.stop.wait(self.every)
 
 
 def start_server(args: argparse.Namespace, port: int, cache_dir: Path, log: Path) -> subprocess.Popen:
@@ -279,8 +233,6 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def run_hostile(args: argparse.Namespace) -> tuple[list[dict], dict]:
-    from serve_hostile import hostile_mixes
-
     with tempfile.TemporaryDirectory(prefix="icg-serve-hostile-") as tmp:
         port = free_port()
         log = Path(tmp) / "server.log"
@@ -362,8 +314,6 @@ def main() -> None:
     parser.add_argument("--hostile", action="store_true", help="run the hostile mixes (serve_hostile.py)")
     args = parser.parse_args()
     if args.hostile:
-        from serve_hostile import hostile_markdown, write_json
-
         reports, health = run_hostile(args)
         write_json(args.json, {"mixes": reports, "server": health})
         print(hostile_markdown(reports, " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), health))

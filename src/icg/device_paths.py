@@ -1,5 +1,6 @@
-"""More device-check paths (see `icg.device_check`): the public rewards, the reward-hacking guard, the
-evaluation metrics, the baselines (Textual Inversion, PMG), MMGCN and the batch generation stage.
+"""More device-check paths (`icg.device_check` runs them after its own): the public rewards, the
+reward-hacking guard, the evaluation metrics, the baselines (Textual Inversion, PMG), MMGCN and the batch
+generation stage.
 
 Each runs whole on a real device. On fake CUDA the steps that read values back to the host (a float metric,
 a `.tolist()` of scores, a backward pass, writing an image file) cannot run; there the path runs the device
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from icg.device_check import (
+from icg.device_parts import (
     CheckContext,
     backward,
     check_on_device,

@@ -16,7 +16,7 @@ from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokeniz
 
 from icg.adapter.flux import install_flux_dual_path_adapter, load_flux_adapter
 from icg.errors import ICGError
-from icg.loading import hub_offline, load_conditioning
+from icg.loading_common import hub_offline, load_conditioning
 from icg.pipeline_flux import FluxCoverPipeline
 from icg.presets import PresetSpec
 

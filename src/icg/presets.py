@@ -12,60 +12,40 @@ adapter. Every component is then loaded by the same `from_pretrained` calls (`ic
 - `flux`: FLUX.1-dev + Qwen2.5-VL-7B-Instruct (hub ids, as `sd15`), 28 flow-matching steps, embedded
   guidance 3.5; the adapter is the Flux dual path (`icg.adapter.flux`), loaded by `icg.loading_flux`.
 - `tiny`: random components of the same classes at tiny size, written once to `$ICG_HOME/presets/tiny`
-  (default `~/.cache/icg`) by `materialize_tiny_preset` and loaded back like real checkpoints. For tests and
-  wiring checks only: its covers are noise. `tiny-flux` is the same for the Flux backbone
-  (`icg.testing_flux.materialize_tiny_flux_preset`, `$ICG_HOME/presets/tiny-flux`, 32² covers).
+  (default `~/.cache/icg`) by `icg.presets_tiny.materialize_tiny_preset` and loaded back like real
+  checkpoints. For tests and wiring checks only: its covers are noise. `tiny-flux` is the same for the Flux
+  backbone (`icg.presets_tiny_flux.materialize_tiny_flux_preset`, `$ICG_HOME/presets/tiny-flux`, 32² covers).
+
+A preset is a `PresetSpec` (`icg.presets_spec`). The tiny builders are imported when a tiny preset is first
+written, not with this module: they load torch, diffusers and transformers, which a preset lookup never needs.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from icg.errors import ICGError
+from icg.presets_spec import Backbone, PresetSpec
+
+__all__ = [
+    "COMPONENT_PATHS",
+    "FLUX",
+    "PRESETS",
+    "SD15",
+    "Backbone",
+    "PresetSpec",
+    "get_preset",
+    "icg_home",
+    "load_preset_folder",
+    "mini_assets_dir",
+    "mini_preset",
+    "tiny_flux_preset",
+    "tiny_preset",
+]
 
 logger = logging.getLogger(__name__)
-
-Backbone = Literal["sd15", "flux"]
-
-
-@dataclass(frozen=True)
-class PresetSpec:
-    """Where a cover pipeline's components come from, and its generation defaults."""
-
-    name: str
-    backbone: Backbone = "sd15"
-    base_model: str | None = None
-    base_config: str | None = None  # local diffusers config folder for a single-file base_model
-    context_encoder: str | None = None
-    user_encoder: str | None = None
-    adapter: str | None = None
-    clip: str | None = None  # CLIPModel folder: CLIP score, reconstruction target, reward backbone
-    reward_model: str | None = None  # personalized preference reward model folder
-    # held-out judge: a personalized reward model of another seed and user split, never optimised against
-    reward_judge: str | None = None
-    num_meta_tokens: int = 1
-    num_context_tokens: int = 4
-    num_user_tokens: int = 4
-    num_inference_steps: int = 15
-    guidance_scale: float = 7.0
-    explicit_prompt_tokens: int = 77
-
-    def replace(self, **changes: object) -> PresetSpec:
-        """A copy with the non-None `changes` applied (CLI overrides such as --base-model)."""
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> PresetSpec:
-        return cls(**json.loads(text))
 
 
 def icg_home() -> Path:
@@ -94,7 +74,7 @@ def tiny_preset(folder: Path | None = None) -> PresetSpec:
     """The tiny preset, materialized into `folder` (default under icg_home()) if it is not there yet."""
     folder = Path(folder) if folder is not None else icg_home() / "presets" / "tiny"
     if not (folder / "preset.json").is_file():
-        from icg.testing import materialize_tiny_preset
+        from icg.presets_tiny import materialize_tiny_preset
 
         materialize_tiny_preset(folder)
     return load_preset_folder(folder)
@@ -104,7 +84,7 @@ def tiny_flux_preset(folder: Path | None = None) -> PresetSpec:
     """The tiny-flux preset, materialized into `folder` (default under icg_home()) if it is not there yet."""
     folder = Path(folder) if folder is not None else icg_home() / "presets" / "tiny-flux"
     if not (folder / "preset.json").is_file():
-        from icg.testing_flux import materialize_tiny_flux_preset
+        from icg.presets_tiny_flux import materialize_tiny_flux_preset
 
         materialize_tiny_flux_preset(folder)
     return load_preset_folder(folder)

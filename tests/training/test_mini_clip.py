@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from transformers import CLIPModel, CLIPProcessor, CLIPTokenizer
 
 import icg.training.mini_clip as mini_clip_module
+from icg.clip_tokenizer import learn_bpe_merges, train_clip_tokenizer, word_counts
 from icg.data.captions import genre_prompt, item_text
 from icg.data.covers.render import items_genres, render_cover
 from icg.data.movielens import load_ml100k
@@ -25,7 +26,6 @@ from icg.data.records import InteractionData
 from icg.data.splits import split_items
 from icg.training import MiniClipConfig, evaluate_clip, train_mini_clip
 from icg.training import clip_data as cd
-from icg.training.clip_tokenizer import learn_bpe_merges, train_clip_tokenizer, word_counts
 
 # Every call uses threads=1: fast on a machine shared with other jobs, and bit-identical resume needs the
 # same thread count in every call of a run.

@@ -7,8 +7,6 @@ the reward-hacking guard's held-out covers.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -16,10 +14,8 @@ from torch import Tensor
 from icg.adapter.attention import personalized_unet_inputs
 from icg.rewards.base import WeightedRewards
 from icg.rewards.personalized import reward_text
+from icg.training.adapter_config import AdapterTrainConfig
 from icg.training.adapter_data import AdapterData, ItemFeatures, mix_seed
-
-if TYPE_CHECKING:
-    from icg.training.adapter import AdapterTrainConfig
 
 
 class AdapterStep:

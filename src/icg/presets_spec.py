@@ -1,0 +1,48 @@
+"""`PresetSpec`: where a cover pipeline's components come from, and its generation defaults.
+
+The one definition every preset is written in: the named presets (`icg.presets`) and the tiny presets'
+builders (`icg.presets_tiny`, `icg.presets_tiny_flux`) both make one; `preset.json` is its JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+Backbone = Literal["sd15", "flux"]
+
+
+@dataclass(frozen=True)
+class PresetSpec:
+    """Where a cover pipeline's components come from, and its generation defaults."""
+
+    name: str
+    backbone: Backbone = "sd15"
+    base_model: str | None = None
+    base_config: str | None = None  # local diffusers config folder for a single-file base_model
+    context_encoder: str | None = None
+    user_encoder: str | None = None
+    adapter: str | None = None
+    clip: str | None = None  # CLIPModel folder: CLIP score, reconstruction target, reward backbone
+    reward_model: str | None = None  # personalized preference reward model folder
+    # held-out judge: a personalized reward model of another seed and user split, never optimised against
+    reward_judge: str | None = None
+    num_meta_tokens: int = 1
+    num_context_tokens: int = 4
+    num_user_tokens: int = 4
+    num_inference_steps: int = 15
+    guidance_scale: float = 7.0
+    explicit_prompt_tokens: int = 77
+
+    def replace(self, **changes: object) -> PresetSpec:
+        """A copy with the non-None `changes` applied (CLI overrides such as --base-model)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> PresetSpec:
+        return cls(**json.loads(text))
