@@ -202,3 +202,16 @@ def test_user_scale_zero_is_the_context_only_cover_and_other_scales_change_it(pi
     )
     with pytest.raises(ValueError, match="user_scale must be ≥ 0"):
         pipe(_items()[:1], user, user_scale=-1.0, **kwargs)
+
+
+def test_user_scale_zero_makes_covers_from_embeddings_ignore_the_user(pipe: CoverPipeline) -> None:
+    """The batch job's path: precomputed C_ref and U_pre (a segment centroid) with user_scale 0."""
+    prompts, context = pipe.context_encoder.encode_items([_items()[0].image], ["Toy Story"], max_new_tokens=6)
+    users = pipe.encode_users([CoverUser(user_id="1"), CoverUser(user_id="2")])
+
+    def cover(user: torch.Tensor | None, **extra) -> torch.Tensor:
+        return pipe.covers_from_embeddings(prompts, context, user, [3], STEPS, 7.0, **extra)
+
+    context_only = cover(None)
+    assert all(torch.equal(cover(users[k : k + 1], user_scale=0.0), context_only) for k in range(2))
+    assert not torch.equal(cover(users[:1]), cover(users[1:]))

@@ -171,10 +171,8 @@ def evaluate_personalization_cmd(
     out: Annotated[
         Path, typer.Option("--out", help="Folder for personalization.json/.md/_curve.png.")
     ] = Path("results"),
-    max_items: Annotated[int, typer.Option(help="Held-out multi-genre items (seeded subset).", min=1)] = 12,
-    max_users: Annotated[
-        int, typer.Option(help="Held-out users (seeded subset of the test split).", min=2)
-    ] = 32,
+    max_items: Annotated[int, typer.Option(help="Held-out multi-genre items (seeded subset).")] = 12,
+    max_users: Annotated[int, typer.Option(help="Held-out users (seeded subset of the test split).")] = 32,
     scales: Annotated[str, typer.Option(help="user_scale values of the strength sweep.")] = "0,0.5,1,1.5,2",
     seed: Annotated[int, typer.Option(help="Seed of the subsets, noise, bootstrap and permutations.")] = 0,
     threads: ThreadsOpt = 1,
@@ -192,6 +190,8 @@ def evaluate_personalization_cmd(
             raise ICGError(f"--threads must be ≥ 1, got {threads}")
         torch.set_num_threads(threads)
     rows = parse_adapter_rows(adapter or [])
+    if max_items < 1 or max_users < 2:
+        raise ICGError(f"--max-items must be ≥ 1 and --max-users ≥ 2 (pairs), got {max_items}, {max_users}")
     try:
         result = evaluate_personalization(
             get_preset(preset), load_data("ml-100k", None), max_items=max_items, max_users=max_users,

@@ -530,6 +530,41 @@ def _row_line(name: str, row: dict) -> str:
     )
 
 
+def reading(result: dict) -> list[str]:
+    """What the figures say, sentence by sentence from the figures themselves (no fixed verdicts)."""
+    rows, out = result["rows"], []
+    for name in ("icg", *result["setup"]["extra_adapters"]):
+        lean = rows[name]["lean_test"]
+        if lean.get("win_rate") is None:
+            continue
+        low, high = lean["ci95"]
+        verdict = (
+            "above 50 %: its covers lean towards their user's genre"
+            if low > 0.5 and lean["p_value"] < 0.05
+            else "below 50 %: its covers lean away from their user's genre"
+            if high < 0.5
+            else "not distinguishable from 50 %: no measurable personalization"
+        )
+        out.append(
+            f"- {name}: lean-test win rate {100 * lean['win_rate']:.1f} % (95 % CI {100 * low:.1f}–"
+            f"{100 * high:.1f} %, p {lean['p_value']:.3g}) — {verdict}."
+        )
+    oracle = rows["oracle"]
+    win = oracle["lean_test"]["win_rate"]
+    out.append(
+        f"- oracle: {100 * (0.5 if win is None else win):.1f} % — how far the test reads a genre lean when "
+        "covers have one (the ceiling)."
+    )
+    swap = oracle["swap_test"]
+    if swap.get("std_error") and abs(swap["own_minus_others"]) < 2 * swap["std_error"]:
+        out.append(
+            "- The judge's swap test does not reward the oracle's lean either "
+            f"({swap['own_minus_others']:+.4f} ± {swap['std_error']:.4f}): the judge hardly responds to a "
+            "cover's genre lean, so a swap test near 0 is weak evidence on its own."
+        )
+    return out
+
+
 def personalization_markdown(result: dict) -> str:
     """The report: the rows, the strength sweep, and how each figure was measured."""
     setup, rows = result["setup"], result["rows"]
@@ -557,6 +592,10 @@ def personalization_markdown(result: dict) -> str:
         *[_row_line(scale, row) for scale, row in result["scales"].items()],
         "",
         "![strength curve](" + CURVE_NAME + ")",
+        "",
+        "## Reading",
+        "",
+        *reading(result),
         "",
         "## How it is measured",
         "",
