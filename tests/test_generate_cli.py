@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -60,6 +61,7 @@ def test_generate_items_by_id_and_file_for_users_and_profiles(
         (["--item-id", "999999"], "unknown item id"),
         (["--item-id", "1", "--user-id", "no-such-user"], "unknown user id"),
         (["--item-id", "1", "--profile", ""], "--profile is empty"),
+        (["--item-id", "1", "--user-id", "1", "--user-scale", "-1"], "--user-scale: must be in [0, 10]"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(
@@ -85,3 +87,21 @@ def test_dataset_items_carry_the_title_as_the_cover_prints_it():
     from icg.generate import dataset_item
 
     assert dataset_item("ml-100k", "12", size=64).title == "The Usual Suspects"
+
+
+def test_generate_user_scale_reaches_the_cover_and_its_sidecar(
+    preset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = ["generate", "--preset", preset_dir, "--steps", "1", "--item-id", "1"]
+    assert run_cli([*base, "--out", tmp_path / "none"], monkeypatch) == 0
+    assert (
+        run_cli([*base, "--out", tmp_path / "off", "--user-id", "1", "--user-scale", "0"], monkeypatch) == 0
+    )
+    assert (
+        run_cli([*base, "--out", tmp_path / "two", "--user-id", "1", "--user-scale", "2"], monkeypatch) == 0
+    )
+    (off,), (none,), (two,) = (sorted((tmp_path / d).glob("*.png")) for d in ("off", "none", "two"))
+    assert json.loads(off.with_suffix(".json").read_text())["user_scale"] == 0.0
+    assert json.loads(two.with_suffix(".json").read_text())["user_scale"] == 2.0
+    same = np.asarray(Image.open(off)), np.asarray(Image.open(none))
+    assert np.array_equal(*same) and not np.array_equal(np.asarray(Image.open(two)), same[0])

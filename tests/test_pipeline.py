@@ -183,3 +183,35 @@ def test_a_suffix_is_kept_whole_when_the_prompt_overflows(pipe: CoverPipeline) -
     assert len(pipe.tokenizer(joined, add_special_tokens=False).input_ids) <= room
     assert pipe.with_suffix("a red poster", "dark") == "a red poster, dark"  # fits: unchanged
     assert pipe.with_suffix("a red poster", "") == "a red poster"
+
+
+def test_user_scale_zero_is_the_context_only_cover_and_other_scales_change_it(pipe: CoverPipeline) -> None:
+    kwargs = {"seed": 0, "output_type": "pt", **FAST}
+    user = [CoverUser(user_id="1")]
+    context_only = pipe(_items()[:1], None, **kwargs).images
+    zero = pipe(_items()[:1], user, user_scale=0.0, **kwargs)
+    assert torch.equal(zero.images, context_only) and zero.metadata[0]["user_scale"] == 0.0
+    as_trained = pipe(_items()[:1], user, **kwargs).images
+    assert torch.equal(pipe(_items()[:1], user, user_scale=1.0, **kwargs).images, as_trained)
+    stronger = pipe(_items()[:1], user, user_scale=2.0, **kwargs).images
+    assert not torch.equal(stronger, as_trained) and not torch.equal(stronger, context_only)
+    # the unconditional branch is re-weighted too: without guidance the knob still acts
+    no_cfg = {**kwargs, "guidance_scale": 1.0}
+    assert torch.equal(
+        pipe(_items()[:1], user, user_scale=0.0, **no_cfg).images, pipe(_items()[:1], None, **no_cfg).images
+    )
+    with pytest.raises(ValueError, match="user_scale must be ≥ 0"):
+        pipe(_items()[:1], user, user_scale=-1.0, **kwargs)
+
+
+def test_user_scale_zero_makes_covers_from_embeddings_ignore_the_user(pipe: CoverPipeline) -> None:
+    """The batch job's path: precomputed C_ref and U_pre (a segment centroid) with user_scale 0."""
+    prompts, context = pipe.context_encoder.encode_items([_items()[0].image], ["Toy Story"], max_new_tokens=6)
+    users = pipe.encode_users([CoverUser(user_id="1"), CoverUser(user_id="2")])
+
+    def cover(user: torch.Tensor | None, **extra) -> torch.Tensor:
+        return pipe.covers_from_embeddings(prompts, context, user, [3], STEPS, 7.0, **extra)
+
+    context_only = cover(None)
+    assert all(torch.equal(cover(users[k : k + 1], user_scale=0.0), context_only) for k in range(2))
+    assert not torch.equal(cover(users[:1]), cover(users[1:]))

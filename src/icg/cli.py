@@ -420,6 +420,9 @@ def generate_cmd(
     seed: Annotated[int, typer.Option(help="Cover k uses seed + k.")] = 0,
     steps: Annotated[int | None, typer.Option(help="DDIM steps (default: the preset's).")] = None,
     guidance: Annotated[float | None, typer.Option(help="Guidance scale (default: the preset's).")] = None,
+    user_scale: Annotated[
+        float, typer.Option(help="Personalization strength: 0 = context only, 1 = as trained, >1 stronger.")
+    ] = 1.0,
     num_images: Annotated[int, typer.Option(help="Covers per (item, user).")] = 1,
     base_model: Annotated[
         str | None, typer.Option(help="Override the backbone (folder, id or file).")
@@ -442,12 +445,13 @@ def generate_cmd(
     from icg.pipeline import CoverItem
     from icg.presets import get_preset, icg_home
     from icg.speed import apply_speed_options
-    from icg.validation import check_out_dir, check_seed, check_steps, check_title
+    from icg.validation import check_out_dir, check_seed, check_steps, check_title, check_user_scale
 
     if unknown_user not in ("error", "cold-start"):
         raise ICGError(f"--unknown-user must be 'error' or 'cold-start', got '{unknown_user}'")
     check_seed(seed)  # the same rules and messages as the API's
     check_steps(steps)
+    check_user_scale(user_scale)
     items: list[CoverItem] = []
     if title is not None or image is not None:
         if title is None or image is None:
@@ -482,6 +486,7 @@ def generate_cmd(
             num_images_per_prompt=num_images,
             strict_users=unknown_user == "error",
             max_prompt_tokens=spec.explicit_prompt_tokens,
+            user_scale=user_scale,
         )
     except ValueError as exc:
         raise ICGError(str(exc)) from exc

@@ -7,6 +7,10 @@ personalized tokens c_p = Proj(C_ref) ⊕ Proj(U_pre). The unconditional branch 
 embeddings and the projector applied to all-zero context and user embeddings — the same convention diffusers
 uses for IP-Adapter's negative image embeddings — so guidance pushes towards both the prompt and the item/user
 conditioning. With guidance_scale ≤ 1 only the conditional branch runs.
+
+`user_scale` is the personalization strength, separate from the whole personal path's `adapter_scale`: it
+re-weights the attention on the user tokens in both branches (`icg.adapter.attention`); 0 gives exactly the
+context-only cover (no users), 1 the adapter as trained.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from diffusers.loaders import TextualInversionLoaderMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from icg.adapter.attention import personalized_unet_inputs
+from icg.adapter.attention import check_user_scale, personalized_unet_inputs
 from icg.modules import check_finite
 
 logger = logging.getLogger(__name__)
@@ -91,6 +95,7 @@ class CoverConditioningMixin:
         num_inference_steps: int,
         guidance_scale: float,
         num_images_per_prompt: int,
+        user_scale: float = 1.0,
     ) -> None:
         if self.context_encoder is None:
             raise ValueError(
@@ -120,6 +125,7 @@ class CoverConditioningMixin:
             raise ValueError(f"guidance_scale must be a finite number ≥ 0, got {guidance_scale}")
         if num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be ≥ 1, got {num_images_per_prompt}")
+        check_user_scale(user_scale)
 
     def encode_users(self, users: list[CoverUser], strict: bool = True) -> torch.Tensor:
         """U_pre for each user → (U, D_u); unknown ids raise unless strict=False and a profile is given."""
@@ -128,6 +134,10 @@ class CoverConditioningMixin:
         )
         check_finite("user embeddings", embeds)
         return embeds
+
+    def user_tokens(self, user_embeds: torch.Tensor | None) -> int:
+        """N_u: how many trailing tokens of c_p are the user's (0 without users), for `user_scale`."""
+        return 0 if user_embeds is None else self.projector.config.num_user_tokens
 
     def personal_tokens(
         self, context: torch.Tensor, user: torch.Tensor | None
@@ -285,8 +295,11 @@ class CoverPipeline(DiffusionPipeline, TextualInversionLoaderMixin, CoverConditi
         height: int,
         width: int,
         num_images_per_prompt: int,
+        user_scale: float = 1.0,
     ) -> None:
-        self.check_cover_inputs(items, users, num_inference_steps, guidance_scale, num_images_per_prompt)
+        self.check_cover_inputs(
+            items, users, num_inference_steps, guidance_scale, num_images_per_prompt, user_scale
+        )
         multiple = self.vae_scale_factor
         if height % multiple or width % multiple or height <= 0 or width <= 0:
             raise ValueError(
@@ -347,9 +360,12 @@ class CoverPipeline(DiffusionPipeline, TextualInversionLoaderMixin, CoverConditi
         adapter_scale: float | None,
         height: int,
         width: int,
+        user_tokens: int = 0,
+        user_scale: float = 1.0,
     ) -> torch.Tensor:
         """Covers (B, 3, H, W) in [0, 1] from c_t (B, T, W) and c_p: cover b starts from noise seeded with
-        `seeds[b]`, then DDIM with classifier-free guidance (the unconditional branch: "" and `uncond_p`)."""
+        `seeds[b]`, then DDIM with classifier-free guidance (the unconditional branch: "" and `uncond_p`);
+        the last `user_tokens` of c_p are weighted by `user_scale` in both branches."""
         device = self._execution_device
         do_cfg = guidance_scale > 1.0
         cond_p, uncond_p = cond_p.to(text.dtype), uncond_p.to(text.dtype)
@@ -358,7 +374,7 @@ class CoverPipeline(DiffusionPipeline, TextualInversionLoaderMixin, CoverConditi
             text, personal = torch.cat([empty, text]), torch.cat([uncond_p, cond_p])
         else:
             personal = cond_p
-        unet_inputs = personalized_unet_inputs(text, personal, adapter_scale)
+        unet_inputs = personalized_unet_inputs(text, personal, adapter_scale, user_tokens, user_scale)
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
         latents = self.prepare_latents(len(seeds), height, width, text.dtype, generators, device)
         # the scheduler's timesteps stay on the CPU (its table look-ups are host-side) and the UNet reads a
@@ -389,16 +405,19 @@ class CoverPipeline(DiffusionPipeline, TextualInversionLoaderMixin, CoverConditi
         adapter_scale: float | None = None,
         height: int | None = None,
         width: int | None = None,
+        user_scale: float = 1.0,
     ) -> torch.Tensor:
         """Covers (B, 3, H, W) in [0, 1] for precomputed P_exp (B), C_ref (B, N, D) and U_pre (B, D_u): the
         generation half of `__call__`, for a batch job whose context stage ran elsewhere. Cover b starts
         from noise seeded with `seeds[b]`, as cover k of `pipe(..., seed=s)` starts from `s + k`."""
+        user_scale = check_user_scale(user_scale)
         context, user_embeds = self.check_embeddings(prompts, context, user_embeds, seeds)
         text = self.encode_text(list(prompts))  # (B, T, W)
         cond_p, uncond_p = self.personal_tokens(context, user_embeds)
         return self.denoise(
             text, cond_p, uncond_p, seeds, num_inference_steps, guidance_scale, adapter_scale,
-            height or self.default_size, width or self.default_size,
+            height or self.default_size, width or self.default_size, self.user_tokens(user_embeds),
+            user_scale,
         )  # fmt: skip
 
     @torch.no_grad()
@@ -418,6 +437,7 @@ class CoverPipeline(DiffusionPipeline, TextualInversionLoaderMixin, CoverConditi
         output_type: str = "pil",
         drop_meta_tokens: bool = False,
         prompt_suffixes: list[str] | None = None,
+        user_scale: float = 1.0,
     ) -> CoverPipelineOutput:
         """Covers for every (item, user) pair; with no users, one unpersonalized set per item.
 
@@ -425,12 +445,20 @@ class CoverPipeline(DiffusionPipeline, TextualInversionLoaderMixin, CoverConditi
         regenerated from its sidecar alone. `drop_meta_tokens` zeroes C_ref before the projector (the paper's
         "w/o meta token" ablation at inference; the explicit prompt still comes from the MLLM).
         `prompt_suffixes` (one per user, or one when `users` is None) are appended to P_exp for that user's
-        covers: the prompt-side baselines (PMG keywords, a Textual Inversion token).
+        covers: the prompt-side baselines (PMG keywords, a Textual Inversion token). `user_scale` is the
+        personalization strength (module docstring): 0 = the context-only cover, 1 = as trained.
         """
         height, width = height or self.default_size, width or self.default_size
         # 1. check inputs
         self.check_inputs(
-            items, users, num_inference_steps, guidance_scale, height, width, num_images_per_prompt
+            items,
+            users,
+            num_inference_steps,
+            guidance_scale,
+            height,
+            width,
+            num_images_per_prompt,
+            user_scale,
         )
 
         # 2.–4. item context once per item (P_exp, C_ref), U_pre once per user, the grid in item-major order
@@ -449,11 +477,12 @@ class CoverPipeline(DiffusionPipeline, TextualInversionLoaderMixin, CoverConditi
         # 6.–8. noise (one generator per cover), denoising loop, decode
         seeds = [seed + n for n in range(len(grid.cells))]
         images = self.denoise(
-            text, cond_p, uncond_p, seeds, num_inference_steps, guidance_scale, adapter_scale, height, width
-        )
+            text, cond_p, uncond_p, seeds, num_inference_steps, guidance_scale, adapter_scale, height, width,
+            self.user_tokens(grid.user_embeds), float(user_scale),
+        )  # fmt: skip
         settings = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
-                    "adapter_scale": adapter_scale, "drop_meta_tokens": drop_meta_tokens, "height": height,
-                    "width": width}  # fmt: skip
+                    "adapter_scale": adapter_scale, "user_scale": float(user_scale),
+                    "drop_meta_tokens": drop_meta_tokens, "height": height, "width": width}  # fmt: skip
         return self.cover_output(images, grid, items, users, seed, output_type, settings)
 
 

@@ -23,6 +23,7 @@ from diffusers import DiffusionPipeline
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
 from diffusers.utils.torch_utils import randn_tensor
 
+from icg.adapter.attention import check_user_scale
 from icg.adapter.flux import personalized_flux_kwargs
 from icg.pipeline import (
     CoverConditioningMixin,
@@ -123,8 +124,11 @@ class FluxCoverPipeline(DiffusionPipeline, CoverConditioningMixin):
         height: int,
         width: int,
         num_images_per_prompt: int,
+        user_scale: float = 1.0,
     ) -> None:
-        self.check_cover_inputs(items, users, num_inference_steps, guidance_scale, num_images_per_prompt)
+        self.check_cover_inputs(
+            items, users, num_inference_steps, guidance_scale, num_images_per_prompt, user_scale
+        )
         if true_cfg_scale < 0 or not np.isfinite(true_cfg_scale):
             raise ValueError(f"true_cfg_scale must be a finite number ≥ 0, got {true_cfg_scale}")
         multiple = self.vae_scale_factor * 2  # VAE factor × the 2×2 latent packing
@@ -210,10 +214,12 @@ class FluxCoverPipeline(DiffusionPipeline, CoverConditioningMixin):
         height: int | None = None,
         width: int | None = None,
         true_cfg_scale: float = 1.0,
+        user_scale: float = 1.0,
     ) -> torch.Tensor:
         """Covers (B, 3, H, W) in [0, 1]: one prompt, C_ref (B, N, D), U_pre (B, D_u) and seed per cover.
 
-        The denoising half of `__call__`, also what a batch job with precomputed context calls.
+        The denoising half of `__call__`, also what a batch job with precomputed context calls; `user_scale`
+        weights the user tokens as in `CoverPipeline` (0 = context only).
         """
         height, width = height or self.default_size, width or self.default_size
         device = self._execution_device
@@ -221,12 +227,13 @@ class FluxCoverPipeline(DiffusionPipeline, CoverConditioningMixin):
         text, pooled, text_ids = self.encode_prompt(prompts)  # (B, T, W), (B, P), (T, 3)
         dtype = self.transformer.dtype
         cond_p, uncond_p = self.personal_tokens(context, user_embeds)
-        cond_kwargs = personalized_flux_kwargs(cond_p.to(dtype), adapter_scale)
+        user = (self.user_tokens(user_embeds), check_user_scale(user_scale))
+        cond_kwargs = personalized_flux_kwargs(cond_p.to(dtype), adapter_scale, *user)
         do_true_cfg = true_cfg_scale > 1.0
         if do_true_cfg:
             empty, empty_pooled, _ = self.encode_prompt([""])
             empty, empty_pooled = empty.expand_as(text), empty_pooled.expand_as(pooled)
-            uncond_kwargs = personalized_flux_kwargs(uncond_p.to(dtype), adapter_scale)
+            uncond_kwargs = personalized_flux_kwargs(uncond_p.to(dtype), adapter_scale, *user)
 
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
         latents, image_ids = self.prepare_latents(len(seeds), height, width, text.dtype, generators, device)
@@ -271,6 +278,7 @@ class FluxCoverPipeline(DiffusionPipeline, CoverConditioningMixin):
         drop_meta_tokens: bool = False,
         prompt_suffixes: list[str] | None = None,
         true_cfg_scale: float = 1.0,
+        user_scale: float = 1.0,
     ) -> CoverPipelineOutput:
         """Covers for every (item, user) pair, in item-major order; arguments and sidecars as `CoverPipeline`.
 
@@ -288,6 +296,7 @@ class FluxCoverPipeline(DiffusionPipeline, CoverConditioningMixin):
             height,
             width,
             num_images_per_prompt,
+            user_scale,
         )
 
         # 2.–4. item context once per item (P_exp, C_ref), U_pre once per user, the grid in item-major order
@@ -308,9 +317,11 @@ class FluxCoverPipeline(DiffusionPipeline, CoverConditioningMixin):
             height,
             width,
             true_cfg_scale,
+            user_scale,
         )  # (B, 3, H, W) in [0, 1]
         settings = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
                     "true_cfg_scale": true_cfg_scale, "adapter_scale": adapter_scale,
+                    "user_scale": float(user_scale),
                     "drop_meta_tokens": drop_meta_tokens, "height": height, "width": width}  # fmt: skip
         output = self.cover_output(images, grid, items, users, seed, output_type, settings)
         for meta in output.metadata:

@@ -10,6 +10,7 @@ at any boundary is one line naming the file.
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 import warnings
@@ -23,6 +24,7 @@ from icg.errors import ICGError
 MAX_SEED = 2**31 - 1  # covers use seed + k; every seed stays well inside torch's int64 generator seed
 MAX_TITLE_CHARS = 200
 MAX_PROFILE_CHARS = 300
+MAX_USER_SCALE = 10.0  # personalization strength (user_scale) accepted by the CLI and the API
 TEXT_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # printable: no control characters (as in the API's OpenAPI schema)
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -59,6 +61,16 @@ def check_steps(value: Any, max_steps: int | None = None, field: str = "steps") 
     if max_steps is not None and value > max_steps:
         raise InputError(field, f"at most {max_steps} steps, got {_short(value)}", "less_than_equal")
     return value
+
+
+def check_user_scale(value: Any, field: str = "user_scale") -> float:
+    """The personalization strength in [0, MAX_USER_SCALE]: 0 = the context-only cover, 1 = as trained;
+    beyond the cap the user tokens already hold nearly all of the personal path's attention."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InputError(field, f"must be a number, got {_short(value)}", "float_type")
+    if not math.isfinite(value) or value < 0 or value > MAX_USER_SCALE:
+        raise InputError(field, f"must be in [0, {MAX_USER_SCALE:g}], got {_short(value)}", "value_error")
+    return float(value)
 
 
 def check_text(value: Any, field: str, max_chars: int) -> str:

@@ -234,3 +234,40 @@ def test_bad_personal_tokens_raise_clear_errors() -> None:
         install_dual_path_adapter(tiny_unet(seed=0), init="random")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="no DualPathAttnProcessor"):
         set_adapter_scale(tiny_unet(seed=0), 0.5)
+
+
+def test_user_scale_reweights_the_user_tokens_and_zero_drops_them_exactly() -> None:
+    """The personalization knob: 1 = as trained, 0 = c_p without its user tokens bit for bit, and in between
+    each user token's unnormalised attention weight is multiplied by the scale (checked by hand)."""
+    unet = tiny_unet(seed=0)
+    install_dual_path_adapter(unet, scale=1.0, init=None)
+    sample, c_t, c_p = _randn(2, 4, 8, 8, seed=2), _randn(2, 6, 32, seed=3), _randn(2, 5, 32, seed=4)
+    with torch.no_grad():
+        full = unet(sample, 10, **personalized_unet_inputs(c_t, c_p)).sample
+        context_only = unet(sample, 10, **personalized_unet_inputs(c_t, c_p[:, :3])).sample
+        one = unet(sample, 10, **personalized_unet_inputs(c_t, c_p, user_tokens=2, user_scale=1.0)).sample
+        zero = unet(sample, 10, **personalized_unet_inputs(c_t, c_p, user_tokens=2, user_scale=0.0)).sample
+        two = unet(sample, 10, **personalized_unet_inputs(c_t, c_p, user_tokens=2, user_scale=2.0)).sample
+    assert torch.equal(one, full) and torch.equal(zero, context_only)
+    assert not torch.equal(two, full) and not torch.equal(two, context_only)
+
+    proc = get_adapter_layers(unet)[0]
+    attn = unet.get_submodule(get_adapter_layers(unet).names[0].removesuffix(".processor"))
+    query = _randn(2, attn.heads, 7, proc.hidden_size // attn.heads, seed=5)  # (B, heads, L, d)
+    with torch.no_grad():
+        got = proc._personal_attention(attn, query, c_p, 2, (2, 3.0))
+        key = proc.to_k_p(c_p).view(2, -1, attn.heads, query.shape[-1]).transpose(1, 2)
+        value = proc.to_v_p(c_p).view(2, -1, attn.heads, query.shape[-1]).transpose(1, 2)
+        weights = (query @ key.transpose(-1, -2) / query.shape[-1] ** 0.5).exp()  # (B, heads, L, M)
+        weights[..., 3:] *= 3.0
+        expected = (weights / weights.sum(-1, keepdim=True)) @ value
+    assert (got - expected).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("bad", [-0.5, float("nan"), float("inf"), "1", True])
+def test_user_scale_must_be_a_finite_non_negative_number(bad: object) -> None:
+    c_t, c_p = _randn(1, 6, 32, seed=3), _randn(1, 5, 32, seed=4)
+    with pytest.raises(ValueError, match="user_scale"):
+        personalized_unet_inputs(c_t, c_p, user_tokens=2, user_scale=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="user_tokens"):
+        personalized_unet_inputs(c_t, c_p, user_tokens=6)

@@ -98,6 +98,22 @@ def test_local_job_writes_covers_manifest_and_skips_complete_covers(tiny_dir, tm
         run_batch(config(tiny_dir, out, num_inference_steps=3))
 
 
+def test_user_scale_reaches_the_covers_and_is_part_of_the_job(tiny_dir, tmp_path) -> None:
+    covers = {}
+    for scale in (0.0, 1.0):
+        out = tmp_path / f"scale{scale}"
+        assert run_batch(config(tiny_dir, out, max_items=1, user_scale=scale)).generated == K
+        files = [out / path for path in pd.read_parquet(out / "manifest.parquet")["path"]]
+        assert {json.loads(f.with_suffix(".json").read_text())["user_scale"] for f in files} == {scale}
+        covers[scale] = [f.read_bytes() for f in files]  # the same seeds at both scales
+    assert all(a != b for a, b in zip(covers[0.0], covers[1.0], strict=True))
+    with pytest.raises(ICGError, match="another job.*user_scale"):
+        run_batch(config(tiny_dir, tmp_path / "scale0.0", max_items=1))
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ICGError, match="user-scale"):
+            config(tiny_dir, out, user_scale=bad)
+
+
 def test_table_items_and_webp_covers(tiny_dir, tmp_path) -> None:
     for n, colour in enumerate(((200, 30, 30), (20, 40, 220))):
         Image.new("RGB", (48, 64), colour).save(tmp_path / f"ref{n}.png")

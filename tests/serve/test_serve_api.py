@@ -113,6 +113,9 @@ def test_uploaded_item_and_cold_start_profiles(make_client, counting):
         ({"item_id": "1", "user_id": "1", "steps": "0"}, "steps"),
         ({"item_id": "1", "user_id": "1", "steps": "51"}, "steps"),
         ({"item_id": "1", "user_id": "1", "format": "gif"}, "format"),
+        ({"item_id": "1", "user_id": "1", "user_scale": "-0.5"}, "user_scale"),
+        ({"item_id": "1", "user_id": "1", "user_scale": "11"}, "user_scale"),
+        ({"item_id": "1", "user_id": "1", "user_scale": "strong"}, "user_scale"),
     ],
 )
 def test_invalid_fields_are_422_naming_the_field(make_client, counting, form, field):
@@ -293,3 +296,19 @@ def test_a_flux_preset_serves_through_the_same_api(ml100k, tmp_path):
         assert body["preset"] == "tiny-flux" and body["explicit_prompt"]
         with Image.open(io.BytesIO(client.get(body["url"]).content)) as image:
             assert image.size == (32, 32)
+
+
+def test_user_scale_is_a_cover_of_its_own_and_zero_is_the_context_only_cover(make_client, counting):
+    client = make_client()
+    form = {"item_id": "1", "user_id": "1", "format": "json"}
+    trained = client.post("/v1/covers", data=form).json()
+    default = client.post("/v1/covers", data={**form, "user_scale": "1"}).json()
+    assert default["id"] == trained["id"] and default["cached"] is True and trained["user_scale"] == 1.0
+    stronger = client.post("/v1/covers", data={**form, "user_scale": "2"}).json()
+    off = client.post("/v1/covers", data={**form, "user_scale": "0", "format": "png"})
+    assert (
+        len({trained["id"], stronger["id"], off.headers["x-cover-id"]}) == 3 and stronger["user_scale"] == 2.0
+    )
+    # user 2 at scale 0 gets user 1's scale-0 pixels: the user no longer enters the cover
+    other = client.post("/v1/covers", data={**form, "user_id": "2", "user_scale": "0", "format": "png"})
+    assert other.content == off.content and counting.calls == 4

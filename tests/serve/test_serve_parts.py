@@ -26,6 +26,8 @@ def test_cover_key_is_a_hex_id_that_changes_with_every_part():
         changed[index] = other
         assert cover_key(*changed) != key
     assert cover_key("ab", "c", "p", 0, 1, 1.0, None) != cover_key("a", "bc", "p", 0, 1, 1.0, None)
+    # the strength knob: 1 keeps the ids cached before it existed, any other value is another cover
+    assert cover_key(*base, 1.0) == key and cover_key(*base, 0.0) != key != cover_key(*base, 1.5)
     for bad in ("", "../x", "A" * 64, "0" * 63, "0" * 65, "g" * 64, "0" * 64 + "\n"):
         assert not is_cover_id(bad)
 

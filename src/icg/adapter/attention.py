@@ -10,11 +10,19 @@ How the personalized tokens reach the processor: as the second element of a tupl
 on every call. The text tokens are never concatenated with c_p and sliced off again: a plain tensor means
 "no personal tokens" and gives exactly the plain `AttnProcessor2_0` output. Callers build the UNet inputs with
 `personalized_unet_inputs`.
+
+The personalization strength knob (`user_scale`, separate from the path's `scale`): c_p = [Proj(C_ref);
+Proj(U_pre)] shares one softmax, so the knob re-weights attention rather than adding a third path (which
+would change what the trained adapter computes at 1). Each query's unnormalised weight on the N_u user tokens
+is multiplied by `user_scale` before the softmax renormalises (log(user_scale) added to their logits, as
+Prompt-to-Prompt re-weights a token's attention). 1 is today's adapter bit for bit, 0 drops the user tokens
+(exactly the context-only cover), values above 1 lean harder on the user.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -32,10 +40,48 @@ InitMode = Literal["text", "zeros"] | None
 
 @dataclass(frozen=True)
 class PersonalTokens:
-    """c_p (B, M, W) with an optional per-call scale that overrides the processors' own."""
+    """c_p (B, M, W) with an optional per-call scale that overrides the processors' own; the last
+    `user_tokens` of c_p are Proj(U_pre)'s, weighted by `user_scale` (module docstring)."""
 
     tokens: torch.Tensor
     scale: float | None = None
+    user_tokens: int = 0
+    user_scale: float = 1.0
+
+
+def check_user_scale(user_scale: object) -> float:
+    """The personalization strength as a float: finite and ≥ 0 (0 = context only, 1 = as trained)."""
+    if (
+        isinstance(user_scale, bool)
+        or not isinstance(user_scale, int | float)
+        or not math.isfinite(user_scale)
+    ):
+        raise ValueError(f"user_scale must be a finite number ≥ 0, got {user_scale!r}")
+    if user_scale < 0:
+        raise ValueError(f"user_scale must be ≥ 0 (0 = context only, 1 = as trained), got {user_scale}")
+    return float(user_scale)
+
+
+def user_weighting(
+    tokens: torch.Tensor, user_tokens: int, user_scale: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """c_p (B, M, W) → (the tokens attended to, an additive logit bias (1, 1, 1, M) or None).
+
+    user_scale 1 (or no user tokens) changes nothing; 0 keeps the first M − N_u tokens (no bias, so the
+    result is the context-only attention bit for bit); otherwise log(user_scale) on the user tokens' logits.
+    """
+    user_scale = check_user_scale(user_scale)
+    if not 0 <= user_tokens <= tokens.shape[1]:
+        raise ValueError(
+            f"user_tokens must be in [0, {tokens.shape[1]}] (the length of c_p), got {user_tokens}"
+        )
+    if user_tokens == 0 or user_scale == 1.0:
+        return tokens, None
+    if user_scale == 0.0:
+        return tokens[:, : tokens.shape[1] - user_tokens], None
+    bias = torch.zeros(tokens.shape[1], dtype=dtype, device=tokens.device)
+    bias[tokens.shape[1] - user_tokens :] = math.log(user_scale)
+    return tokens, bias.view(1, 1, 1, -1)  # broadcast over (B, heads, L, M)
 
 
 class PersonalKV(nn.Module):
@@ -54,18 +100,19 @@ class PersonalKV(nn.Module):
         dims = f"hidden_size={self.hidden_size}, cross_attention_dim={self.cross_attention_dim}"
         return f"{dims}, scale={self.scale}"
 
-    def split_personal(self, personal: Any) -> tuple[torch.Tensor | None, float]:
-        """PersonalTokens | Tensor | None → (c_p or None, the scale of this call)."""
-        scale = self.scale
+    def split_personal(self, personal: Any) -> tuple[torch.Tensor | None, float, tuple[int, float]]:
+        """PersonalTokens | Tensor | None → (c_p or None, the scale of this call, (N_u, user_scale))."""
+        scale, user = self.scale, (0, 1.0)
         if isinstance(personal, PersonalTokens):
             scale = self.scale if personal.scale is None else float(personal.scale)
+            user = (personal.user_tokens, personal.user_scale)
             personal = personal.tokens
         if personal is not None and not isinstance(personal, torch.Tensor):
             raise ValueError(
                 f"personal tokens must be a tensor (B, M, {self.cross_attention_dim}) or PersonalTokens, "
                 f"got {type(personal).__name__}"
             )
-        return personal, scale
+        return personal, scale, user
 
 
 class DualPathAttnProcessor(PersonalKV):
@@ -78,17 +125,17 @@ class DualPathAttnProcessor(PersonalKV):
 
     def _split_context(
         self, encoder_hidden_states: Any
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, float]:
-        """(c_t, PersonalTokens | Tensor | None) or a plain c_t → (c_t, c_p or None, scale)."""
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, float, tuple[int, float]]:
+        """(c_t, PersonalTokens | Tensor | None) or a plain c_t → (c_t, c_p or None, scale, (N_u, weight))."""
         if not isinstance(encoder_hidden_states, tuple):
-            return encoder_hidden_states, None, self.scale
+            return encoder_hidden_states, None, self.scale, (0, 1.0)
         if len(encoder_hidden_states) != 2:
             raise ValueError(
                 "encoder_hidden_states must be a tensor c_t or a pair (c_t, c_p); "
                 f"got a tuple of {len(encoder_hidden_states)} items"
             )
         text, personal = encoder_hidden_states
-        return (text, *self.split_personal(personal))
+        return (text, *self.split_personal(personal))  # (c_t, c_p, scale, (N_u, user_scale))
 
     def __call__(
         self,
@@ -98,7 +145,7 @@ class DualPathAttnProcessor(PersonalKV):
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        encoder_hidden_states, personal, scale = self._split_context(encoder_hidden_states)
+        encoder_hidden_states, personal, scale, user = self._split_context(encoder_hidden_states)
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -145,7 +192,9 @@ class DualPathAttnProcessor(PersonalKV):
         if personal is not None and scale != 0.0:
             # summed per element in the heads layout, so one transpose/reshape serves both paths (the same
             # values as summing after the reshape); scale 1 skips the multiply (x * 1.0 == x exactly)
-            personal_out = self._personal_attention(attn, query, personal, batch_size)  # (B, heads, L, d)
+            personal_out = self._personal_attention(
+                attn, query, personal, batch_size, user
+            )  # (B, heads, L, d)
             hidden_states = hidden_states + (personal_out if scale == 1.0 else scale * personal_out)
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)  # (B, L, H)
@@ -159,9 +208,15 @@ class DualPathAttnProcessor(PersonalKV):
         return hidden_states / attn.rescale_output_factor
 
     def _personal_attention(
-        self, attn: Attention, query: torch.Tensor, personal: torch.Tensor, batch_size: int
+        self,
+        attn: Attention,
+        query: torch.Tensor,
+        personal: torch.Tensor,
+        batch_size: int,
+        user: tuple[int, float] = (0, 1.0),
     ) -> torch.Tensor:
-        """Attn(Q, K_p, V_p) with query (B, heads, L, d) and c_p (B, M, W) → (B, heads, L, d)."""
+        """Attn(Q, K_p, V_p) with query (B, heads, L, d) and c_p (B, M, W) → (B, heads, L, d); `user` =
+        (N_u, user_scale) re-weights the user tokens (`user_weighting`)."""
         if (
             personal.ndim != 3
             or personal.shape[0] != batch_size
@@ -174,23 +229,29 @@ class DualPathAttnProcessor(PersonalKV):
             )
         heads = attn.heads
         head_dim = query.shape[-1]
+        personal, bias = user_weighting(personal, *user, dtype=query.dtype)
         personal = personal.to(dtype=self.to_k_p.weight.dtype)
         key = self.to_k_p(personal).view(batch_size, -1, heads, head_dim).transpose(1, 2)  # (B, heads, M, d)
         value = self.to_v_p(personal).view(batch_size, -1, heads, head_dim).transpose(1, 2)
         if attn.norm_k is not None:  # same key space as the text path (None for SD1.5)
             key = attn.norm_k(key)
         return F.scaled_dot_product_attention(
-            query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False
+            query, key, value, attn_mask=bias, dropout_p=0.0, is_causal=False
         )  # (B, heads, L, d), query's dtype
 
 
 def personalized_unet_inputs(
-    text_embeds: torch.Tensor, personal_tokens: torch.Tensor | None = None, scale: float | None = None
+    text_embeds: torch.Tensor,
+    personal_tokens: torch.Tensor | None = None,
+    scale: float | None = None,
+    user_tokens: int = 0,
+    user_scale: float = 1.0,
 ) -> dict[str, Any]:
     """Keyword arguments for `unet(sample, t, **kwargs)`: the one place that knows how c_p is passed.
 
     text_embeds (B, T, W), personal_tokens (B, M, W) or None; `scale` overrides the installed scale for this
-    call only. With `personal_tokens=None` the UNet receives the plain text embeddings.
+    call only; the last `user_tokens` of c_p are weighted by `user_scale` (module docstring). With
+    `personal_tokens=None` the UNet receives the plain text embeddings.
     """
     if not isinstance(text_embeds, torch.Tensor) or text_embeds.ndim != 3:
         shape = (
@@ -206,7 +267,11 @@ def personalized_unet_inputs(
             f"personal_tokens batch {personal_tokens.shape[0]} != text_embeds batch {text_embeds.shape[0]}; "
             "with classifier-free guidance stack the unconditional personal tokens the same way as the text"
         )
-    return {"encoder_hidden_states": (text_embeds, PersonalTokens(personal_tokens, scale))}
+    check_user_scale(user_scale)
+    if not 0 <= user_tokens <= personal_tokens.shape[1]:
+        raise ValueError(f"user_tokens must be in [0, {personal_tokens.shape[1]}], got {user_tokens}")
+    personal = PersonalTokens(personal_tokens, scale, user_tokens, float(user_scale))
+    return {"encoder_hidden_states": (text_embeds, personal)}
 
 
 class AdapterLayers(nn.Module):

@@ -25,7 +25,14 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 from torch import nn
 
-from icg.adapter.attention import AdapterLayers, InitMode, PersonalKV, PersonalTokens
+from icg.adapter.attention import (
+    AdapterLayers,
+    InitMode,
+    PersonalKV,
+    PersonalTokens,
+    check_user_scale,
+    user_weighting,
+)
 from icg.adapter.checkpoint import (
     AdapterCheckpointConfig,
     IPAdapterImport,
@@ -86,7 +93,7 @@ class FluxDualPathAttnProcessor(PersonalKV):
         image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
         ip_hidden_states: PersonalTokens | torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        personal, scale = self.split_personal(ip_hidden_states)
+        personal, scale, user = self.split_personal(ip_hidden_states)
         query, key, value, encoder_query, encoder_key, encoder_value = qkv_projections(
             attn, hidden_states, encoder_hidden_states
         )
@@ -132,14 +139,15 @@ class FluxDualPathAttnProcessor(PersonalKV):
         encoder_hidden_states = attn.to_add_out(encoder_hidden_states.contiguous())  # (B, T, H)
         if personal is None or scale == 0.0:
             return hidden_states, encoder_hidden_states
-        personal_out = self._personal_attention(attn, image_query, personal)  # (B, L, H)
+        personal_out = self._personal_attention(attn, image_query, personal, user)  # (B, L, H)
         # the block adds this third output to the image stream after its feed-forward (ungated)
         return hidden_states, encoder_hidden_states, personal_out if scale == 1.0 else scale * personal_out
 
     def _personal_attention(
-        self, attn: nn.Module, query: torch.Tensor, personal: torch.Tensor
+        self, attn: nn.Module, query: torch.Tensor, personal: torch.Tensor, user: tuple[int, float] = (0, 1.0)
     ) -> torch.Tensor:
-        """Attn(Q, K_p, V_p) with query (B, L, heads, d) and c_p (B, M, W) → (B, L, heads·d)."""
+        """Attn(Q, K_p, V_p) with query (B, L, heads, d) and c_p (B, M, W) → (B, L, heads·d); `user` =
+        (N_u, user_scale) re-weights the user tokens (`icg.adapter.attention.user_weighting`)."""
         batch_size = query.shape[0]
         if (
             personal.ndim != 3
@@ -151,6 +159,7 @@ class FluxDualPathAttnProcessor(PersonalKV):
                 f"({batch_size}, M, {self.cross_attention_dim}) to match the batch of the latents and the "
                 "transformer's joint_attention_dim"
             )
+        personal, bias = user_weighting(personal, *user, dtype=query.dtype)
         personal = personal.to(dtype=self.to_k_p.weight.dtype)
         key = self.to_k_p(personal).view(batch_size, -1, attn.heads, attn.head_dim)  # (B, M, heads, d)
         value = self.to_v_p(personal).view(batch_size, -1, attn.heads, attn.head_dim)
@@ -158,7 +167,7 @@ class FluxDualPathAttnProcessor(PersonalKV):
             query,
             key,
             value,
-            attn_mask=None,
+            attn_mask=bias,
             backend=self._attention_backend,
             parallel_config=self._parallel_config,
         )  # (B, L, heads, d)
@@ -166,18 +175,24 @@ class FluxDualPathAttnProcessor(PersonalKV):
 
 
 def personalized_flux_kwargs(
-    personal_tokens: torch.Tensor | None, scale: float | None = None
+    personal_tokens: torch.Tensor | None,
+    scale: float | None = None,
+    user_tokens: int = 0,
+    user_scale: float = 1.0,
 ) -> dict[str, Any] | None:
     """`joint_attention_kwargs` for `transformer(...)`: the one place that knows how c_p is passed to Flux.
 
     personal_tokens (B, M, W) or None (the plain transformer); `scale` overrides the installed scale for this
-    call only.
+    call only; the last `user_tokens` of c_p are weighted by `user_scale` (as in the UNet processor).
     """
     if personal_tokens is None:
         return None
     if not isinstance(personal_tokens, torch.Tensor) or personal_tokens.ndim != 3:
         raise ValueError("personal_tokens must be a tensor (B, M, W) or None")
-    return {PERSONAL_KWARG: PersonalTokens(personal_tokens, scale)}
+    check_user_scale(user_scale)
+    if not 0 <= user_tokens <= personal_tokens.shape[1]:
+        raise ValueError(f"user_tokens must be in [0, {personal_tokens.shape[1]}], got {user_tokens}")
+    return {PERSONAL_KWARG: PersonalTokens(personal_tokens, scale, user_tokens, float(user_scale))}
 
 
 def joint_attention_layers(transformer: nn.Module) -> dict[str, nn.Module]:

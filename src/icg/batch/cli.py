@@ -32,6 +32,9 @@ def batch(
     steps: Annotated[int | None, typer.Option(help="DDIM steps (default: the preset's).")] = None,
     guidance: Annotated[float | None, typer.Option(help="Guidance scale (default: the preset's).")] = None,
     adapter_scale: Annotated[float | None, typer.Option(help="Weight of the personalized path.")] = None,
+    user_scale: Annotated[
+        float, typer.Option(help="Personalization strength: 0 = context only, 1 = as trained, >1 stronger.")
+    ] = 1.0,
     image_format: Annotated[str, typer.Option("--format", help="png or webp.")] = "png",
     max_items: Annotated[int | None, typer.Option(help="Only the first N items.")] = None,
     max_users: Annotated[int | None, typer.Option(help="Only the first N users.")] = None,
@@ -64,7 +67,8 @@ def batch(
     config = BatchConfig(
         out=str(out), items=items, users=users, dataset_path=str(dataset_path) if dataset_path else None,
         preset=preset, segments=segments, seed=seed, num_inference_steps=steps, guidance_scale=guidance,
-        adapter_scale=adapter_scale, image_format=image_format, max_items=max_items, max_users=max_users,
+        adapter_scale=adapter_scale, user_scale=user_scale, image_format=image_format, max_items=max_items,
+        max_users=max_users,
         executor=executor, address=address, context_workers=context_workers,
         generation_workers=generation_workers, context_batch_size=context_batch_size,
         generation_batch_size=generation_batch_size, threads=threads, gpus_per_worker=gpus_per_worker,

@@ -59,6 +59,9 @@ class BatchConfig:
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
     adapter_scale: float | None = None
+    user_scale: float = (
+        1.0  # personalization strength: 0 = context only (the segment is ignored), 1 = as trained
+    )
     image_format: str = "png"
     max_items: int | None = None
     max_users: int | None = None
@@ -92,6 +95,10 @@ class BatchConfig:
             np.isfinite(self.guidance_scale) and self.guidance_scale >= 0
         ):
             raise ICGError(f"guidance must be a finite number ≥ 0, got {self.guidance_scale}")
+        if isinstance(self.user_scale, bool) or not (
+            isinstance(self.user_scale, int | float) and np.isfinite(self.user_scale) and self.user_scale >= 0
+        ):
+            raise ICGError(f"user-scale must be a finite number ≥ 0, got {self.user_scale!r}")
         if self.image_format not in FORMATS:
             raise ICGError(f"format must be one of {list(FORMATS)}, got '{self.image_format}'")
         if self.executor not in EXECUTORS:
@@ -154,6 +161,7 @@ def _job_identity(config: BatchConfig, spec, steps: int, guidance: float, seg_fi
         "num_inference_steps": steps,
         "guidance_scale": guidance,
         "adapter_scale": config.adapter_scale,
+        "user_scale": float(config.user_scale),
         "seed": config.seed,
         "image_format": config.image_format,
         "torch_dtype": config.torch_dtype,
@@ -168,6 +176,7 @@ def _check_identity(out: Path, identity: dict) -> None:
     has_covers = (out / "covers").is_dir() and next((out / "covers").glob("*/segment-*"), None) is not None
     if file.is_file() and has_covers:
         saved = json.loads(file.read_text(encoding="utf-8")).get("identity", {})
+        saved.setdefault("user_scale", 1.0)  # folders written before the knob existed hold covers at 1
         differs = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
         if differs:
             detail = ", ".join(f"{k}: {saved.get(k)!r} → {identity.get(k)!r}" for k in differs)
@@ -248,6 +257,7 @@ def _stage_args(config: BatchConfig, spec, segments: Segments, steps: int, guida
             "num_inference_steps": steps,
             "guidance_scale": guidance,
             "adapter_scale": config.adapter_scale,
+            "user_scale": float(config.user_scale),
             "out_dir": out,
             "fmt": config.image_format,
             "threads": config.threads,

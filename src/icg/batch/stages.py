@@ -127,6 +127,8 @@ class GenerateStage:
     """Covers for (item, segment) rows, written as they are made; the pipeline loads once per actor (on its
     GPU when it has one). Returns the batch's manifest rows."""
 
+    user_scale: float = 1.0  # the personalization strength (`CoverPipeline`): a class default for old callers
+
     def __init__(
         self,
         spec_json: str,
@@ -140,6 +142,7 @@ class GenerateStage:
         threads: int | None = 1,
         torch_dtype: str = "float32",
         speed: bool | None = None,
+        user_scale: float = 1.0,
     ):
         from icg.presets import PresetSpec
         from icg.speed import SpeedOptions, apply_speed_options, default_speed_options
@@ -157,6 +160,7 @@ class GenerateStage:
         # pipeline moves the picked rows to its device
         self.centroids = torch.tensor(np.asarray(centroids, dtype=np.float32))
         self.steps, self.guidance, self.adapter_scale = num_inference_steps, guidance_scale, adapter_scale
+        self.user_scale = float(user_scale)
         self.out_dir, self.fmt, self.preset = out_dir, fmt, spec.name
 
     def covers(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
@@ -171,6 +175,7 @@ class GenerateStage:
             self.steps,
             self.guidance,
             self.adapter_scale,
+            user_scale=self.user_scale,
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pd.DataFrame:
@@ -187,6 +192,7 @@ class GenerateStage:
                 "num_inference_steps": self.steps,
                 "guidance_scale": float(self.guidance),
                 "adapter_scale": self.adapter_scale,
+                "user_scale": self.user_scale,
             }
             data = encode_image(image, self.fmt)
             rows.append(write_cover(self.out_dir, str(batch["folder"][n]), data, meta, self.fmt))

@@ -64,10 +64,12 @@ from icg.validation import (
     MAX_PROFILE_CHARS,
     MAX_SEED,
     MAX_TITLE_CHARS,
+    MAX_USER_SCALE,
     InputError,
     check_seed,
     check_steps,
     check_title,
+    check_user_scale,
 )
 
 logger = logging.getLogger(__name__)
@@ -204,7 +206,13 @@ def create_app(
         }
 
     def generate_job(
-        cover_id: str, item: CoverItem | str, item_info: dict, user: ResolvedUser, seed: int, steps: int
+        cover_id: str,
+        item: CoverItem | str,
+        item_info: dict,
+        user: ResolvedUser,
+        seed: int,
+        steps: int,
+        user_scale: float = 1.0,
     ) -> dict[str, Any]:
         """Runs on the worker thread: the one place the model is called."""
         if cover_id in cache and (done := cache.entry(cover_id)) is not None:
@@ -222,6 +230,7 @@ def create_app(
             guidance_scale=spec.guidance_scale,
             strict_users=False,
             max_prompt_tokens=spec.explicit_prompt_tokens,
+            user_scale=user_scale,
         )
         image, meta = output.images[0], output.metadata[0]
         metadata = {
@@ -233,6 +242,7 @@ def create_app(
             "seed": seed,
             "num_inference_steps": steps,
             "guidance_scale": spec.guidance_scale,
+            "user_scale": user_scale,
             "width": image.width,
             "height": image.height,
             "preset": spec.name,
@@ -314,12 +324,21 @@ def create_app(
         steps: Annotated[
             int | None, Form(ge=1, description="Default: the preset's; at most max_steps")
         ] = None,
+        user_scale: Annotated[
+            float,
+            Form(
+                ge=0,
+                le=MAX_USER_SCALE,
+                description="Personalization strength: 0 = context only, 1 = as trained, >1 stronger",
+            ),
+        ] = 1.0,
         response_format: Annotated[Literal["png", "json"], Form(alias="format")] = "png",
     ) -> Response:
         release_slot = getattr(request.state, "release_decode_slot", lambda: None)  # see icg.serve.admission
         try:  # the shared rules (icg.validation): the same checks and messages as the CLI
             steps = default_steps if steps is None else check_steps(steps, max_steps)
             check_seed(seed)
+            user_scale = check_user_scale(user_scale)
             title = check_title(title) if title is not None and title.strip() else None
         except InputError as exc:
             raise input_error(exc) from None
@@ -356,13 +375,17 @@ def create_app(
         release_slot()  # nothing more to read or decode: the next upload may start
         # --- the user, then the cache, then the queue
         user = resolve_user(user_encoder, user_id, profile)
-        cover_id = cover_key(item_key, user.key, spec.name, seed, steps, spec.guidance_scale, adapter)
+        if user.key == "none":
+            user_scale = 1.0  # no user tokens: the knob changes nothing, so it must not split the cache
+        cover_id = cover_key(
+            item_key, user.key, spec.name, seed, steps, spec.guidance_scale, adapter, user_scale
+        )
         metadata = cache.entry(cover_id) if cover_id in cache else None  # a broken entry is regenerated
         source = "hit"  # X-Cache: hit (from disk), miss (generated for this request), joined (a running job)
         if metadata is None:
             try:
                 future, joined = worker.submit(
-                    cover_id, lambda: generate_job(cover_id, item, item_info, user, seed, steps)
+                    cover_id, lambda: generate_job(cover_id, item, item_info, user, seed, steps, user_scale)
                 )
             except QueueFullError as exc:
                 return _unavailable("the generation queue is full; retry later", exc.retry_after)

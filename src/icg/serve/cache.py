@@ -47,8 +47,10 @@ def cover_key(
     steps: int,
     guidance_scale: float,
     adapter_hash: str | None,
+    user_scale: float = 1.0,
 ) -> str:
-    """The cover id: sha256 of the length-prefixed parts (so no two part lists run together)."""
+    """The cover id: sha256 of the length-prefixed parts (so no two part lists run together); a
+    `user_scale` of 1 adds no part, so covers cached before the strength knob keep their ids."""
     digest = hashlib.sha256()
     parts = (
         item_key,
@@ -59,6 +61,8 @@ def cover_key(
         repr(float(guidance_scale)),
         adapter_hash or "",
     )
+    if float(user_scale) != 1.0:
+        parts += (f"user_scale={float(user_scale)!r}",)
     for part in parts:
         raw = part.encode()
         digest.update(len(raw).to_bytes(8, "little"))

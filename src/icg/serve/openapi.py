@@ -16,7 +16,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from icg.validation import InputError, check_profile, check_seed, check_steps, check_title
+from icg.validation import InputError, check_profile, check_seed, check_steps, check_title, check_user_scale
 
 MAX_ECHO_CHARS = 64  # a 422 shows the offending input only when it is this short
 SHARED_CHECKS = {  # the fields whose 422 message comes from icg.validation (the CLI's words too)
@@ -24,6 +24,7 @@ SHARED_CHECKS = {  # the fields whose 422 message comes from icg.validation (the
     "steps": check_steps,
     "title": check_title,
     "profile": check_profile,
+    "user_scale": check_user_scale,
 }
 PNG = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
 ERROR = {
@@ -68,6 +69,9 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
             if field in ("seed", "steps") and isinstance(raw, str):
                 with contextlib.suppress(ValueError):
                     value = int(raw)
+            if field == "user_scale" and isinstance(raw, str):
+                with contextlib.suppress(ValueError):
+                    value = float(raw)
             try:
                 SHARED_CHECKS[field](value)
             except InputError as shared:
