@@ -265,3 +265,14 @@ def test_taste_profiles_state_likes_and_dislikes_from_ratings_outside_the_pairs(
     assert user_profiles(dataclasses.replace(data, interactions=changed), pairs)["1"] != profiles["1"]
     with pytest.raises(ValueError, match="profile style"):
         user_profiles(data, pairs, style="nope")
+
+
+def test_the_taste_preset_reads_the_datasets_genres() -> None:
+    from icg.training.reward_model import dataset_genres, reward_model_preset
+
+    data = _toy_interactions()
+    assert dataset_genres(data.items) == tuple(sorted(dataset_genres(data.items)))
+    assert "unknown" not in dataset_genres(data.items) and "horror" in dataset_genres(data.items)
+    config, train = reward_model_preset("taste")
+    assert config.interaction and not config.user_text and not config.fuse_user
+    assert set(train.train_kinds) == {"paper", "debiased", "same_item"}

@@ -91,7 +91,8 @@ ROWS: tuple[Row, ...] = (
         None,
     ),
 )
-_TASTE = {"taste_genres": ("<dataset>",), "interaction": True}  # taste_genres: the dataset's, at run time
+# the "taste" preset's switches (icg.training.reward_model); taste_genres: the dataset's, at run time
+_TASTE = {"taste_genres": ("<dataset>",), "interaction": True, "user_text": False, "fuse_user": False}
 TASTE_ROWS: tuple[Row, ...] = (
     Row(
         "taste_full", "Taste model: all inputs + stated taste + interaction, mixed pairs", _TASTE, None, True

@@ -22,7 +22,7 @@ Beyond the paper (issue 18), two switches make the model read the user's taste r
 (`icg.data.taste.parse_taste`: "likes horror and sci-fi; dislikes romance" → a signed (G,) vector), added to
 the user token through its own linear head; `interaction` adds a bilinear user × item term
 
-    p = FC_per(concat(Transformer(tokens))) + ⟨P·u, Q·mean(item tokens)⟩ / √d
+    p = FC_per(concat(Transformer(tokens))) + ⟨P·u, Q·image token⟩ / √d   (the text token without image)
 
 so a user's taste can flip which cover wins without passing through the fusion MLP; u is the stated taste
 when the model reads it (else the user token). Both read only the
@@ -428,8 +428,8 @@ class PersonalizedRewardModel(Reward):
             x = self.fusion(x)
         score = self.fc_per(x.flatten(1)).squeeze(-1)  # (B,)
         if self.user_proj is not None and self.item_proj is not None:
-            items = tokens[: len(tokens) - 1] if self.config.fuse_user else tokens
-            item = torch.stack(items, dim=1).mean(1)  # (B, d) the item tokens' mean
+            # the cover when the model sees it (what an adapter can change), else the text token
+            item = f["image"] if "image" in f else tokens[0]  # (B, d)
             side = features["taste"].to(item.dtype) if self.config.taste_genres else f["user"]
             user, item = self.user_proj(side), self.item_proj(item)  # (B, d) each
             score = score + (user * item).sum(-1) / self.config.hidden_size**0.5
