@@ -97,6 +97,9 @@ def user_profiles(
     genres = data.items.set_index(data.items["item_id"].astype(str))["genres"].map(item_genres)
     if style == "taste":
         train_users = {str(u) for u in pairs.loc[pairs["split"].astype(str) == "train", "pos_user_id"]}
+        if not hist["user_id"].isin(train_users).any():  # nothing outside the pairs: no stated taste
+            logger.warning("no training user has interactions outside their pairs: profiles state no taste")
+            return base
         scores = taste_scores(hist, fit_baseline(hist, train_users), genres)  # biases from history too
         scores = scores.drop(columns=[c for c in scores.columns if str(c).lower() == "unknown"])
         clauses = {u: taste_clauses(scores.loc[u], n_taste, n_taste) for u in scores.index}
