@@ -25,7 +25,7 @@ from icg.data.pairs import PairConfig, build_pairs
 from icg.data.registry import load_dataset
 from icg.presets import get_preset, icg_home
 from icg.rewards.personalized import PersonalizedRewardModel, reward_text
-from icg.training.reward_model import user_profiles
+from icg.training.reward_profiles import user_profiles
 
 
 def main() -> None:

@@ -117,7 +117,7 @@ def prepare_adapter_data(
     """
     from icg.data.covers.cache import render_cover_cache
     from icg.data.splits import split_items
-    from icg.training.reward_model import user_profiles
+    from icg.training.reward_profiles import user_profiles
 
     if user_split not in SPLITS or item_split not in ITEM_SPLITS:
         raise ValueError(f"user_split must be one of {SPLITS} and item_split one of {ITEM_SPLITS}")

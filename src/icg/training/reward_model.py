@@ -1,13 +1,16 @@
 """Training of the personalized preference reward model (paper §3.4.1) on user-disjoint preference pairs.
 
-Data (`prepare_reward_data`): pairs from `build_pairs` (top-k1 vs bottom-k2 items per user, 80/10/10 users);
+Data (`prepare_reward_data`): pairs of three kinds from `build_taste_pairs` — the paper's (`build_pairs`:
+top-k1 vs bottom-k2 items per user, 80/10/10 users), debiased and same-item (issue 18) — each (P, 4):
+preferred (user, item), other (user, item); `RewardTrainConfig.train_kinds` picks what trains, every kind is
+reported;
 per item its title, a caption and its reference cover (rendered once at the CLIP image size, cached on disk);
 per user a profile sentence. Captions are a `Mapping[item_id, str]` so the context encoder's cached explicit
 prompts plug in; until the mini preset has a trained MLLM they come from the *template teacher*
 (`template_captions`: "a {genres} movie poster in {palette words}", from the genres and the genre style's
-colours — no MLLM involved, and every output says so). Profiles (`user_profiles`) put the user's three most
-watched genres before the demographic sentence; the genres are counted over the user's interactions *outside
-their own pairs* (watch counts, never ratings), so no pair label leaks into the input.
+colours — no MLLM involved, and every output says so). Profiles (`icg.training.reward_profiles`) come from
+the user's interactions *outside all their pairs*, so no pair label leaks into the input: the paper's style
+names the three most watched genres, the taste style the liked and disliked ones (from ratings).
 
 Speed: the frozen CLIP stem runs once per item and user (`encode_cache`); a step runs only the last k CLIP
 layers and the new modules, for the unique items and users of its batch.
@@ -38,83 +41,27 @@ from torch import Tensor
 from transformers import CLIPModel, CLIPProcessor
 
 from icg.atomic import write_text_atomic
-from icg.context.teacher import TEMPLATE_TEACHER, join_words, template_captions
-from icg.data.covers.render import MIN_SIZE, display_title, item_genres
+from icg.context.teacher import TEMPLATE_TEACHER, template_captions
+from icg.data.covers.render import MIN_SIZE, display_title
 from icg.data.pairs import SPLITS, PairConfig
 from icg.data.records import InteractionData
-from icg.data.taste import taste_clauses
 from icg.data.taste_pairs import (
     KINDS,
     TastePairConfig,
     build_taste_pairs,
-    fit_baseline,
-    history,
-    taste_scores,
 )
 from icg.errors import DataError
 from icg.rewards.personalized import Encoded, PersonalizedRewardConfig, PersonalizedRewardModel, load_clip
 from icg.training import loop
+from icg.training.reward_profiles import PROFILE_STYLES, dataset_genres, user_profiles
+
+__all__ = ["PROFILE_STYLES", "dataset_genres", "user_profiles"]  # re-exported: the profiles live beside
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.json"
 _CHECKPOINT_FORMAT = "icg.training.reward_model.checkpoint/1"
-
-
-# --------------------------------------------------------------------------------------- profiles
-PROFILE_STYLES = ("watched", "taste")
-
-
-def _two_user(pairs: pd.DataFrame) -> pd.DataFrame:
-    """Paper-format pairs (user_id, pos_item_id, neg_item_id) → the two-user columns of taste_pairs."""
-    if "pos_user_id" in pairs.columns:
-        return pairs
-    return pairs.assign(pos_user_id=pairs["user_id"], neg_user_id=pairs["user_id"], kind="paper")
-
-
-def user_profiles(
-    data: InteractionData,
-    pairs: pd.DataFrame,
-    top_genres: int = 3,
-    *,
-    style: str = "taste",
-    n_taste: int = 5,
-) -> dict[str, str]:
-    """Profile per user id, built from the user's interactions outside all their pairs (no label leaks).
-
-    style "watched" (the paper rows): 'likes drama, comedy and thriller; a 24-year-old male technician', the
-    `top_genres` most watched genres (interaction counts, ties by name). style "taste" (issue 18, the mini's):
-    'likes horror, …; dislikes romance, …; a 24-year-old …', up to `n_taste` genres each way ranked by the
-    shrunk mean residual rating (`taste_scores`, baseline fitted on the pairs' train users). Genres come
-    first, so a short text encoder truncates the demographics.
-    """
-    if style not in PROFILE_STYLES:
-        raise ValueError(f"unknown profile style {style!r}; expected one of {PROFILE_STYLES}")
-    base = dict(zip(data.users["user_id"].astype(str), data.users["profile"].astype(str), strict=True))
-    pairs = _two_user(pairs)
-    hist = history(data.interactions, pairs)
-    genres = data.items.set_index(data.items["item_id"].astype(str))["genres"].map(item_genres)
-    if style == "taste":
-        train_users = {str(u) for u in pairs.loc[pairs["split"].astype(str) == "train", "pos_user_id"]}
-        if not hist["user_id"].isin(train_users).any():  # nothing outside the pairs: no stated taste
-            logger.warning("no training user has interactions outside their pairs: profiles state no taste")
-            return base
-        scores = taste_scores(hist, fit_baseline(hist, train_users), genres)  # biases from history too
-        scores = scores.drop(columns=[c for c in scores.columns if str(c).lower() == "unknown"])
-        clauses = {u: taste_clauses(scores.loc[u], n_taste, n_taste) for u in scores.index}
-        return {u: "; ".join(c for c in (clauses.get(u, ""), p) if c) for u, p in base.items()}
-    if top_genres <= 0:
-        return base
-    hist = hist[["user_id", "item_id"]]
-    hist = hist.assign(genre=hist["item_id"].map(genres)).explode("genre").dropna(subset=["genre"])
-    counts = hist.groupby(["user_id", "genre"]).size().rename("n").reset_index()
-    counts = counts.sort_values(["user_id", "n", "genre"], ascending=[True, False, True])
-    top = counts.groupby("user_id").head(top_genres).groupby("user_id")["genre"].agg(list)
-    return {
-        u: (f"likes {join_words([g.lower() for g in top[u]])}; {p}" if u in top.index else p)
-        for u, p in base.items()
-    }
 
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -626,11 +573,6 @@ def prepare_reward_data(
     captions = captions if captions is not None else template_captions(items)
     profiles = user_profiles(data, pairs, top_genres, style=profile_style)
     return reward_data(items, covers, pairs, captions, profiles), pairs, info
-
-
-def dataset_genres(items: pd.DataFrame) -> tuple[str, ...]:
-    """The genre vocabulary of an items table (lower case, sorted, without 'unknown'): `taste_genres`."""
-    return tuple(sorted({g.lower() for t in items["genres"] for g in item_genres(t)} - {"unknown"}))
 
 
 def train_from_dataset(
