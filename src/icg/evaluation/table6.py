@@ -138,10 +138,10 @@ def reference_accuracies(
         "item_mean": train.groupby("item_id")["signal"].mean(),
     }
     user_mean = history(inter, pairs).groupby("user_id")["signal"].mean()
-    scorers = {name: _item_scorer(table) for name, table in item_tables.items()}
+    scorers = {name: item_scorer(table) for name, table in item_tables.items()}
     scorers["user_mean"] = lambda users, _items: users.map(user_mean).fillna(user_mean.mean()).to_numpy()
     if profiles is not None:
-        scorers["stated_taste"] = _taste_scorer(data, profiles)
+        scorers["stated_taste"] = taste_scorer(data, profiles)
     out: dict[str, dict[str, dict[str, float]]] = {}
     for name, scorer in scorers.items():
         out[name] = {}
@@ -158,11 +158,13 @@ def reference_accuracies(
     return out
 
 
-def _item_scorer(table: pd.Series):  # noqa: ANN202 - a small closure
+def item_scorer(table: pd.Series):  # noqa: ANN201 - a small closure
+    """(users, items) → the items' values in `table` (0 when missing): an item-only scorer."""
     return lambda _users, items: items.map(table).fillna(0.0).to_numpy()
 
 
-def _taste_scorer(data: InteractionData, profiles: dict[str, str]):  # noqa: ANN202 - a small closure
+def taste_scorer(data: InteractionData, profiles: dict[str, str]):  # noqa: ANN201 - a small closure
+    """(users, items) → stated taste (parsed from the profile) · the item's genres / their number."""
     genres = dataset_genres(data.items)
     users = sorted(profiles)
     taste = parse_taste([profiles[u] for u in users], genres).numpy()  # (U, G)
