@@ -95,11 +95,15 @@ ROWS: tuple[Row, ...] = (
 _TASTE = {"taste_genres": ("<dataset>",), "interaction": True, "user_text": False, "fuse_user": False}
 TASTE_ROWS: tuple[Row, ...] = (
     Row(
-        "taste_full", "Taste model: all inputs + stated taste + interaction, mixed pairs", _TASTE, None, True
+        "taste_full",
+        "Taste model: title, caption, image + stated taste × image (mixed pairs)",
+        _TASTE,
+        None,
+        True,
     ),
     Row(
         "taste_image_user",
-        "Taste model: image and user (profile + stated taste) + interaction, mixed pairs",
+        "Taste model: image + stated taste × image (mixed pairs)",
         {"use_title": False, "use_caption": False, **_TASTE},
         None,
         True,
