@@ -5,7 +5,10 @@ reference covers of random ml-100k items (caption "a movie poster"), the users r
 profile sentences. Only the interaction (which cover suits which user) can teach the adapter's user path
 anything; the cover term is appeal to everyone, the user term how generous a user's scores are.
 
-    .venv/bin/python bench/reward_variance.py [--users 40] [--items 40] [--seed 0]
+    .venv/bin/python bench/reward_variance.py [--users 40] [--items 40] [--seed 0] [--reward DIR]
+
+Profiles are `user_profiles(style="taste")` (the taste recipe's: stated liked and disliked genres); pass
+`--profile watched` for a model of the paper's recipe.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from icg.data.pairs import PairConfig, build_pairs
 from icg.data.registry import load_dataset
 from icg.presets import get_preset, icg_home
 from icg.rewards.personalized import PersonalizedRewardModel, reward_text
-from icg.training.reward_model import user_profiles
+from icg.training.reward_profiles import user_profiles
 
 
 def main() -> None:
@@ -31,10 +34,14 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=40)
     parser.add_argument("--items", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reward", default=None, help="a reward-model folder (default: the preset's)")
+    parser.add_argument(
+        "--profile", default="taste", choices=("taste", "watched"), help="profile style the model reads"
+    )
     args = parser.parse_args()
     spec, data = get_preset(args.preset), load_dataset("ml-100k")
-    reward = PersonalizedRewardModel.from_pretrained(spec.reward_model)
-    profiles = user_profiles(data, build_pairs(data.interactions, PairConfig())[0])
+    reward = PersonalizedRewardModel.from_pretrained(args.reward or spec.reward_model)
+    profiles = user_profiles(data, build_pairs(data.interactions, PairConfig())[0], style=args.profile)
     items = data.items.sample(args.items, random_state=args.seed).reset_index(drop=True)
     size = reward.clip.config.vision_config.image_size
     covers = render_cover_cache(items, icg_home() / "covers", size, 1, False)[:, 0].float() / 255

@@ -166,3 +166,35 @@ def test_save_load_round_trip(tmp_path) -> None:
     (tmp_path / "rm" / "model.safetensors").write_bytes(b"broken")
     with pytest.raises(RewardCheckpointError, match="model.safetensors"):
         PersonalizedRewardModel.from_pretrained(tmp_path / "rm")
+
+
+TASTE = ("horror", "romance", "western")
+
+
+def test_stated_taste_and_interaction_read_the_profile_and_survive_a_round_trip(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = make_model(taste_genres=TASTE, interaction=True, trainable_clip_layers=0)
+    assert model.config.features == ("title", "caption", "image", "user", "taste")
+    with torch.no_grad():
+        model.taste_head.weight.normal_()  # the taste head starts anywhere; make its effect visible
+        model.user_proj.weight.normal_()
+    x = images(2)
+    horror = ["loves horror; dislikes romance"] * 2
+    romance = ["loves romance; dislikes horror"] * 2
+    with torch.no_grad():
+        a, b = model.score(x, TEXTS, horror), model.score(x, TEXTS, romance)
+    assert not torch.allclose(a, b)
+    model.save_pretrained(tmp_path / "rm")
+    loaded = PersonalizedRewardModel.from_pretrained(tmp_path / "rm")
+    assert loaded.config.taste_genres == TASTE and loaded.config.interaction
+    torch.testing.assert_close(loaded.score(x, TEXTS, horror, grad=False), a, atol=0, rtol=0)
+    torch.testing.assert_close(loaded.taste(horror)[0], torch.tensor([1.0, -1.0, 0.0]))
+
+
+def test_taste_switches_are_checked() -> None:
+    with pytest.raises(ValueError, match="use_user"):
+        PersonalizedRewardConfig(use_user=False, taste_genres=TASTE)
+    with pytest.raises(ValueError, match="interaction needs"):
+        PersonalizedRewardConfig(use_title=False, use_caption=False, use_image=False, interaction=True)
+    with pytest.raises(ValueError, match="no stated taste"):
+        make_model().taste(["likes horror"])

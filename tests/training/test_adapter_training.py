@@ -259,7 +259,8 @@ def test_samples_are_positives_of_train_users_on_train_items(tmp_path):
     assert set(zip(frame["user_id"], frame["item_id"], strict=True)) <= positives
     train_items = set(ml.items["item_id"].astype(str).iloc[split_items(len(ml.items), 0, 0.1, 0.1).train])
     assert set(frame["item_id"]) <= train_items
-    assert all(p.startswith("likes ") for p in data.profiles) and len(data.fingerprint()) == 64
+    # the taste profiles the mini reward reads (issue 18): stated likes and dislikes, then the demographics
+    assert all(p.startswith(("likes ", "dislikes ")) for p in data.profiles) and len(data.fingerprint()) == 64
 
 
 class SpyReward(Reward):

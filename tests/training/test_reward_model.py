@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pandas as pd
@@ -11,7 +12,7 @@ import torch
 from icg.context.teacher import template_caption
 from icg.data.records import InteractionData, add_profiles
 from icg.errors import DataError
-from icg.evaluation.table6 import ROWS, run_table6
+from icg.evaluation.table6 import ROWS, TASTE_ROWS, run_table6
 from icg.rewards.personalized import PersonalizedRewardConfig, PersonalizedRewardModel
 from icg.testing import tiny_clip_model
 from icg.training.reward_model import (
@@ -164,7 +165,7 @@ def _toy_interactions() -> InteractionData:
 def test_profiles_count_genres_outside_the_users_pairs_and_captions_follow_the_template() -> None:
     data = _toy_interactions()
     pairs = pd.DataFrame({"user_id": ["0"], "pos_item_id": ["1"], "neg_item_id": ["5"], "split": ["train"]})
-    profiles = user_profiles(data, pairs, top_genres=1)
+    profiles = user_profiles(data, pairs, top_genres=1, style="watched")
     # user 0 watched items 1-5 and 7-11: Horror, Thriller and Western 3 times each (Horror first by name);
     # without the pair items 1 and 5 (Horror/Thriller) Western leads
     assert profiles["0"] == "likes western; a 30-year-old female writer"
@@ -184,11 +185,94 @@ def test_table6_runs_every_row_and_reference(tmp_path) -> None:
         data, clip, processor, tmp_path, clip_source="tiny", base=base, train=train, seeds=(0, 1)
     )
     rows = {r["key"]: r for r in result["rows"]}
-    assert set(rows) == {r.key for r in ROWS} | {"popularity", "item_mean"}
+    assert set(rows) == {r.key for r in ROWS + TASTE_ROWS} | {
+        "popularity",
+        "item_mean",
+        "user_mean",
+        "stated_taste",
+    }
+    # every row is scored on every pair kind; an item-only scorer ties on same-item pairs
+    assert set(rows["taste_full"]["by_kind"]) == {"paper", "debiased", "same_item"}
+    assert all(t == 50.0 for t in rows["item_mean"]["by_kind"]["same_item"]["test_per_seed"])
     # a user-only scorer ties every pair (up to float rounding between batch rows)
     assert all(abs(acc - 50.0) < 1.0 for acc in rows["user_only"]["test_per_seed"])
     assert rows["full"]["paper"] == 86.2 and rows["image_user"]["paper"] == 78.3
     assert json.loads((tmp_path / "table6.json").read_text())["seeds"] == [0, 1]
     table = (tmp_path / "table6.md").read_text()
     assert "| Image and user profile |" in table and "78.3" in table and "tiny" in table
+    assert "Debiased pairs" in table and "| Taste model" in table
     PersonalizedRewardModel.from_pretrained(tmp_path / "seed1" / "full")
+    assert PersonalizedRewardModel.from_pretrained(tmp_path / "seed1" / "taste_full").config.interaction
+
+
+def test_two_user_pairs_train_only_the_chosen_kinds_and_report_every_kind(tmp_path) -> None:
+    """Same-item pairs (one item, two users) are learnable only through the user; paper-kind pairs of the
+    toy are too. Training on the same-item kind alone still reports both kinds."""
+    data = toy_data()
+    same = {}
+    for split, pairs in data.pairs.items():
+        users = sorted(set(pairs[:, 0].tolist()))
+        rows = [
+            (u, i, v, i) for u in users for v in users for i in range(12) if u % 2 == i % 2 and v % 2 != i % 2
+        ]
+        same[split] = torch.tensor(rows[:200], dtype=torch.long)
+    mixed = RewardData(
+        **{f: getattr(data, f) for f in ("item_ids", "titles", "captions", "covers", "user_ids", "profiles")},
+        pairs={s: torch.cat([data.pairs[s], same[s]]) for s in data.pairs},
+        kinds={
+            s: torch.cat([torch.zeros(len(data.pairs[s])), torch.full((len(same[s]),), 2)]).long()
+            for s in data.pairs
+        },
+    )
+    assert mixed.pairs["train"].shape[1] == 4 and len(mixed.select("train", ["same_item"])) == len(
+        same["train"]
+    )
+    model = make_model(use_title=False, use_caption=False, trainable_clip_layers=0)
+    config = dataclasses.replace(FAST, train_kinds=("same_item",))
+    metrics = train_reward_model(model, mixed, tmp_path, config, save=False)
+    assert metrics["train_pairs"] == len(same["train"])
+    assert set(metrics["test_by_kind"]) == {"paper", "same_item"}
+    assert (
+        metrics["test_by_kind"]["same_item"] > 0.8
+        and metrics["test_accuracy"] == metrics["test_by_kind"]["same_item"]
+    )
+    with pytest.raises(ValueError, match="train_kinds"):
+        RewardTrainConfig(train_kinds=("nonsense",))
+    with pytest.raises(ValueError, match="pairs must be"):
+        RewardData(**{**mixed.__dict__, "pairs": {"train": torch.zeros(3, 5, dtype=torch.long)}})
+
+
+def test_taste_profiles_state_likes_and_dislikes_from_ratings_outside_the_pairs() -> None:
+    data = _toy_interactions()
+    pairs = pd.DataFrame(
+        {
+            "user_id": ["0", "1"],
+            "pos_item_id": ["1", "2"],
+            "neg_item_id": ["5", "3"],
+            "split": ["train", "test"],
+        }
+    )
+    profiles = user_profiles(data, pairs)
+    assert profiles["0"].endswith("; a 30-year-old female writer") and profiles["0"].startswith(
+        ("likes", "dislikes")
+    )
+    changed = data.interactions.copy()
+    changed.loc[(changed["user_id"] == "0") & (changed["item_id"] == "1"), "signal"] = 5.0  # a pair item
+    changed.loc[(changed["user_id"] == "1") & (changed["item_id"] == "3"), "signal"] = 1.0
+    # a pair item's rating never reaches any profile (neither the user's taste nor the biases)
+    assert user_profiles(dataclasses.replace(data, interactions=changed), pairs) == profiles
+    changed.loc[(changed["user_id"] == "1") & (changed["item_id"] == "4"), "signal"] = 5.0  # history does
+    assert user_profiles(dataclasses.replace(data, interactions=changed), pairs)["1"] != profiles["1"]
+    with pytest.raises(ValueError, match="profile style"):
+        user_profiles(data, pairs, style="nope")
+
+
+def test_the_taste_preset_reads_the_datasets_genres() -> None:
+    from icg.training.reward_model import dataset_genres, reward_model_preset
+
+    data = _toy_interactions()
+    assert dataset_genres(data.items) == tuple(sorted(dataset_genres(data.items)))
+    assert "unknown" not in dataset_genres(data.items) and "horror" in dataset_genres(data.items)
+    config, train = reward_model_preset("taste")
+    assert config.interaction and not config.user_text and not config.fuse_user
+    assert set(train.train_kinds) == {"paper", "debiased", "same_item"}

@@ -191,7 +191,7 @@ def evaluate_adapter(
     from icg.rewards import load_reward
     from icg.rewards.personalized import reward_text
     from icg.training.mini import JUDGE_SEED
-    from icg.training.reward_model import user_profiles
+    from icg.training.reward_profiles import user_profiles
 
     missing = [f for f in ("adapter", "clip", "reward_model", "reward_judge") if getattr(spec, f) is None]
     if missing:

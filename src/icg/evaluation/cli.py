@@ -51,11 +51,12 @@ def evaluate_table6_cmd(
         base = dataclasses.replace(base, trainable_clip_layers=trainable_clip_layers)
         overrides = {k: v for k, v in (("epochs", epochs), ("patience", patience)) if v is not None}
         train = dataclasses.replace(train, **overrides)
+        taste_train = dataclasses.replace(reward_model_preset("taste")[1], **overrides)
         data = load_data(dataset, path)
         model, processor, source = resolve_clip(clip, data.items)
         result = run_table6(
             data, model, processor, out, clip_source=source, base=base, train=train, seeds=seed_list,
-            command="icg " + " ".join(sys.argv[1:]),
+            taste_train=taste_train, command="icg " + " ".join(sys.argv[1:]),
         )  # fmt: skip
     except ValueError as exc:
         raise ICGError(str(exc)) from exc

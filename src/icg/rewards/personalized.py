@@ -17,6 +17,17 @@ is frozen and its output can be cached per item/user once (`stem`); the *top* (l
 projection) trains with the new modules (`top`). k = 0 freezes CLIP entirely: the stem then ends in the
 L2-normalised CLIP features and the top is the identity.
 
+Beyond the paper (issue 18), two switches make the model read the user's taste rather than only item quality:
+`taste_genres` (a genre vocabulary) adds the *stated taste* parsed from the profile sentence
+(`icg.data.taste.parse_taste`: "likes horror and sci-fi; dislikes romance" → a signed (G,) vector), added to
+the user token through its own linear head; `interaction` adds a bilinear user × item term
+
+    p = FC_per(concat(Transformer(tokens))) + ⟨P·u, Q·image token⟩ / √d   (the text token without image)
+
+so a user's taste can flip which cover wins without passing through the fusion MLP; u is the stated taste
+when the model reads it (else the user token). Both read only the
+profile sentence, so every caller that passes profiles (the adapter trainer) works unchanged.
+
 Reward protocol: `score(images, texts, users)`; images (B, 3, H, W) in [0, 1], differentiable (CLIP resize and
 normalisation are the shared `icg.rewards.base.preprocess`); texts: one string per image holding the title
 and the caption as `reward_text(title, caption)` ("title\\ncaption") — a model that reads only one of them
@@ -41,6 +52,7 @@ from transformers import CLIPModel, CLIPProcessor
 from transformers.masking_utils import create_causal_mask
 
 from icg.atomic import atomic_path, write_text_atomic
+from icg.data.taste import parse_taste
 from icg.rewards.base import (
     Reward,
     RewardCheckpointError,
@@ -83,10 +95,31 @@ class PersonalizedRewardConfig:
     num_heads: int = 4
     dropout: float = 0.1
     trainable_clip_layers: int = 1  # k: last k layers of each CLIP tower train; 0 freezes CLIP
+    # beyond the paper (issue 18): stated taste parsed from the profile over these genres; () = off
+    taste_genres: tuple[str, ...] = ()
+    interaction: bool = False  # bilinear user × item term beside FC_per
+    # False: the user token is the stated taste alone, the profile sentence is not read by CLIP (its CLIP
+    # feature is unique per user, so the fusion can memorise the training users instead of learning taste)
+    user_text: bool = True
+    # False: the user enters only through the interaction term, p = FC_per(items) + ⟨P·taste, Q·item⟩: the
+    # fusion cannot memorise (user, item) labels, the user's part is a low-rank taste match
+    fuse_user: bool = True
 
     def __post_init__(self) -> None:
         if not self.inputs:
             raise ValueError("the reward model needs at least one input (title, caption, image or user)")
+        object.__setattr__(self, "taste_genres", tuple(str(g) for g in self.taste_genres))  # JSON lists
+        if self.taste_genres and not self.use_user:
+            raise ValueError("taste_genres reads the user's profile: it needs use_user=True")
+        if not self.fuse_user and not (self.interaction and self.taste_genres):
+            raise ValueError("fuse_user=False reads the user only through interaction with taste_genres")
+        if not self.user_text and not (self.use_user and self.taste_genres):
+            raise ValueError(
+                "user_text=False reads the user through the stated taste: set use_user and taste_genres"
+            )
+        items = self.use_title or self.use_caption or self.use_image
+        if self.interaction and not (self.use_user and items):
+            raise ValueError("interaction needs the user and at least one item input (title, caption, image)")
         for name in ("fusion_layers", "trainable_clip_layers"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -102,6 +135,13 @@ class PersonalizedRewardConfig:
     def inputs(self) -> tuple[str, ...]:
         """The switched-on inputs, in INPUTS order."""
         return tuple(n for n in INPUTS if getattr(self, f"use_{n}"))
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """What `preference` reads: the inputs (the user's CLIP feature only with user_text), plus "taste"
+        (the parsed stated taste) when switched on."""
+        clip = tuple(n for n in self.inputs if n != "user" or self.user_text)
+        return clip + (("taste",) if self.taste_genres else ())
 
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -166,11 +206,20 @@ class PersonalizedRewardModel(Reward):
 
         d, feat = config.hidden_size, clip.config.projection_dim
         n_text = int(config.use_title) + int(config.use_caption)
-        widths = {n: (d // n_text if n in ("title", "caption") else d) for n in config.inputs}
+        clip_inputs = [n for n in config.inputs if n != "user" or config.user_text]
+        widths = {n: (d // n_text if n in ("title", "caption") else d) for n in clip_inputs}
         self.heads = nn.ModuleDict(
             {n: nn.Sequential(nn.Linear(feat, w), nn.LayerNorm(w)) for n, w in widths.items()}
         )
-        self.n_tokens = int(n_text > 0) + int(config.use_image) + int(config.use_user)
+        self.n_tokens = int(n_text > 0) + int(config.use_image) + int(config.use_user and config.fuse_user)
+        # beyond the paper: stated taste into the user token, and a bilinear user × item term
+        taste_token = config.taste_genres and config.fuse_user
+        self.taste_head = nn.Linear(len(config.taste_genres), d, bias=False) if taste_token else None
+        # the interaction's user side: the stated taste when read (a low-dimensional input that carries to
+        # unseen users; the CLIP profile feature is unique per user and lets the term memorise training users)
+        width = len(config.taste_genres) or d
+        self.user_proj = nn.Linear(width, d, bias=False) if config.interaction else None
+        self.item_proj = nn.Linear(d, d, bias=False) if config.interaction else None
         self.slots = nn.Parameter(0.02 * torch.randn(self.n_tokens, d))  # which token is which
         self.fusion: nn.TransformerEncoder | None = None
         if config.fusion_layers > 0:
@@ -209,7 +258,8 @@ class PersonalizedRewardModel(Reward):
     def set_trainable(self) -> list[nn.Parameter]:
         """Open the last k CLIP layers and the new modules for training; return those parameters."""
         self.requires_grad_(False)
-        for module in (*self.trainable_clip_modules(), self.heads, self.fusion, self.fc_per):
+        new = (self.heads, self.fusion, self.fc_per, self.taste_head, self.user_proj, self.item_proj)
+        for module in (*self.trainable_clip_modules(), *new):
             if module is not None:
                 module.requires_grad_(True)
         self.slots.requires_grad_(True)
@@ -334,36 +384,56 @@ class PersonalizedRewardModel(Reward):
 
     def warm_text_cache(self, texts: Sequence[str], users: Sequence[str] | None = None) -> None:
         titles, captions = self.split_texts(texts) if texts else (None, None)
-        people = users if self.config.use_user else None
+        people = users if "user" in self.config.features else None
         for strings in (titles, captions, people):
             if strings:
                 self.text_features(strings)
 
     def stem(self, name: str, inputs: Tensor | Sequence[str]) -> Encoded:
-        """Frozen part for one input kind: images for "image", strings for the others."""
+        """Frozen part for one feature: images for "image", profiles for "taste", strings for the others."""
+        if name == "taste":
+            return Encoded(self.taste(inputs))  # type: ignore[arg-type]
         return self.image_stem(inputs) if name == "image" else self.text_stem(inputs)  # type: ignore[arg-type]
 
     def top(self, name: str, enc: Encoded) -> Tensor:
+        if name == "taste":
+            return enc.hidden
         return self.image_top(enc) if name == "image" else self.text_top(enc)
+
+    def taste(self, profiles: Sequence[str]) -> Tensor:
+        """Profile sentences → (B, G) stated taste over `config.taste_genres`, on the model's device."""
+        if not self.config.taste_genres:
+            raise ValueError("this reward model reads no stated taste (config.taste_genres is empty)")
+        return parse_taste(profiles, self.config.taste_genres).to(self.slots.device)
 
     # ------------------------------------------------------------------ fusion
     def preference(self, features: Mapping[str, Tensor]) -> Tensor:
         """CLIP features per used input, each (B, D) → scores (B,). Inputs switched off are ignored."""
-        missing = [n for n in self.config.inputs if n not in features]
+        missing = [n for n in self.config.features if n not in features]
         if missing:
             raise ValueError(
-                f"features for {missing} are missing; this model reads {list(self.config.inputs)}"
+                f"features for {missing} are missing; this model reads {list(self.config.features)}"
             )
-        f = {n: self.heads[n](features[n].to(self.slots.dtype)) for n in self.config.inputs}
+        f = {n: self.heads[n](features[n].to(self.slots.dtype)) for n in self.heads}
+        if self.taste_head is not None:
+            taste = self.taste_head(features["taste"].to(self.slots.dtype))  # (B, d)
+            f["user"] = f["user"] + taste if "user" in f else taste
         tokens: list[Tensor] = []
         text = [f[n] for n in ("title", "caption") if n in f]
         if text:
             tokens.append(torch.cat(text, dim=-1))  # title ⊕ caption → one d-wide token
-        tokens += [f[n] for n in ("image", "user") if n in f]
+        tokens += [f[n] for n in ("image", "user") if n in f and (n != "user" or self.config.fuse_user)]
         x = torch.stack(tokens, dim=1) + self.slots  # (B, n_tokens, d)
         if self.fusion is not None:
             x = self.fusion(x)
-        return self.fc_per(x.flatten(1)).squeeze(-1)  # (B,)
+        score = self.fc_per(x.flatten(1)).squeeze(-1)  # (B,)
+        if self.user_proj is not None and self.item_proj is not None:
+            # the cover when the model sees it (what an adapter can change), else the text token
+            item = f["image"] if "image" in f else tokens[0]  # (B, d)
+            side = features["taste"].to(item.dtype) if self.config.taste_genres else f["user"]
+            user, item = self.user_proj(side), self.item_proj(item)  # (B, d) each
+            score = score + (user * item).sum(-1) / self.config.hidden_size**0.5
+        return score
 
     def split_texts(self, texts: Sequence[str] | None) -> tuple[list[str] | None, list[str] | None]:
         """Protocol texts → (titles, captions) for the text inputs this model reads."""
@@ -392,8 +462,11 @@ class PersonalizedRewardModel(Reward):
         raw = {"title": titles, "caption": captions, "image": images, "user": users}
         features = {
             n: self.image_features(images) if n == "image" else self.text_features(raw[n])
-            for n in self.config.inputs
+            for n in self.config.features
+            if n != "taste"
         }  # type: ignore[arg-type]
+        if self.config.taste_genres:
+            features["taste"] = self.taste(users)  # type: ignore[arg-type]
         return self.preference(features)
 
     # ------------------------------------------------------------------ persistence

@@ -111,12 +111,13 @@ def prepare_adapter_data(
 ) -> AdapterData:
     """Positive (user, item) samples of `user_split` users on `item_split` items, covers rendered once.
 
-    Profiles are the reward model's (`user_profiles`: the user's most watched genres outside their pairs,
-    then the demographic sentence). `max_users` keeps the first users in id order (tests, quick looks).
+    Profiles are the reward model's (`user_profiles`, style "taste": the genres the user rates above and
+    below expectation outside their pairs, then the demographic sentence; the mini reward parses them).
+    `max_users` keeps the first users in id order (tests, quick looks).
     """
     from icg.data.covers.cache import render_cover_cache
     from icg.data.splits import split_items
-    from icg.training.reward_model import user_profiles
+    from icg.training.reward_profiles import user_profiles
 
     if user_split not in SPLITS or item_split not in ITEM_SPLITS:
         raise ValueError(f"user_split must be one of {SPLITS} and item_split one of {ITEM_SPLITS}")

@@ -98,10 +98,9 @@ def _step_users(data: InteractionData, work: Path, threads: int, progress: bool)
 def _step_reward(data: InteractionData, work: Path, threads: int, progress: bool) -> dict:
     from icg.training.reward_model import train_from_dataset
 
+    # issue 18: the "taste" recipe (frozen CLIP, so an epoch takes seconds: its own epochs + early stopping)
     with torch_threads(threads):
-        return train_from_dataset(
-            data, work / "reward", "mini", clip=work / "clip", seed=0, epochs=REWARD_EPOCHS
-        )
+        return train_from_dataset(data, work / "reward", "taste", clip=work / "clip", seed=0)
 
 
 JUDGE_SEED = 1  # the judge's pair split (users) and initialisation differ from the optimised reward's (0)
@@ -110,10 +109,8 @@ JUDGE_SEED = 1  # the judge's pair split (users) and initialisation differ from 
 def _step_reward_judge(data: InteractionData, work: Path, threads: int, progress: bool) -> dict:
     from icg.training.reward_model import train_from_dataset
 
-    with torch_threads(threads):
-        return train_from_dataset(
-            data, work / "reward_judge", "mini", clip=work / "clip", seed=JUDGE_SEED, epochs=REWARD_EPOCHS
-        )
+    with torch_threads(threads):  # the same "taste" recipe as the reward, another seed and user split
+        return train_from_dataset(data, work / "reward_judge", "taste", clip=work / "clip", seed=JUDGE_SEED)
 
 
 # The mini's adapter recipe (paper §3.4.2 at mini scale): a short stage 1, then reward feedback, both with
