@@ -108,6 +108,23 @@ def test_ground_truth_is_held_out(data):
     assert np.array_equal(again.preferred, bench.preferred)
 
 
+def test_validation_split_chooses_recipes_apart_from_test(data):
+    from icg.data.pairs import PairConfig, build_pairs
+    from icg.data.splits import split_items
+
+    val = choose_benchmark(data, 12, 3, seed=0, split="val")
+    test = choose_benchmark(data, 12, 3, seed=0, split="test")
+    pairs, _ = build_pairs(data.interactions, PairConfig())
+    split = dict(zip(pairs["user_id"].astype(str), pairs["split"], strict=True))
+    assert {split[u] for u in val.users} == {"val"}
+    val_ids = set(data.items.iloc[split_items(len(data.items), 0, 0.1, 0.1).val]["item_id"].astype(str))
+    assert set(val.pool["item_id"].astype(str)) == val_ids
+    assert not set(val.users) & set(test.users)
+    assert not set(val.pool["item_id"].astype(str)) & set(test.pool["item_id"].astype(str))
+    with pytest.raises(ValueError, match="split must be one of"):
+        choose_benchmark(data, 12, 3, seed=0, split="train")
+
+
 def test_benchmark_on_the_tiny_preset(data, tmp_path, one_torch_thread):
     from icg.presets import tiny_preset
     from icg.rewards.personalized import PersonalizedRewardConfig, PersonalizedRewardModel

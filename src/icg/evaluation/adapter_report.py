@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 VARIANTS = ("rule_based", "context_only", "icg")
 JSON_NAME, MD_NAME, GRID_NAME = "adapter_heldout.json", "adapter_heldout.md", "adapter_heldout_samples.png"
 ITEM_SEED_STRIDE = 1000  # item n of the report starts from noise seed * ITEM_SEED_STRIDE + n
+HELD_OUT_SPLITS = ("val", "test")  # users and items no adapter or optimised reward trained on
 
 
 @dataclass(frozen=True)
@@ -59,18 +60,23 @@ class HeldOut:
     judge_unseen: set[str]  # users outside the judge reward model's training split
 
 
-def held_out(data: InteractionData, n_users: int | None, n_items: int, seed: int, judge_seed: int) -> HeldOut:
-    """Test-split users (pairs, seed 0) and test-split items (split_items, seed 0), seeded subsets."""
+def held_out(
+    data: InteractionData, n_users: int | None, n_items: int, seed: int, judge_seed: int, split: str = "test"
+) -> HeldOut:
+    """`split` users (pairs, seed 0) and `split` items (split_items, seed 0), seeded subsets; "val" is for
+    choosing recipes, "test" for reporting."""
+    if split not in HELD_OUT_SPLITS:
+        raise ValueError(f"split must be one of {HELD_OUT_SPLITS}, got {split!r}")
     pairs, _ = build_pairs(data.interactions, PairConfig())
     users = sorted(
-        pairs.loc[pairs["split"] == "test", "user_id"].astype(str).unique(), key=lambda u: (len(u), u)
+        pairs.loc[pairs["split"] == split, "user_id"].astype(str).unique(), key=lambda u: (len(u), u)
     )
     rng = np.random.default_rng([seed, 31])
     if n_users is not None and n_users < len(users):
         users = sorted(rng.choice(users, n_users, replace=False).tolist(), key=lambda u: (len(u), u))
     items = data.items.reset_index(drop=True)
-    test = np.sort(split_items(len(items), 0, 0.1, 0.1).test)
-    chosen = np.sort(rng.choice(test, min(n_items, len(test)), replace=False))
+    pool = np.sort(getattr(split_items(len(items), 0, 0.1, 0.1), split))
+    chosen = np.sort(rng.choice(pool, min(n_items, len(pool)), replace=False))
     judge_pairs, _ = build_pairs(data.interactions, PairConfig(seed=judge_seed))
     judge_train = set(judge_pairs.loc[judge_pairs["split"] == "train", "user_id"].astype(str))
     return HeldOut(users, items.iloc[chosen].reset_index(drop=True), set(users) - judge_train)

@@ -176,6 +176,9 @@ def evaluate_personalization_cmd(
     max_users: Annotated[int, typer.Option(help="Held-out users (seeded subset of the test split).")] = 32,
     scales: Annotated[str, typer.Option(help="user_scale values of the strength sweep.")] = "0,0.5,1,1.5,2",
     seed: Annotated[int, typer.Option(help="Seed of the subsets, noise, bootstrap and permutations.")] = 0,
+    split: Annotated[
+        str, typer.Option(help="'val' (users and items for choosing recipes) or 'test' (reporting only).")
+    ] = "test",
     threads: ThreadsOpt = 1,
 ) -> None:
     """Personalization against ground truth: the lean test (do covers lean to their user's genre?), the
@@ -193,10 +196,13 @@ def evaluate_personalization_cmd(
     rows = parse_adapter_rows(adapter or [])
     if max_items < 1 or max_users < 2:
         raise ICGError(f"--max-items must be ≥ 1 and --max-users ≥ 2 (pairs), got {max_items}, {max_users}")
+    if split not in ("val", "test"):
+        raise ICGError(f"--split must be 'val' or 'test', got {split!r}")
     try:
         result = evaluate_personalization(
             get_preset(preset), load_data("ml-100k", None), max_items=max_items, max_users=max_users,
-            scales=parse_scales(scales), adapters=rows, seed=seed, cache_dir=icg_home() / "covers",
+            scales=parse_scales(scales), adapters=rows, seed=seed, split=split,
+            cache_dir=icg_home() / "covers",
             out_dir=out, command="icg " + " ".join(sys.argv[1:]),
         )  # fmt: skip
     except ValueError as exc:

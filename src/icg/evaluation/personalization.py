@@ -255,19 +255,22 @@ class Benchmark:
     pairs: LeanPairs
 
 
-def choose_benchmark(data: InteractionData, max_users: int | None, max_items: int, seed: int) -> Benchmark:
-    """Held-out users (`held_out`), their taste from ratings outside the test item split, and up to
-    `max_items` multi-genre test-split items (seeded) on which at least one pair of them disagrees."""
+def choose_benchmark(
+    data: InteractionData, max_users: int | None, max_items: int, seed: int, split: str = "test"
+) -> Benchmark:
+    """Held-out users (`held_out`, of `split`), their taste from ratings outside that item split, and up to
+    `max_items` multi-genre items of the split (seeded) on which at least one pair of them disagrees.
+    "val" chooses recipes; "test" only reports."""
     from icg.training.mini import JUDGE_SEED
 
     if max_items < 1:
         raise ValueError(f"max_items must be ≥ 1, got {max_items}")
     if max_users is not None and max_users < 2:
         raise ValueError(f"max_users must be ≥ 2 (the lean test compares pairs of users), got {max_users}")
-    chosen = held_out(data, max_users, 0, seed, JUDGE_SEED)
+    chosen = held_out(data, max_users, 0, seed, JUDGE_SEED, split)
     items = data.items.reset_index(drop=True)
-    test = np.sort(split_items(len(items), 0, 0.1, 0.1).test)
-    pool = items.iloc[test].reset_index(drop=True)
+    part = np.sort(getattr(split_items(len(items), 0, 0.1, 0.1), split))
+    pool = items.iloc[part].reset_index(drop=True)
     genres = sorted({g for t in items["genres"].map(item_genres) for g in t})
     index = {g: k for k, g in enumerate(genres)}
     multi = [k for k, g in enumerate(pool["genres"].map(item_genres)) if len(g) >= 2]
@@ -390,6 +393,7 @@ def evaluate_personalization(
     scales: tuple[float, ...] = SCALES,
     adapters: dict[str, str] | None = None,
     seed: int = 0,
+    split: str = "test",
     bootstraps: int = 2000,
     permutations: int = 2000,
     cache_dir: Path | None = None,
@@ -422,7 +426,7 @@ def evaluate_personalization(
                 f"adapter row '{name}': {folder} is not an adapter folder (no adapter_config.json)"
             )
     started = time.perf_counter()
-    bench = choose_benchmark(data, max_users, max_items, seed)
+    bench = choose_benchmark(data, max_users, max_items, seed, split)
     logger.info(
         "%d users × %d items, %d lean-test pairs", len(bench.users), len(bench.items), len(bench.pairs)
     )
@@ -488,7 +492,8 @@ def evaluate_personalization(
             "n_judge_unseen_users": int(sum(unseen)), "n_items": len(bench.items),
             "n_pool_items": len(bench.pool), "items": bench.items["title"].tolist(), "users": bench.users,
             "n_pairs": len(bench.pairs), "min_genre_ratings": MIN_GENRE_RATINGS, "taste_margin": TASTE_MARGIN,
-            "seed": seed, "steps": spec.num_inference_steps, "guidance_scale": spec.guidance_scale,
+            "seed": seed, "split": split, "steps": spec.num_inference_steps,
+            "guidance_scale": spec.guidance_scale,
             "max_items": max_items, "max_users": max_users,
             "seconds": round(time.perf_counter() - started, 1), "machine": machine(), "command": command,
         },
@@ -578,6 +583,7 @@ def personalization_markdown(result: dict) -> str:
     lines = [
         "# Personalization against ground truth (`icg evaluate personalization`)",
         "",
+        f"Split: **{setup.get('split', 'test')}** (val chooses recipes, test only reports). "
         f"{setup['n_users']} held-out users ({setup['n_judge_unseen_users']} also outside the judge's "
         f"training split) × {setup['n_items']} held-out multi-genre items, {setup['n_pairs']} lean-test "
         f"pairs; {setup['steps']} DDIM steps, guidance {setup['guidance_scale']}, the same noise per item in "
