@@ -42,3 +42,20 @@ def test_demo_writes_contact_sheet(data, tmp_path):
     assert len(list((tmp_path / "demo" / "covers").glob("*.png"))) == 4 * 4
     meta = json.loads((tmp_path / "demo" / "demo.json").read_text())
     assert [u["genre"] for u in meta["users"]] == list(USER_GENRES)
+    assert len(meta["cover_leans"]) == 4  # tiny preset: no CLIP, so no lean captions (empty strings)
+
+
+def test_lean_captions_read_the_column_users_genre(data, tmp_path):
+    from icg.demo import _lean_captions, contrasting_users
+    from icg.testing import tiny_clip_model
+
+    clip, processor = tiny_clip_model()
+    clip.save_pretrained(tmp_path / "clip")
+    processor.save_pretrained(tmp_path / "clip")
+    users = contrasting_users(data)
+    genres = sorted({*USER_GENRES, "Drama"})
+    covers = [Image.new("RGB", (32, 32), colour) for colour in ("black", "red", "white", "black")]
+    (row,) = _lean_captions(str(tmp_path / "clip"), [(None, "", covers)], users, genres)
+    assert row[:2] == ["", ""] and len(row) == 5
+    assert row[2].startswith("children's ") and row[3].startswith("horror ")
+    assert row[4].endswith("(+0.0)")  # the romance user's cover equals the rule-based one

@@ -8,6 +8,10 @@ Users: among the users of the pair split's *training* users with at least `min_p
 whose positives lean most towards each genre (share of positives in the genre minus the genre's share of all
 positives). Items: per genre of `ITEM_GENRES`, the held-out item (the mini CLIP's test split) with that genre
 and the fewest others.
+
+Each user cover is captioned with how the mini CLIP reads it (`cover_leans`): its zero-shot probability of
+the column user's genre, and the change from the rule-based cover of the same item and noise — so a reader
+sees whether a cover leans its user's way, not only that it differs.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import torch
 from PIL import Image, ImageDraw
 
 from icg.atomic import atomic_path, write_text_atomic
@@ -92,6 +97,37 @@ def held_out_items(items: pd.DataFrame, genres: tuple[str, ...] = ITEM_GENRES) -
     return items.loc[rows]
 
 
+def cover_leans(clip_dir: str, covers: list[Image.Image], genres: list[str]) -> torch.Tensor:
+    """(N, G): each cover's zero-shot genre distribution under the mini CLIP over all `genres`."""
+    import numpy as np
+    from transformers import CLIPModel, CLIPProcessor
+
+    from icg.evaluation.adapter_report import genre_probabilities
+
+    clip, processor = CLIPModel.from_pretrained(clip_dir).eval(), CLIPProcessor.from_pretrained(clip_dir)
+    pixels = torch.stack([torch.from_numpy(np.array(c.convert("RGB"))).permute(2, 0, 1) for c in covers])
+    with torch.no_grad():
+        return genre_probabilities(clip, processor, pixels.float() / 255, genres)
+
+
+def _lean_captions(clip_dir: str | None, rows: list, users: list[DemoUser], genres: list[str]) -> list:
+    """Per row, a caption per column: '' for reference and rule-based, 'horror 21.0% (+4.0)' per user: the
+    cover's P(user's genre) and its change (points) from the row's rule-based cover."""
+    if clip_dir is None:
+        return [[""] * (2 + len(users)) for _ in rows]
+    covers = [c for _, _, row_covers in rows for c in row_covers]  # per row: rule-based, then users
+    probs = cover_leans(clip_dir, covers, genres).view(len(rows), 1 + len(users), -1)
+    out = []
+    for r in range(len(rows)):
+        captions = ["", ""]
+        for u, user in enumerate(users):
+            g = genres.index(user.genre)
+            own, rule = float(probs[r, 1 + u, g]), float(probs[r, 0, g])
+            captions.append(f"{user.genre.lower()} {100 * own:.1f}% ({100 * (own - rule):+.1f})")
+        out.append(captions)
+    return out
+
+
 def _reference(row: pd.Series, size: int) -> Image.Image:
     year = None if pd.isna(row["year"]) else int(row["year"])
     return render_cover(str(row["item_id"]), str(row["title"]), item_genres(row["genres"]), year, size)
@@ -137,29 +173,48 @@ def run_demo(data: InteractionData, out_dir: Path, preset: str = "mini", seed: i
     )
     write_covers(CoverPipelineOutput(images=images, metadata=metadata), out_dir / "covers", info)
     columns = ["reference cover", "rule-based (no adapter)"] + [u.label for u in users]
-    sheet = contact_sheet_image(rows, columns)
+    genres = sorted({g for t in data.items["genres"].map(item_genres) for g in t})
+    captions = _lean_captions(spec.clip, rows, users, genres)
+    sheet = contact_sheet_image(rows, columns, captions)
     with atomic_path(out_dir / "contact_sheet.png") as tmp:
         sheet.save(tmp, format="PNG")
-    write_text_atomic(out_dir / "contact_sheet.html", _sheet_html(rows, columns, spec.adapter is None))
+    write_text_atomic(
+        out_dir / "contact_sheet.html",
+        _sheet_html(rows, columns, spec.adapter is None, spec.clip is not None),
+    )
+    leans = [
+        {"item": str(row["title"]), **{u.user_id: c for u, c in zip(users, caps[2:], strict=True)}}
+        for (row, _, _), caps in zip(rows, captions, strict=True)
+    ]
     write_text_atomic(
         out_dir / "demo.json",
-        json.dumps({"preset": spec.name, "seed": seed, "users": [u.__dict__ for u in users]}, indent=2),
+        json.dumps(
+            {"preset": spec.name, "seed": seed, "users": [u.__dict__ for u in users], "cover_leans": leans},
+            indent=2,
+        ),
     )
     return out_dir / "contact_sheet.html"
 
 
 def contact_sheet_image(
-    rows: list[tuple[pd.Series, str, list[Image.Image]]], columns: list[str]
+    rows: list[tuple[pd.Series, str, list[Image.Image]]],
+    columns: list[str],
+    captions: list[list[str]] | None = None,
 ) -> Image.Image:
-    """One PNG: a header row of column names, then per item its reference + generated covers and its title."""
+    """One PNG: a header row of column names, then per item its reference + generated covers and its title;
+    `captions` (per row, per column) go on a strip under each row's covers."""
     label_h, title_w = 30, 150
-    sheet = Image.new("RGB", (title_w + CELL * len(columns), label_h + CELL * len(rows)), "white")
+    cap_h = 14 if captions and any(any(c) for c in captions) else 0
+    row_h = CELL + cap_h
+    sheet = Image.new("RGB", (title_w + CELL * len(columns), label_h + row_h * len(rows)), "white")
     draw = ImageDraw.Draw(sheet)
     for c, name in enumerate(columns):
         for k, text in enumerate(_wrap(name, 20)[:2]):
             draw.text((title_w + c * CELL + 4, 3 + 13 * k), text, fill="black")
     for r, (row, _, covers) in enumerate(rows):
-        y = label_h + r * CELL
+        y = label_h + r * row_h
+        for c, text in enumerate(captions[r] if cap_h else []):
+            draw.text((title_w + c * CELL + 4, y + CELL + 1), text, fill="black")
         for k, text in enumerate(_wrap(display_title(str(row["title"])), 22)[:6]):
             draw.text((4, y + 6 + 13 * k), text, fill="black")
         reference = _reference(row, CELL)
@@ -182,7 +237,7 @@ def _wrap(text: str, width: int) -> list[str]:
 
 
 def _sheet_html(
-    rows: list[tuple[pd.Series, str, list[Image.Image]]], columns: list[str], untrained: bool
+    rows: list[tuple[pd.Series, str, list[Image.Image]]], columns: list[str], untrained: bool, leans: bool
 ) -> str:
     note = (
         "<p><b>The adapter is untrained</b> (issue: adapter training), so the user columns equal the "
@@ -199,7 +254,15 @@ def _sheet_html(
         "<style>body{font-family:sans-serif;margin:2em}img{max-width:100%;image-rendering:pixelated}</style>"
         "<h1>ICG demo — mini preset</h1>"
         f"<p>Columns: {html.escape(' | '.join(columns))}. 64² covers shown at {CELL}².</p>{note}"
-        '<img src="contact_sheet.png" alt="contact sheet">'
+        + (
+            "<p>Under each user cover: the mini CLIP's zero-shot probability (over all genres) that the "
+            "cover shows the user's genre, and in brackets its change in points from the rule-based "
+            "cover (same item, same noise). "
+            "Positive = the cover leans the user's way.</p>"
+            if leans
+            else ""
+        )
+        + '<img src="contact_sheet.png" alt="contact sheet">'
         "<h2>Explicit prompts</h2><p>Written by the mini's tiny Qwen2.5-VL, which learned them from a "
         "<i>template teacher</i> (title, genres, palette words) — not from a pretrained MLLM.</p>"
         f"<ul>{prompts}</ul><p>Per-cover PNG + JSON sidecars: <a href=covers/index.html>covers/</a></p>"
