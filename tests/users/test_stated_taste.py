@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -162,3 +163,12 @@ def test_parse_taste_reads_fan_phrases() -> None:
     assert taste[0].tolist() == [1.0, 0.0, 0.0]
     assert taste[1, 0] == -1.0 and taste[1, 1] > 0  # a clause overrides the fan phrase
     assert not taste[2].any()
+
+
+def test_batch_user_embeddings_read_stated_taste_of_unknown_ids(model) -> None:
+    """`icg batch` encodes a users table with unknown ids from their profiles: stated taste included."""
+    from icg.batch.segments import user_embeddings
+
+    embeds = user_embeddings(model, ["new1", "new2", "u1"], ["loves g0", "a g3 fan", "loves g0"])
+    direct = model.encode_users([None, None, "u1"], ["loves g0", "a g3 fan", "loves g0"]).numpy()
+    assert not np.allclose(embeds[0], embeds[1]) and np.allclose(embeds, direct, atol=1e-6)
