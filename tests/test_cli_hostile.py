@@ -126,7 +126,7 @@ def test_disk_full_mid_batch_is_one_line(preset_dir, tmp_path, monkeypatch, caps
         (["--seed", "-1"], "--seed: must be between 0 and 2147483647, got -1"),
         (["--seed", str(2**70)], "--seed: must be between 0 and 2147483647"),
         (["--profile", "a 30-year-old\x07 writer"], "--profile: must not contain control characters"),
-        (["--profile", "zzz qqq"], "--profile: no age, gender or occupation recognised"),
+        (["--profile", "zzz qqq"], "--profile: no age, gender, occupation or genre taste recognised"),
     ],
 )
 def test_cli_applies_the_api_rules(preset_dir, tmp_path, monkeypatch, capsys, extra, needle):

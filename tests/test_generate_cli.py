@@ -51,6 +51,16 @@ def test_generate_items_by_id_and_file_for_users_and_profiles(
     assert all(p.name in index for p in pngs) and "Toy Story" in index
 
 
+def test_generate_takes_a_profile_that_only_states_a_taste(
+    preset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cold-start user may say what they like instead of who they are (issue 18)."""
+    out = tmp_path / "out"
+    args = ["generate", "--preset", preset_dir, "--out", out, "--steps", "1", "--item-id", "1"]
+    assert run_cli([*args, "--profile", "a horror fan", "--profile", "loves romance"], monkeypatch) == 0
+    assert len(sorted(out.glob("*.png"))) == 2
+
+
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [

@@ -129,7 +129,7 @@ def parse_users(user_ids: list[str], profiles: list[str]) -> list[CoverUser] | N
     users = [CoverUser(user_id=u) for u in user_ids] + [CoverUser(profile=p) for p in profiles]
     for p in profiles:
         if not p.strip():
-            raise ICGError("--profile is empty: give a sentence such as 'a 24-year-old male technician'")
+            raise ICGError(f"--profile is empty: give a sentence ({validation.PROFILE_HINT})")
         validation.check_profile(p)  # printable, at most MAX_PROFILE_CHARS (the encoder's check comes later)
     return users or None
 

@@ -30,7 +30,7 @@ from icg.clip_tokenizer import BOS_TOKEN, EOS_TOKEN, bytes_to_unicode
 from icg.context import ContextEncoder, build_tiny_context_encoder
 from icg.data.movielens import load_ml100k
 from icg.presets_spec import PresetSpec
-from icg.users import FeatureVocab, TwoTowerConfig, TwoTowerModel
+from icg.users import FeatureVocab, TwoTowerConfig, TwoTowerModel, attach_taste_table
 
 TINY_MAX_LENGTH = 16  # token positions of the tiny text encoder (SD1.5 uses 77)
 TINY_NUM_MERGES = 300
@@ -247,6 +247,7 @@ def materialize_tiny_preset(folder: str | Path, seed: int = 0) -> Path:
     users.set_tables(
         torch.from_numpy(vocab.user_table(data.users)), torch.from_numpy(genres), torch.from_numpy(titles)
     )
+    attach_taste_table(users, data)  # stated-taste cold start works on the tiny preset too
     users.save_pretrained(staging / "user_encoder")
 
     unet = components["unet"]

@@ -91,8 +91,12 @@ def check_title(value: Any, field: str = "title") -> str:
     return check_text(value, field, MAX_TITLE_CHARS)
 
 
+PROFILE_HINT = "try 'a 24-year-old male technician' or 'loves horror and sci-fi'"
+
+
 def check_profile(value: Any, vocab: Any | None = None, field: str = "profile") -> str:
-    """A profile sentence; with the user encoder's `vocab`, one it can read (age, gender or occupation)."""
+    """A profile sentence; with the user encoder's `vocab`, one it can read: an age, gender or occupation,
+    or a stated genre taste ("loves horror and sci-fi": a cold-start user may say what they like instead)."""
     text = check_text(value, field, MAX_PROFILE_CHARS)
     if vocab is not None:
         try:
@@ -100,11 +104,13 @@ def check_profile(value: Any, vocab: Any | None = None, field: str = "profile") 
         except ValueError as exc:
             raise InputError(field, str(exc), "unparsed_profile") from None
         if parsed.age is None and parsed.gender is None and parsed.occupation is None:
-            raise InputError(
-                field,
-                "no age, gender or occupation recognised (try 'a 24-year-old male technician')",
-                "unparsed_profile",
-            )
+            stated = getattr(vocab, "stated_taste", None)
+            if stated is None or not bool((stated([text]) != 0).any()):
+                raise InputError(
+                    field,
+                    f"no age, gender, occupation or genre taste recognised ({PROFILE_HINT})",
+                    "unparsed_profile",
+                )
     return text
 
 

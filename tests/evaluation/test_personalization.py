@@ -18,11 +18,13 @@ from icg.evaluation.personalization import (
     MD_NAME,
     LeanPairs,
     choose_benchmark,
+    cold_start_ground_truth,
     evaluate_personalization,
     item_genre_probabilities,
     lean_pairs,
     lean_test,
     preferred_genres,
+    rating_halves,
     retrieval_recall,
 )
 
@@ -108,6 +110,64 @@ def test_ground_truth_is_held_out(data):
     assert np.array_equal(again.preferred, bench.preferred)
 
 
+def _constructed() -> tuple:
+    """Two users × 40 ratings of items with genres A/B (and one excluded item): a known taste per half."""
+    import pandas as pd
+
+    from icg.data.records import InteractionData
+
+    items = pd.DataFrame(
+        {
+            "item_id": [f"i{j}" for j in range(41)],
+            "title": [f"T{j}" for j in range(41)],
+            "year": pd.array([2000] * 41, dtype="Int64"),
+            "genres": [("A", "B") if j == 40 else (("A",) if j % 2 else ("B",)) for j in range(41)],
+            "cover_path": None,
+        }
+    )
+    rng = np.random.default_rng(0)
+    rows = [(u, f"i{j}", float(rng.integers(1, 6))) for u in ("u1", "u2") for j in range(41)]
+    inter = pd.DataFrame(rows, columns=["user_id", "item_id", "signal"]).assign(timestamp=0)
+    users = pd.DataFrame({"user_id": ["u1", "u2"], "age": pd.array([30, 40], dtype="Int64"),
+                          "gender": ["M", "F"], "occupation": ["x", "y"], "zip": None,
+                          "profile": ["", ""]})  # fmt: skip
+    return InteractionData("constructed", users, items, inter), ["A", "B"]
+
+
+def test_cold_start_words_and_ground_truth_come_from_disjoint_halves():
+    data, genres = _constructed()
+    exclude = {"i40"}
+    cold = cold_start_ground_truth(data, ["u1", "u2"], genres, exclude, [[0, 1]], seed=0)
+    keys = [set(zip(h["user_id"], h["item_id"], strict=True)) for h in (cold.words, cold.truth)]
+    assert not keys[0] & keys[1]  # disjoint
+    outside = data.interactions[~data.interactions["item_id"].isin(exclude)]
+    assert keys[0] | keys[1] == set(zip(outside["user_id"], outside["item_id"], strict=True))
+    for user in ("u1", "u2"):  # halves of each user's ratings
+        n = [int((h["user_id"] == user).sum()) for h in (cold.words, cold.truth)]
+        assert n == [20, 20]
+    again = cold_start_ground_truth(data, ["u1", "u2"], genres, exclude, [[0, 1]], seed=0)
+    assert again.profiles == cold.profiles and np.array_equal(again.preferred, cold.preferred)
+    # the words never come from the ground-truth half: rewrite its ratings, the words stay; rewrite the words'
+    # half so that each user plainly likes B, the words follow it
+    truth_rows = set(zip(cold.truth["user_id"], cold.truth["item_id"], strict=True))
+    pairs = zip(data.interactions["user_id"], data.interactions["item_id"], strict=True)
+    in_truth = np.array([k in truth_rows for k in pairs])
+    changed = dataclasses.replace(data, interactions=data.interactions.copy())
+    changed.interactions.loc[in_truth, "signal"] = 6 - changed.interactions.loc[in_truth, "signal"]
+    flipped = cold_start_ground_truth(changed, ["u1", "u2"], genres, exclude, [[0, 1]], seed=0)
+    assert flipped.profiles == cold.profiles
+    likes_b = dataclasses.replace(data, interactions=data.interactions.copy())
+    genre_b = likes_b.interactions["item_id"].map(lambda i: int(i[1:]) % 2 == 0 and i != "i40")
+    words = ~in_truth & ~likes_b.interactions["item_id"].eq("i40")
+    likes_b.interactions.loc[words, "signal"] = np.where(genre_b[words], 5.0, 1.0)
+    assert cold_start_ground_truth(likes_b, ["u1", "u2"], genres, exclude, [[0, 1]], 0).profiles == [
+        "likes b",
+        "likes b",
+    ]
+    first, second = rating_halves(outside.astype({"user_id": str, "item_id": str}), seed=1)
+    assert len(first) + len(second) == len(outside)
+
+
 def test_validation_split_chooses_recipes_apart_from_test(data):
     from icg.data.pairs import PairConfig, build_pairs
     from icg.data.splits import split_items
@@ -148,7 +208,12 @@ def test_benchmark_on_the_tiny_preset(data, tmp_path, one_torch_thread):
         bootstraps=20, permutations=20, command="test", **options,
     )  # fmt: skip
     rows, sweep = result["rows"], result["scales"]
-    assert list(rows) == ["rule_based", "context_only", "icg", "again", "oracle"]
+    assert list(rows) == ["rule_based", "context_only", "icg", "cold_start", "again", "oracle"]
+    # the cold-start row: words only, its own pairs (from the other half of the ratings)
+    profiles = result["setup"]["cold_start_profiles"]
+    assert len(profiles) == 8 and any(p.startswith("likes ") for p in profiles)
+    assert rows["cold_start"]["lean_test"]["n_pairs"] == result["setup"]["n_cold_start_pairs"]
+    assert rows["cold_start"]["between_user_pixel_std"] > 0
     for name in ("rule_based", "context_only"):  # one cover for every user: no personalization at all
         assert rows[name]["lean_test"]["win_rate"] == 0.5 and rows[name]["between_user_pixel_std"] == 0.0
     assert rows["icg"]["between_user_pixel_std"] > 0 and sweep["0.0"] == rows["context_only"]
@@ -160,7 +225,9 @@ def test_benchmark_on_the_tiny_preset(data, tmp_path, one_torch_thread):
         assert 0 < row["ssim"] <= 1 and row["LPIPS-miniCLIP"] >= 0 and 0 <= row["retrieval_r1"] <= 1
     written = json.loads((tmp_path / "out" / JSON_NAME).read_text())
     assert written["setup"]["command"] == "test" and written["setup"]["machine"]["cpu_count"]
-    assert "| icg |" in (tmp_path / "out" / MD_NAME).read_text() and (tmp_path / "out" / CURVE_NAME).is_file()
+    markdown = (tmp_path / "out" / MD_NAME).read_text()
+    assert "| cold_start |" in markdown and "*cold_start*" in markdown
+    assert "| icg |" in markdown and (tmp_path / "out" / CURVE_NAME).is_file()
     with pytest.raises(ValueError, match="may not be named"):
         evaluate_personalization(spec, data, adapters={"oracle": spec.adapter}, **options)
 

@@ -220,7 +220,10 @@ def test_api_messages_are_the_cli_messages(make_client):
         check_steps(0)
     assert reply.status_code == 422 and reply.json()["detail"][0]["msg"] == cli.value.msg
     profile = client.post("/v1/covers", data={"item_id": "1", "profile": "zzz qqq"})
-    assert profile.status_code == 422 and "no age, gender or occupation" in profile.json()["detail"][0]["msg"]
+    assert (
+        profile.status_code == 422
+        and "no age, gender, occupation or genre taste" in profile.json()["detail"][0]["msg"]
+    )
 
 
 def test_urls_come_from_the_configured_base_not_the_host_header(make_client, tmp_path):

@@ -167,3 +167,17 @@ def test_resolve_user_keys_are_the_encoder_inputs(serve_pipeline):
         assert err.value.status_code == 422 and err.value.detail[0]["loc"] == ["body", field]
     with pytest.raises(HTTPException):
         resolve_user(None, "1", None)  # no user encoder: a user is refused, not ignored
+
+
+def test_a_stated_taste_is_a_cold_start_profile_with_its_own_key(serve_pipeline):
+    """'a horror fan' names no age, gender or occupation but a taste the encoder reads (issue 18)."""
+    encoder = serve_pipeline.user_encoder
+    horror = resolve_user(encoder, None, "a horror fan")
+    romance = resolve_user(encoder, None, "loves romance")
+    assert not horror.known and horror.key.startswith("u0-a0-g0-o0-t") and romance.key != horror.key
+    assert resolve_user(encoder, None, "loves horror").key == horror.key  # the same taste, the same cover
+    embeds = encoder.encode_users([None, None], ["a horror fan", "loves romance"])
+    assert not torch.allclose(embeds[0], embeds[1])
+    with pytest.raises(HTTPException) as err:
+        resolve_user(encoder, None, "zzz qqq")
+    assert err.value.status_code == 422 and "loves horror and sci-fi" in err.value.detail[0]["msg"]

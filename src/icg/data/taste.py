@@ -8,7 +8,8 @@ a genre vocabulary: +w for liked, −w for disliked genres, w = 1 for the first 
 smaller for later ones (the writer lists the strongest first), 0 for genres not named. A person can write the
 same words ("loves horror and sci-fi"), so a cold-start user states taste through the same path.
 Genre names match case-insensitively as whole words; "science fiction" and "scifi" read as sci-fi, "noir" as
-film-noir, "children" and "kids" as children's.
+film-noir, "children" and "kids" as children's. "a horror fan" (or "… lover", "… buff", "… enthusiast", "a
+horror and sci-fi fan") reads as liking the genres named before the word, as a cold-start user may write it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ _ALIASES = {
     "thrillers": "thriller", "comedies": "comedy", "dramas": "drama", "mysteries": "mystery",
     "romantic": "romance", "war movies": "war", "horror movies": "horror",
 }  # fmt: skip
+FAN_WORDS = ("fan", "fans", "lover", "lovers", "buff", "buffs", "enthusiast", "enthusiasts")
 _CLAUSE = re.compile(
     r"\b("
     + "|".join(re.escape(w) for w in sorted(DISLIKE_WORDS + LIKE_WORDS, key=len, reverse=True))
@@ -61,6 +63,20 @@ def _genre_pattern(genres: Sequence[str]) -> tuple[re.Pattern[str], dict[str, in
     return re.compile(r"(?<![\w-])(" + alternatives + r")(?![\w-])"), {n: index[g] for n, g in names.items()}
 
 
+def _fan_phrases(pattern: re.Pattern[str], text: str) -> list[list[str]]:
+    """Genre lists written before a fan word ("horror and sci-fi fan"), each in the order written."""
+    genre = pattern.pattern
+    run = re.compile(
+        genre
+        + r"(?:\s*(?:,|and|&|/|or)\s*"
+        + genre
+        + r")*\s+(?:(?:movie|film)s?\s+)?(?:"
+        + "|".join(FAN_WORDS)
+        + r")\b"
+    )
+    return [[h.group(1) for h in pattern.finditer(m.group(0))] for m in run.finditer(text)]
+
+
 def parse_taste(texts: Sequence[str], genres: Sequence[str], decay: float = 1 / 6) -> Tensor:
     """Profile sentences → (B, G) float32 stated taste over `genres` (see the module docstring).
 
@@ -74,6 +90,9 @@ def parse_taste(texts: Sequence[str], genres: Sequence[str], decay: float = 1 / 
     out = torch.zeros(len(texts), len(genres))
     for row, text in enumerate(texts):
         lowered = str(text).lower()
+        for named in _fan_phrases(pattern, lowered):  # clauses below override a genre they name again
+            for k, name in enumerate(named):
+                out[row, column[name]] = max(1.0 - k * decay, decay)
         marks = list(_CLAUSE.finditer(lowered))
         for n, mark in enumerate(marks):
             end = marks[n + 1].start() if n + 1 < len(marks) else len(lowered)

@@ -22,7 +22,10 @@ Measures, per row (a way of making covers):
 - *fidelity*: SSIM and LPIPS-miniCLIP to the item's reference cover, and item retrieval R@1/R@10 of each
   cover among all test-split reference covers (mini CLIP image-embedding cosine; ties count against).
 Rows: rule_based (the explicit prompt into the plain backbone), context_only (adapter, no user), icg (shipped
-adapter with the user), any extra adapters, and the *oracle*: the reference re-rendered with the user's
+adapter with the user), cold_start (the shipped adapter for the same users given only as words, no id: each
+user's ratings outside the item split are dealt at random into two halves; the words "likes a, b and c" name
+their top liked genres in one half, and the lean test's ground truth for this row is read from the other
+half only), any extra adapters, and the *oracle*: the reference re-rendered with the user's
 preferred genre of the item as its primary genre (the renderer draws by primary genre) — the lean test's
 ceiling. The strength knob (`user_scale`) is swept on the shipped adapter; scale 0 is the context-only row
 (equal bit for bit, tests/test_pipeline.py), scale 1 the icg row.
@@ -50,6 +53,7 @@ from icg.data.covers.render import display_title, item_genres, render_cover
 from icg.data.pixels import to_pil
 from icg.data.records import InteractionData
 from icg.data.splits import split_items
+from icg.data.taste import taste_clauses
 from icg.evaluation.adapter_report import ITEM_SEED_STRIDE, genre_probabilities, held_out, swap_test
 from icg.measures.perceptual import LPIPS_NAME, ClipPerceptualDistance, ssim_per_image
 
@@ -61,7 +65,8 @@ MIN_GENRE_RATINGS = 3  # ratings of a genre before its mean says anything about 
 TASTE_MARGIN = 0.25  # stars by which the preferred genre must beat the next one of the item
 TIE = 1e-6  # |d| at or below which two covers count as the same (float noise of identical covers)
 RETRIEVAL_KS = (1, 10)
-FIXED_ROWS = ("rule_based", "context_only", "icg")
+FIXED_ROWS = ("rule_based", "context_only", "icg", "cold_start")
+COLD_START_GENRES = 3  # liked genres a cold-start user's words name
 
 
 @dataclass(frozen=True)
@@ -79,11 +84,17 @@ class LeanPairs:
 
 
 def relative_genre_taste(
-    data: InteractionData, users: list[str], genres: list[str], exclude_items: set[str]
+    data: InteractionData,
+    users: list[str],
+    genres: list[str],
+    exclude_items: set[str],
+    interactions: pd.DataFrame | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(U, G) mean rating per genre minus the user's own mean, and (U, G) how many ratings each mean has,
-    over the users' ratings of items not in `exclude_items` (NaN where a user rated none of a genre)."""
-    inter = data.interactions[["user_id", "item_id", "signal"]].astype({"user_id": str, "item_id": str})
+    over the users' ratings of items not in `exclude_items` (NaN where a user rated none of a genre);
+    `interactions` (default: all of the data's) limits which ratings are read."""
+    inter = data.interactions if interactions is None else interactions
+    inter = inter[["user_id", "item_id", "signal"]].astype({"user_id": str, "item_id": str})
     inter = inter[inter["user_id"].isin(set(users)) & ~inter["item_id"].isin(exclude_items)]
     if inter.empty:
         raise ValueError("the benchmark's users have no ratings outside the held-out items: no taste to read")
@@ -117,6 +128,55 @@ def preferred_genres(
             if known[0][0] - known[1][0] >= margin:
                 out[u, i] = known[0][1]
     return out
+
+
+@dataclass(frozen=True)
+class ColdStart:
+    """The cold-start row's users as words, and its own ground truth from the other half of their ratings."""
+
+    words: pd.DataFrame  # the ratings the words are written from (user_id, item_id, signal)
+    truth: pd.DataFrame  # the other half: the ground truth's ratings, disjoint from `words`
+    profiles: list[str]  # per benchmark user: "likes a, b and c" ('' when no genre is liked)
+    preferred: np.ndarray  # (U, I) preferred genre of each item from `truth`, −1 unknown
+    pairs: LeanPairs
+
+
+def rating_halves(inter: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each user's ratings dealt at random (seeded) into two disjoint halves (an odd one goes to the second):
+    the words of a cold-start user are written from the first, the ground truth read from the second."""
+    rng = np.random.default_rng([seed, 18, 6])
+    shuffled = inter.assign(_key=rng.random(len(inter))).sort_values(["user_id", "_key"], kind="stable")
+    first = (shuffled.groupby("user_id").cumcount() % 2 == 0).to_numpy()
+    shuffled = shuffled.drop(columns="_key")
+    return shuffled[first], shuffled[~first]
+
+
+def stated_words(taste: np.ndarray, counts: np.ndarray, genres: list[str], n: int = COLD_START_GENRES) -> str:
+    """'likes a, b and c': the user's `n` best liked genres (relative taste > 0 with ≥ MIN_GENRE_RATINGS
+    ratings), written as the taste profiles are (`icg.data.taste.taste_clauses`)."""
+    known = (counts >= MIN_GENRE_RATINGS) & ~np.isnan(taste)
+    scores = pd.Series(np.where(known, np.nan_to_num(taste), 0.0), index=genres)
+    scores = scores[[g.lower() != "unknown" for g in genres]]
+    return taste_clauses(scores, n_likes=n, n_dislikes=0)
+
+
+def cold_start_ground_truth(
+    data: InteractionData,
+    users: list[str],
+    genres: list[str],
+    exclude_items: set[str],
+    item_genre_ids: list[list[int]],
+    seed: int,
+) -> ColdStart:
+    """Words from one half of each user's ratings outside `exclude_items`, lean-test truth from the other."""
+    inter = data.interactions[["user_id", "item_id", "signal"]].astype({"user_id": str, "item_id": str})
+    inter = inter[inter["user_id"].isin(set(users)) & ~inter["item_id"].isin(exclude_items)]
+    words, truth = rating_halves(inter, seed)
+    w_taste, w_counts = relative_genre_taste(data, users, genres, exclude_items, interactions=words)
+    profiles = [stated_words(w_taste[u], w_counts[u], genres) for u in range(len(users))]
+    t_taste, t_counts = relative_genre_taste(data, users, genres, exclude_items, interactions=truth)
+    preferred = preferred_genres(t_taste, t_counts, item_genre_ids)
+    return ColdStart(words, truth, profiles, preferred, lean_pairs(preferred))
 
 
 def lean_pairs(preferred: np.ndarray) -> LeanPairs:
@@ -253,6 +313,7 @@ class Benchmark:
     item_genre_ids: list[list[int]]  # per benchmark item, its genres as vocabulary indices
     preferred: np.ndarray  # (U, I) each user's preferred genre of each item, −1 unknown
     pairs: LeanPairs
+    cold_start: ColdStart  # the same users as words only, with ground truth from the other half
 
 
 def choose_benchmark(
@@ -287,11 +348,15 @@ def choose_benchmark(
     rng = np.random.default_rng([seed, 18])
     picked = np.sort(rng.choice(eligible, min(max_items, len(eligible)), replace=False))
     preferred = preferred[:, picked]
+    cold = cold_start_ground_truth(
+        data, chosen.users, genres, set(pool["item_id"].astype(str)), [ids[k] for k in picked], seed
+    )
     return Benchmark(
         users=chosen.users, judge_unseen=chosen.judge_unseen,
         items=pool.iloc[[multi[k] for k in picked]].reset_index(drop=True), pool=pool,
         pool_index=np.array([multi[k] for k in picked]), genres=genres,
         item_genre_ids=[ids[k] for k in picked], preferred=preferred, pairs=lean_pairs(preferred),
+        cold_start=cold,
     )  # fmt: skip
 
 
@@ -335,8 +400,11 @@ class Measures:
         return torch.cat([self.features(images[s : s + batch]) for s in range(0, len(images), batch)])
 
     @torch.no_grad()
-    def __call__(self, covers: torch.Tensor, lean: dict[str, int]) -> dict[str, object]:
-        """covers (U or 1, I, 3, S, S) in [0, 1] → the row's figures."""
+    def __call__(
+        self, covers: torch.Tensor, lean: dict[str, int], pairs: LeanPairs | None = None
+    ) -> dict[str, object]:
+        """covers (U or 1, I, 3, S, S) in [0, 1] → the row's figures; `pairs`: the row's own lean-test
+        ground truth (the cold-start row's), default the benchmark's."""
         n_rows, n_items = covers.shape[:2]
         flat = covers.reshape(-1, *covers.shape[2:])
         probs = genre_probabilities(self.clip, self.processor, flat, self.bench.genres)
@@ -355,7 +423,7 @@ class Measures:
             for u, p in enumerate(self.profiles)
         ]
         out: dict[str, object] = {
-            "lean_test": lean_test(probs, self.bench.pairs, **lean),
+            "lean_test": lean_test(probs, self.bench.pairs if pairs is None else pairs, **lean),
             "ssim": round(float(ssim_per_image(flat, refs).mean()), 4),
             LPIPS_NAME: round(float(lpips.mean()), 4),
             **{
@@ -380,6 +448,22 @@ def _user_covers(pipe, items, users: list[str], seed: int, common: dict, bar, **
     out = []
     for user in users:
         out.append(pipe(items, [CoverUser(user_id=user)], seed=seed, **common, **extra).images.float().cpu())
+        bar.update(1)
+    return torch.stack(out)
+
+
+def _cold_start_covers(
+    pipe, items, profiles: list[str], seed: int, common: dict, bar, nobody: torch.Tensor
+) -> torch.Tensor:
+    """(U, I, 3, S, S): covers for users known only by their words (no id); no words: `nobody`'s covers."""
+    from icg.pipeline import CoverUser
+
+    out = []
+    for words in profiles:
+        if words:
+            out.append(pipe(items, [CoverUser(profile=words)], seed=seed, **common).images.float().cpu())
+        else:
+            out.append(nobody)
         bar.update(1)
     return torch.stack(out)
 
@@ -443,7 +527,7 @@ def evaluate_personalization(
               "max_prompt_tokens": spec.explicit_prompt_tokens, "output_type": "pt"}  # fmt: skip
     noise = seed * ITEM_SEED_STRIDE
     user_scales = [s for s in scales if s != 0.0]
-    total = len(bench.users) * (len(set(user_scales) | {1.0}) + len(adapters))
+    total = len(bench.users) * (len(set(user_scales) | {1.0}) + 1 + len(adapters))
     bar = tqdm(total=total, desc="covers (user × all items)", unit="user", disable=not progress)
 
     generated: dict[str, torch.Tensor] = {}
@@ -455,6 +539,9 @@ def evaluate_personalization(
     for s in sorted(set(user_scales) | {1.0}):
         by_scale[s] = _user_covers(pipe, items, bench.users, noise, common, bar, user_scale=s)
     generated["icg"] = by_scale[1.0]
+    generated["cold_start"] = _cold_start_covers(
+        pipe, items, bench.cold_start.profiles, noise, common, bar, generated["context_only"][0]
+    )
     del pipe
     for name, folder in adapters.items():
         other = load_cover_pipeline(spec.replace(adapter=str(folder)))
@@ -469,7 +556,7 @@ def evaluate_personalization(
     measure = Measures(spec, data, bench, pool_refs, texts)
     lean = {"bootstraps": bootstraps, "permutations": permutations, "seed": seed}
     rows = {
-        name: measure(covers, lean)
+        name: measure(covers, lean, bench.cold_start.pairs if name == "cold_start" else None)
         for name, covers in tqdm(generated.items(), desc="measures", disable=not progress)
     }
     sweep = {
@@ -491,7 +578,9 @@ def evaluate_personalization(
             "reward_judge": spec.reward_judge, "n_users": len(bench.users),
             "n_judge_unseen_users": int(sum(unseen)), "n_items": len(bench.items),
             "n_pool_items": len(bench.pool), "items": bench.items["title"].tolist(), "users": bench.users,
-            "n_pairs": len(bench.pairs), "min_genre_ratings": MIN_GENRE_RATINGS, "taste_margin": TASTE_MARGIN,
+            "n_pairs": len(bench.pairs), "n_cold_start_pairs": len(bench.cold_start.pairs),
+            "cold_start_profiles": bench.cold_start.profiles, "min_genre_ratings": MIN_GENRE_RATINGS,
+            "taste_margin": TASTE_MARGIN,
             "seed": seed, "split": split, "steps": spec.num_inference_steps,
             "guidance_scale": spec.guidance_scale,
             "max_items": max_items, "max_users": max_users,
@@ -538,8 +627,8 @@ def _row_line(name: str, row: dict) -> str:
 def reading(result: dict) -> list[str]:
     """What the figures say, sentence by sentence from the figures themselves (no fixed verdicts)."""
     rows, out = result["rows"], []
-    for name in ("icg", *result["setup"]["extra_adapters"]):
-        lean = rows[name]["lean_test"]
+    for name in ("icg", "cold_start", *result["setup"]["extra_adapters"]):
+        lean = rows[name]["lean_test"] if name in rows else {}
         if lean.get("win_rate") is None:
             continue
         low, high = lean["ci95"]
@@ -579,7 +668,7 @@ def personalization_markdown(result: dict) -> str:
         "(vs context-only) | R@1 ↑ | R@10 ↑ | judge reward | between-user pixel std |\n"
         "|---|---|---|---|---|---|---|---|---|"
     )
-    order = [*FIXED_ROWS, *setup["extra_adapters"], "oracle"]
+    order = [n for n in (*FIXED_ROWS, *setup["extra_adapters"], "oracle") if n in rows]
     lines = [
         "# Personalization against ground truth (`icg evaluate personalization`)",
         "",
@@ -613,6 +702,14 @@ def personalization_markdown(result: dict) -> str:
         "> 0 wins, identical covers tie (½). 50 % = no personalization; covers that ignore the user score "
         "exactly 50 %. CI: bootstrap over items; p: one-sided permutation test re-dealing each item's covers "
         "among the users.",
+        "- *cold_start*: the icg row's users without their id, represented only by words: each user's "
+        "ratings of items outside the test item split are dealt at random (seeded) into two disjoint halves; "
+        f"the words ('likes a, b and c', their top {COLD_START_GENRES} genres by relative taste with "
+        f"≥ {setup['min_genre_ratings']} ratings) come from one half, and the covers are made with "
+        "`CoverUser(user_id=None, profile=words)` (users with no liked genre get the context-only cover); "
+        "this row's lean-test pairs "
+        f"({setup.get('n_cold_start_pairs', '–')}) are read from the other half only, so the words never "
+        "come from its ground truth.",
         "- *swap test*: judge reward (the personalized reward model of another seed and user split, never "
         "optimised against) of a user's own cover minus that of 15 other users' covers of the same item, "
         "mean ± standard error over users; share of users for whom it is positive; p one-sided (t over "

@@ -317,7 +317,7 @@ def create_app(
             Form(
                 max_length=MAX_PROFILE_CHARS,
                 pattern=TEXT_PATTERN,
-                description="e.g. 'a 24-year-old male technician'",
+                description="e.g. 'a 24-year-old male technician' or 'loves horror and sci-fi'",
             ),
         ] = None,
         seed: Annotated[int, Form(ge=0, le=MAX_SEED)] = 0,

@@ -74,7 +74,7 @@ class ResolvedUser:
     user_id: str | None
     profile: str | None
     known: bool  # the user encoder knows user_id
-    key: str  # "none", or "u<id idx>-a<age>-g<gender>-o<occupation>": the encoder's whole input
+    key: str  # "none", or "u<id idx>-a<age>-g<gender>-o<occupation>[-t<taste digest>]": the encoder's input
 
     def public(self) -> dict[str, object]:
         kind = "none" if self.key == "none" else ("known" if self.known else "cold-start")
@@ -85,7 +85,8 @@ def resolve_user(user_encoder, user_id: str | None, profile: str | None) -> Reso
     """Check the user fields against the user encoder; key = the feature indices U_pre is computed from.
 
     The key is the encoder's entire input, so two requests that encode to the same user vector (the same
-    known id, or profiles of the same age bucket, gender and occupation) share cached covers.
+    known id, or profiles of the same age bucket, gender and occupation) share cached covers. A cold-start
+    profile with a stated genre taste the encoder reads adds a digest of that taste vector to the key.
     """
     if user_encoder is None:
         if user_id is not None or profile is not None:
@@ -112,4 +113,8 @@ def resolve_user(user_encoder, user_id: str | None, profile: str | None) -> Reso
             raise input_error(exc) from None
     features = user_encoder.user_features([user_id if known else None], [profile], strict=True)
     idx = [int(t[0]) for t in (features.user, features.age, features.gender, features.occupation)]
-    return ResolvedUser(user_id, profile, known, "u{}-a{}-g{}-o{}".format(*idx))
+    key = "u{}-a{}-g{}-o{}".format(*idx)
+    if features.taste is not None and bool((features.taste[0] != 0).any()):
+        stated = features.taste[0].float().cpu().numpy().tobytes()
+        key += f"-t{hashlib.sha256(stated).hexdigest()[:12]}"
+    return ResolvedUser(user_id, profile, known, key)

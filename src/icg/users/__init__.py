@@ -8,6 +8,7 @@ from icg.users.features import (
     age_bucket_labels,
     parse_profile_sentence,
 )
+from icg.users.taste_table import attach_taste_table, taste_table
 from icg.users.train import train_user_encoder
 from icg.users.two_tower import TwoTowerConfig, TwoTowerModel
 
@@ -19,6 +20,8 @@ __all__ = [
     "UserProfile",
     "Vocab",
     "age_bucket_labels",
+    "attach_taste_table",
     "parse_profile_sentence",
+    "taste_table",
     "train_user_encoder",
 ]

@@ -12,6 +12,8 @@ Profile sentences ("a 24-year-old male technician") are parsed by `parse_profile
 - occupation: the longest vocabulary occupation found as whole words ('_' and '/' read as spaces).
 Anything not found is None and becomes `<unk>`. For example "person", which `profile_sentence` writes for the
 "other" and "none" occupations, is not an occupation, so such sentences encode their occupation as `<unk>`.
+A stated genre taste ("loves horror and sci-fi", "a horror fan") is read by `FeatureVocab.stated_taste` with
+`icg.data.taste.parse_taste` over this vocabulary's genres.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 
 from icg.atomic import write_text_atomic
 from icg.data.records import InteractionData
+from icg.data.taste import parse_taste
 from icg.errors import DataError
 
 UNK = "<unk>"
@@ -163,12 +166,17 @@ class Vocab:
 
 @dataclass(frozen=True)
 class UserFeatures:
-    """Index tensors for a batch of users, each (B,) int64; index 0 is `<unk>`."""
+    """Index tensors for a batch of users, each (B,) int64; index 0 is `<unk>`.
+
+    `taste` (B, n_genres) float is the stated genre taste of users without a known id (columns follow the
+    vocabulary's genres; a zero row states nothing), or None; the user tower reads it only for `<unk>` ids.
+    """
 
     user: torch.Tensor
     age: torch.Tensor
     gender: torch.Tensor
     occupation: torch.Tensor
+    taste: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         shapes = {t.shape for t in (self.user, self.age, self.gender, self.occupation)}
@@ -176,24 +184,36 @@ class UserFeatures:
             raise ValueError(
                 f"UserFeatures tensors must share one (B,) shape, got {sorted(map(tuple, shapes))}"
             )
+        if self.taste is not None and (self.taste.dim() != 2 or self.taste.shape[0] != self.user.shape[0]):
+            raise ValueError(f"UserFeatures.taste must be (B, n_genres), got {tuple(self.taste.shape)}")
 
     def __len__(self) -> int:
         return int(self.user.shape[0])
 
     def to(self, device: torch.device | str) -> UserFeatures:
-        return UserFeatures(*(t.to(device) for t in (self.user, self.age, self.gender, self.occupation)))
+        ids = (t.to(device) for t in (self.user, self.age, self.gender, self.occupation))
+        return UserFeatures(*ids, taste=None if self.taste is None else self.taste.to(device))
 
     def without_ids(self) -> UserFeatures:
         """The same users with ids masked to `<unk>`: the cold-start view."""
-        return UserFeatures(torch.zeros_like(self.user), self.age, self.gender, self.occupation)
+        return UserFeatures(torch.zeros_like(self.user), self.age, self.gender, self.occupation, self.taste)
 
     @staticmethod
     def cat(parts: Sequence[UserFeatures]) -> UserFeatures:
+        """Rows of all parts in order; a part without taste states none (zero rows) when others have it."""
+        tastes = [p.taste for p in parts if p.taste is not None]
+        taste = None
+        if tastes:
+            width, like = tastes[0].shape[1], tastes[0]
+            taste = torch.cat(
+                [p.taste if p.taste is not None else like.new_zeros(len(p), width) for p in parts]
+            )
         return UserFeatures(
             *(
                 torch.cat([getattr(p, name) for p in parts])
                 for name in ("user", "age", "gender", "occupation")
-            )
+            ),
+            taste=taste,
         )
 
 
@@ -280,6 +300,19 @@ class FeatureVocab:
     def parse_profile_sentence(self, text: str) -> UserProfile:
         """`parse_profile_sentence` with occupations matched against this vocabulary."""
         return parse_profile_sentence(text, self.occupations.tokens[1:])
+
+    def stated_taste(self, texts: Sequence[str]) -> torch.Tensor:
+        """(B, n_genres) stated taste of profile sentences (`parse_taste`), columns as `genres.tokens`.
+
+        The `<unk>` column and an "unknown" genre stay 0: they are not tastes a person states."""
+        if isinstance(texts, str):
+            raise ValueError("texts must be a sequence of profile sentences, not one string")
+        out = torch.zeros(len(texts), self.genres.size)
+        columns = [n for n, g in enumerate(self.genres.tokens) if n > 0 and g.lower() != "unknown"]
+        if columns and len(texts):
+            names = [self.genres.tokens[n] for n in columns]
+            out[:, columns] = parse_taste(list(texts), names)
+        return out
 
     def user_table(self, users: pd.DataFrame) -> np.ndarray:
         """(n_users, 3) profile indices (age, gender, occupation) per user row; users without a row → 0."""

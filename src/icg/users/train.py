@@ -297,6 +297,14 @@ def train_user_encoder(
         seconds_this_call=round(time.perf_counter() - started, 2),
         history=history,
     )
+    from icg.users.taste_table import taste_table  # it builds on split_interactions, defined here
+
+    # the cold-start taste table (issue 18), from the same split's training ratings; no weight depends on it
+    model.set_taste_table(
+        taste_table(
+            data, vocab, seed=seed, positive_threshold=positive_threshold, test_fraction=test_fraction
+        )
+    )
     model.save_pretrained(out)
     write_text_atomic(out / METRICS_NAME, json.dumps(metrics, indent=2))
     logger.info(

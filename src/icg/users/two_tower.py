@@ -8,6 +8,14 @@ During training each user id is replaced by `<unk>` with probability `user_id_dr
 with `profile_dropout`), so the profile-only path that serves cold-start users is trained on every batch.
 The per-user profile table and the per-item genre/title tables are buffers, saved with the weights, so a known
 user id alone is enough to encode that user.
+
+Cold start from stated taste (issue 18): the model may also keep `user_taste`, each known user's signed genre
+taste from their *training* ratings (`icg.users.taste_table`). A user with no known id whose profile states a
+taste ("loves horror and sci-fi") gets, in the id slot of the user tower, a softmax-weighted mixture of the id
+embeddings of the `taste_top_k` known users whose stored taste is nearest by cosine (softmax of cosine /
+`taste_temperature`); age, gender and occupation stay as parsed. A known id ignores stated taste: its own id
+embedding already says more. Encoders saved before the table existed load as before and ignore stated taste
+with a logged warning (`attach_taste_table` adds a table to them).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ logger = logging.getLogger(__name__)
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 VOCAB_NAME = "vocab.json"
+TASTE_KEY = "user_taste"  # the taste table's tensor in model.safetensors (when the model has one)
 EMBED_INIT_STD = 0.1
 
 ProfileLike = UserProfile | str | None
@@ -62,9 +71,17 @@ class TwoTowerConfig:
     dropout: float = 0.1
     user_id_dropout: float = 0.15
     profile_dropout: float = 0.05
+    taste_top_k: int = 16  # known users mixed for a stated taste
+    taste_temperature: float = 0.1  # softmax temperature over their cosine similarity
 
     def __post_init__(self) -> None:
+        if not (
+            isinstance(self.taste_temperature, int | float) and 0.0 < self.taste_temperature < float("inf")
+        ):
+            raise ValueError(f"TwoTowerConfig.taste_temperature must be > 0, got {self.taste_temperature!r}")
         for f in dataclasses.fields(self):
+            if f.name == "taste_temperature":
+                continue
             value = getattr(self, f.name)
             if f.type == "int" and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"TwoTowerConfig.{f.name} must be a positive integer, got {value!r}")
@@ -143,6 +160,9 @@ class TwoTowerModel(DeviceDtypeMixin, nn.Module):
         self.register_buffer(
             "item_titles", torch.full((c.n_items, c.max_title_tokens), c.n_title_words, dtype=torch.long)
         )
+        # not in state_dict (training checkpoints stay as they were); save_pretrained writes it when present
+        self.register_buffer("user_taste", torch.zeros(c.n_users, c.n_genres), persistent=False)
+        self.has_taste_table = False
 
     def set_tables(
         self, user_profiles: torch.Tensor, item_genres: torch.Tensor, item_titles: torch.Tensor
@@ -158,6 +178,43 @@ class TwoTowerModel(DeviceDtypeMixin, nn.Module):
                 raise ValueError(f"{name} must have shape {tuple(buffer.shape)}, got {tuple(value.shape)}")
             buffer.copy_(torch.as_tensor(value, dtype=torch.long))
 
+    def set_taste_table(self, table: torch.Tensor) -> None:
+        """Install each known user's signed genre taste (n_users, n_genres), from `icg.users.taste_table`."""
+        if tuple(table.shape) != tuple(self.user_taste.shape):
+            raise ValueError(
+                f"user_taste must have shape {tuple(self.user_taste.shape)}, got {tuple(table.shape)}"
+            )
+        if not torch.isfinite(torch.as_tensor(table)).all():
+            raise ValueError("user_taste must be finite")
+        self.user_taste.copy_(torch.as_tensor(table, dtype=self.user_taste.dtype))
+        self.has_taste_table = True
+
+    def taste_neighbours(self, taste: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Known users nearest to stated tastes (B, G) → (weights (B, k), user indices (B, k)).
+
+        Cosine between the stated and each stored taste, top `taste_top_k` (users with no stored taste are
+        never picked), softmax of cosine / `taste_temperature`; weights of a row sum to 1."""
+        if not self.has_taste_table:
+            raise ValueError("this user encoder has no taste table; attach one with attach_taste_table")
+        table = self.user_taste.float()  # (N, G)
+        norms = table.norm(dim=-1)  # (N,)
+        valid = norms > 0
+        valid[0] = False  # <unk> is nobody's taste
+        n_valid = int(valid.sum())
+        if n_valid == 0:
+            raise ValueError("the taste table holds no user with a stated taste")
+        stated = nn.functional.normalize(taste.float(), dim=-1)  # (B, G)
+        cosine = stated @ (table / norms.clamp_min(1e-12)[:, None]).T  # (B, N)
+        cosine = cosine.masked_fill(~valid, float("-inf"))
+        top, index = cosine.topk(min(self.config.taste_top_k, n_valid), dim=-1)  # (B, k)
+        return torch.softmax(top / self.config.taste_temperature, dim=-1), index
+
+    def stated_id_embedding(self, taste: torch.Tensor) -> torch.Tensor:
+        """The id slot for stated tastes (B, G): the neighbours' id embeddings, mixed → (B, user_id_dim)."""
+        weights, index = self.taste_neighbours(taste)  # (B, k) each
+        neighbours = self.user_id(index)  # (B, k, user_id_dim)
+        return (weights.to(neighbours.dtype)[..., None] * neighbours).sum(dim=1)
+
     # --- towers ---------------------------------------------------------------------------------------
     def features_for_users(self, user_idx: torch.Tensor) -> UserFeatures:
         """Features of known users from the stored profile table; user_idx (B,)."""
@@ -172,10 +229,16 @@ class TwoTowerModel(DeviceDtypeMixin, nn.Module):
         return index * keep
 
     def user_tower(self, features: UserFeatures) -> torch.Tensor:
-        """U_pre for a batch of users → (B, D_u)."""
+        """U_pre for a batch of users → (B, D_u); `<unk>` ids with a stated taste get the neighbours' mix."""
         c = self.config
+        user_emb = self.user_id(self._drop(features.user, c.user_id_dropout))  # (B, user_id_dim)
+        if features.taste is not None and self.has_taste_table:
+            stated = (features.user == 0) & (features.taste != 0).any(dim=-1)  # (B,)
+            if bool(stated.any()):
+                mixed = self.stated_id_embedding(features.taste[stated])  # (S, user_id_dim)
+                user_emb = user_emb.masked_scatter(stated[:, None], mixed.to(user_emb.dtype))
         parts = [
-            self.user_id(self._drop(features.user, c.user_id_dropout)),  # (B, user_id_dim)
+            user_emb,
             self.age(self._drop(features.age, c.profile_dropout)),  # (B, profile_dim)
             self.gender(self._drop(features.gender, c.profile_dropout)),
             self.occupation(self._drop(features.occupation, c.profile_dropout)),
@@ -240,6 +303,7 @@ class TwoTowerModel(DeviceDtypeMixin, nn.Module):
         if len(ids) != len(profs):
             raise ValueError(f"got {len(ids)} user ids but {len(profs)} profiles")
         rows: list[tuple[int, int, int, int]] = []
+        texts: list[str] = []  # stated taste of cold-start rows ("" for the others)
         for user_id, raw_profile in zip(ids, profs, strict=True):
             profile = self._profile(raw_profile)
             idx = 0
@@ -253,6 +317,7 @@ class TwoTowerModel(DeviceDtypeMixin, nn.Module):
                     logger.warning(
                         "unknown user id '%s': encoding from profile features only (cold start)", user_id
                     )
+            texts.append(raw_profile if idx == 0 and isinstance(raw_profile, str) else "")
             if profile is not None:
                 rows.append((idx, *vocab.profile_indices(profile)))
             else:
@@ -260,7 +325,22 @@ class TwoTowerModel(DeviceDtypeMixin, nn.Module):
         table = torch.tensor(rows, dtype=torch.long, device=self.user_profiles.device).reshape(
             -1, 4
         )  # (B, 4)
-        return UserFeatures(table[:, 0], table[:, 1], table[:, 2], table[:, 3])
+        return UserFeatures(table[:, 0], table[:, 1], table[:, 2], table[:, 3], taste=self._stated(texts))
+
+    def _stated(self, texts: list[str]) -> torch.Tensor | None:
+        """Stated taste rows (B, G) when the model has a taste table; without one, warn and ignore it."""
+        if not any(texts):
+            return None
+        taste = self._require_vocab().stated_taste(texts).to(self.user_taste.device)  # (B, G)
+        if self.has_taste_table:
+            return taste
+        if bool((taste != 0).any()):
+            logger.warning(
+                "this user encoder was saved without a taste table, so the stated genre taste in a profile "
+                "is ignored (only age, gender and occupation are used); add one with "
+                "icg.users.attach_taste_table(model, data) and save it again"
+            )
+        return None
 
     @torch.no_grad()
     def encode_users(
@@ -275,7 +355,9 @@ class TwoTowerModel(DeviceDtypeMixin, nn.Module):
         - A known id uses its trained id embedding; its profile comes from `profiles[i]` when given, else from
           the stored training profile.
         - A None id is a cold-start user: profile features only (a profile may be a `UserProfile`, a dict or a
-          sentence such as "a 24-year-old male technician"; None means nothing is known).
+          sentence such as "a 24-year-old male technician"; None means nothing is known). A sentence that
+          states a genre taste ("loves horror and sci-fi") fills the id slot with the taste neighbours'
+          mixture when the model has a taste table (see the module doc); a known id ignores stated taste.
         - An id not in the vocabulary raises ValueError naming it when `strict`, else logs a warning and is
           encoded as cold start.
         """
@@ -293,6 +375,8 @@ class TwoTowerModel(DeviceDtypeMixin, nn.Module):
         folder = Path(directory)
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        if self.has_taste_table:
+            state[TASTE_KEY] = self.user_taste.detach().float().cpu().contiguous()
         with atomic_path(folder / WEIGHTS_NAME) as tmp:
             save_file(state, str(tmp), metadata={"format": "icg.users.two_tower/1"})
         write_text_atomic(folder / CONFIG_NAME, self.config.to_json())
@@ -324,6 +408,7 @@ class TwoTowerModel(DeviceDtypeMixin, nn.Module):
             state = load_file(str(weights_file))
         except (SafetensorError, OSError, ValueError) as exc:
             raise DataError(f"cannot read weights: {exc}", path=weights_file) from exc
+        taste = state.pop(TASTE_KEY, None)  # absent in encoders saved before issue 18's cold start
         expected = model.state_dict()
         missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
         if missing or unexpected:
@@ -336,4 +421,9 @@ class TwoTowerModel(DeviceDtypeMixin, nn.Module):
             shapes = {k: (tuple(state[k].shape), tuple(expected[k].shape)) for k in wrong}
             raise DataError(f"tensor shapes (file, config) differ: {shapes}", path=weights_file)
         model.load_state_dict(state)
+        if taste is not None:
+            try:
+                model.set_taste_table(taste)
+            except ValueError as exc:
+                raise DataError(f"invalid taste table: {exc}", path=weights_file) from exc
         return model.to(device).eval()
