@@ -501,13 +501,13 @@ def _train(
     state = loop.load_checkpoint(
         checkpoint, fingerprint, _CHECKPOINT_FORMAT, "mini-UNet", inputs, resume=resume
     )
-    run = loop.EpochRun(logger, out, config.epochs, started, max_minutes)
-    history = run.restore(state, modules, generators)
+    epochs = loop.EpochRun(logger, out, config.epochs, started, max_minutes)  # `run` is taken
+    history = epochs.restore(state, modules, generators)
     ema.to(device=device)  # EMAModel.load_state_dict keeps the checkpoint's (host) shadow tensors
     if state is None:
         history.append({"epoch": 0, "val_eps_mse": evaluate()})  # the untrained model: where the curve starts
 
-    for epoch in run:
+    for epoch in epochs:
         batches = [
             batch
             for _ in range(config.passes_per_epoch)
@@ -523,9 +523,9 @@ def _train(
                         "lr": lr_schedule.get_last_lr()[0]})  # fmt: skip
         logger.info(
             "mini-UNet epoch %d/%d (%.0fs): loss %.4f, val ε-MSE %.4f",
-            epoch + 1, config.epochs, run.lap(), loss, val["mean"],
+            epoch + 1, config.epochs, epochs.lap(), loss, val["mean"],
         )  # fmt: skip
-        run.save(checkpoint, _CHECKPOINT_FORMAT, fingerprint, epoch + 1)
+        epochs.save(checkpoint, _CHECKPOINT_FORMAT, fingerprint, epoch + 1)
 
     # the EMA weights + the inference scheduler; held-out ε-MSE with and without the text, and on test items
     empty_caption = evaluate(feats.hidden[:1].float().expand_as(val_hidden))
@@ -547,7 +547,7 @@ def _train(
         "parameters": sum(p.numel() for p in unet.parameters()), "device": str(device),
         "ema": {k: v for k, v in ema.state_dict().items() if k != "shadow_params"},
         "precompute_seconds": round(precompute_seconds, 1),
-        **loop.run_seconds(started, run.seconds_before, load_start),
+        **loop.run_seconds(started, epochs.seconds_before, load_start),
         "fingerprint": fingerprint, "history": history, "config": dataclasses.asdict(config),
     }  # fmt: skip
     text = json.dumps(metrics, indent=2)
