@@ -18,7 +18,9 @@ from icg.cli_options import (
     DatasetArg,
     DeviceOpt,
     DtypeOpt,
+    MinutesOpt,
     PathOpt,
+    ResumeOpt,
     SignalOpt,
     SpeedOpt,
     ThreadsOpt,
@@ -162,14 +164,10 @@ def train_clip_cmd(
     dataset: Annotated[str, typer.Option(help="Dataset whose items (title, genres) are used.")] = "ml-100k",
     path: PathOpt = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs (default: the preset's).")] = None,
-    minutes: Annotated[
-        float | None, typer.Option(help="Time budget: stop between epochs once spent (resumable).")
-    ] = None,
+    minutes: MinutesOpt = None,
     seed: Annotated[int | None, typer.Option(help="Seed of split, init and sampling (default: 0).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from out/checkpoint.pt when present.")] = True,
-    threads: Annotated[
-        int | None, typer.Option(help="Torch CPU threads (1 is fastest on a machine shared with other jobs).")
-    ] = None,
+    resume: ResumeOpt = True,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Train the mini CLIP on rendered covers + captions; prints held-out retrieval and genre accuracy."""
     import dataclasses
@@ -200,8 +198,8 @@ def train_reward_model_cmd(
         int | None, typer.Option(help="Last k CLIP layers that train (default: the preset's).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the pair split, initialisation and sampling.")] = 0,
-    minutes: Annotated[float | None, typer.Option(help="Time budget (stops between epochs).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from out/checkpoint.pt when present.")] = True,
+    minutes: MinutesOpt = None,
+    resume: ResumeOpt = True,
     threads: ThreadsOpt = None,
 ) -> None:
     """Train the personalized preference reward model (paper §3.4.1); prints val/test pair accuracy."""

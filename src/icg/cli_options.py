@@ -31,6 +31,13 @@ ThreadsOpt = Annotated[
     int | None, typer.Option(help="torch CPU threads; small ops on a busy 2-core machine run fastest on 1.")
 ]
 
+# The trainers' resume and time-budget options (each trainer saves out/checkpoint.pt after every epoch).
+ResumeOpt = Annotated[bool, typer.Option(help="Continue from out/checkpoint.pt when present.")]
+
+MinutesOpt = Annotated[
+    float | None, typer.Option(help="Time budget: stop between epochs once spent (resumable).")
+]
+
 
 def load_data(dataset: str, path: Path | None, signal: str | None = None):
     """A dataset by name; imported lazily so that `icg --help` stays fast."""

@@ -7,9 +7,11 @@ from torch._subclasses.fake_tensor import is_fake
 
 
 class DeviceDtypeMixin:
-    """`device` and `dtype` of a torch module, read from its first parameter (or buffer)."""
+    """`device` and `dtype` of a torch module, read from its first parameter (or buffer); a module whose
+    first tensor is not the one that tells overrides `reference_tensor`."""
 
-    def _first_tensor(self) -> torch.Tensor | None:
+    def reference_tensor(self) -> torch.Tensor | None:
+        """The tensor whose device and dtype are the module's (None: CPU, float32)."""
         for tensor in self.parameters():  # type: ignore[attr-defined]
             return tensor
         for tensor in self.buffers():  # type: ignore[attr-defined]
@@ -18,12 +20,12 @@ class DeviceDtypeMixin:
 
     @property
     def device(self) -> torch.device:
-        tensor = self._first_tensor()
+        tensor = self.reference_tensor()
         return tensor.device if tensor is not None else torch.device("cpu")
 
     @property
     def dtype(self) -> torch.dtype:
-        tensor = self._first_tensor()
+        tensor = self.reference_tensor()
         return tensor.dtype if tensor is not None else torch.float32
 
 

@@ -316,25 +316,28 @@ def _run_ray(config: BatchConfig, todo: pd.DataFrame, stages: dict, out: str) ->
     context_gpus = default_gpus if config.context_gpus_per_worker is None else config.context_gpus_per_worker
     size = config.context_batch_size  # one input block per context batch, so the stages stream
     ds = ray.data.from_pandas([todo.iloc[i : i + size] for i in range(0, len(todo), size)])
+
     # light stages ask for no CPU: the two actor pools hold the cores, and a task that waits for a core
     # an actor holds would stall the stream (a 2-core machine has exactly one core per pool)
     # each actor runs where its resources are: on its (share of a) GPU when it asked for one, else on CPU
-    ds = ds.map_batches(
-        ContextStage,
-        fn_constructor_kwargs={**stages["context"], "device": "cuda" if context_gpus > 0 else "cpu"},
-        batch_size=config.context_batch_size,
-        compute=ActorPoolStrategy(min_size=1, max_size=config.context_workers),
-        num_cpus=1,
-        num_gpus=context_gpus,
+    def actor_stage(ds, stage: type, kwargs: dict, batch_size: int, workers: int, gpus: float):
+        """A pool of 1..workers actors of `stage`, each on one core and `gpus` of a GPU (on the GPU when it
+        asked for one, else on the CPU): the context and generation stages differ only in these numbers."""
+        return ds.map_batches(
+            stage,
+            fn_constructor_kwargs={**kwargs, "device": "cuda" if gpus > 0 else "cpu"},
+            batch_size=batch_size,
+            compute=ActorPoolStrategy(min_size=1, max_size=workers),
+            num_cpus=1,
+            num_gpus=gpus,
+        )
+
+    ds = actor_stage(
+        ds, ContextStage, stages["context"], config.context_batch_size, config.context_workers, context_gpus
     )
     ds = ds.flat_map(expand_segments, fn_kwargs={"seed": config.seed}, num_cpus=0)
-    ds = ds.map_batches(
-        GenerateStage,
-        fn_constructor_kwargs={**stages["generate"], "device": "cuda" if gpus > 0 else "cpu"},
-        batch_size=config.generation_batch_size,
-        compute=ActorPoolStrategy(min_size=1, max_size=config.generation_workers),
-        num_cpus=1,
-        num_gpus=gpus,
+    ds = actor_stage(
+        ds, GenerateStage, stages["generate"], config.generation_batch_size, config.generation_workers, gpus
     )
     ds = ds.map_batches(
         write_part, fn_kwargs={"out_dir": out}, batch_size=None, batch_format="pandas", num_cpus=0

@@ -67,6 +67,7 @@ from icg.data.tables import (
     read_table,
     reject_unknown_items,
     require_values,
+    row_error,
     to_unix_seconds,
 )
 from icg.errors import DataError
@@ -133,13 +134,7 @@ def _integers(frame: pd.DataFrame, column: str, path: Path) -> pd.Series:
     numbers = _numbers(frame, column, path, np.nan)
     fractional = numbers.notna() & (numbers % 1 != 0)
     if fractional.any():
-        row = int(fractional.to_numpy().argmax())
-        raise DataError(
-            f"non-integer value {frame[column].iloc[row]!r} in row {row + 1}",
-            path=path,
-            column=column,
-            expected="whole numbers",
-        )
+        raise row_error(fractional, "non-integer value", path, column, "whole numbers", frame[column])
     return numbers.astype("Int64")
 
 

@@ -6,7 +6,6 @@ import importlib.util
 import re
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from icg.data.records import InteractionData, add_profiles, split_genres
@@ -155,10 +154,19 @@ def load_ml1m(path: str | Path) -> InteractionData:
     users.loc[under_18, "profile"] = users.loc[under_18, "profile"].str.replace(
         r"^a 1-year-old", "an under-18", regex=True
     )
+    items, interactions = _movies_and_ratings(movies, ratings, "item_id", "user_id")
+    return InteractionData("ml-1m", users, items, interactions, signal_name="rating", source=folder)
+
+
+def _movies_and_ratings(
+    movies: pd.DataFrame, ratings: pd.DataFrame, item_column: str, user_column: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """ml-1m's and the CSV releases' movies ("Title (1995)", "A|B" genres) and ratings → items and
+    interactions in the schema; the releases differ only in the id columns' names."""
     title, year = split_title_year(movies["title"])
     items = pd.DataFrame(
         {
-            "item_id": movies["item_id"].astype(str),
+            "item_id": movies[item_column].astype(str),
             "title": title,
             "year": year,
             "genres": split_genres(movies["genres"], "|"),
@@ -167,13 +175,13 @@ def load_ml1m(path: str | Path) -> InteractionData:
     )
     interactions = pd.DataFrame(
         {
-            "user_id": ratings["user_id"].astype(str),
-            "item_id": ratings["item_id"].astype(str),
+            "user_id": ratings[user_column].astype(str),
+            "item_id": ratings[item_column].astype(str),
             "signal": pd.to_numeric(ratings["rating"]).astype("float64"),
             "timestamp": pd.to_numeric(ratings["timestamp"]).astype("int64"),
         }
     )
-    return InteractionData("ml-1m", users, items, interactions, signal_name="rating", source=folder)
+    return items, interactions
 
 
 def load_ml_csv(path: str | Path, name: str = "ml-25m") -> InteractionData:
@@ -200,23 +208,6 @@ def load_ml_csv(path: str | Path, name: str = "ml-25m") -> InteractionData:
     )
     for column in ("rating", "timestamp"):
         require_values(ratings, column, folder / "ratings.csv", "number")
-    title, year = split_title_year(movies["title"])
-    items = pd.DataFrame(
-        {
-            "item_id": movies["movieId"].astype(str),
-            "title": title,
-            "year": year,
-            "genres": split_genres(movies["genres"], "|"),
-            "cover_path": None,
-        }
-    )
-    interactions = pd.DataFrame(
-        {
-            "user_id": ratings["userId"].astype(str),
-            "item_id": ratings["movieId"].astype(str),
-            "signal": pd.to_numeric(ratings["rating"]).astype("float64"),
-            "timestamp": pd.to_numeric(ratings["timestamp"]).astype(np.int64),
-        }
-    )
+    items, interactions = _movies_and_ratings(movies, ratings, "movieId", "userId")
     users = empty_users(interactions["user_id"])
     return InteractionData(name, users, items, interactions, signal_name="rating", source=folder)

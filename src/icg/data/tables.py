@@ -80,14 +80,19 @@ def read_table(
             path=file,
             expected=f"{sep_name}-separated fields {list(names)}",
         )
+    if len(frame.columns) == 1 and len(columns) > 1 and any(c not in frame.columns for c in columns):
+        raise DataError(
+            "header parsed into one field: wrong separator",
+            path=file,
+            expected=f"{sep_name}-separated columns {list(columns)}",
+        )
+    return require_columns(frame, columns, file)
+
+
+def require_columns(frame: pd.DataFrame, columns: Sequence[str], file: Path) -> pd.DataFrame:
+    """`frame` when it has every one of `columns`; else a DataError naming the first missing one."""
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        if len(frame.columns) == 1 and len(columns) > 1:
-            raise DataError(
-                "header parsed into one field: wrong separator",
-                path=file,
-                expected=f"{sep_name}-separated columns {list(columns)}",
-            )
         raise DataError(
             f"missing column; found {list(frame.columns)}",
             path=file,
@@ -97,6 +102,21 @@ def read_table(
     return frame
 
 
+def row_error(
+    flags: pd.Series,
+    problem: str,
+    path: str | Path,
+    column: str,
+    expected: str,
+    values: pd.Series | None = None,
+) -> DataError:
+    """The DataError for the first flagged row ("non-numeric value 'x' in row 3", rows counted from 1), so
+    every column check words it alike; `values` given, the row's value is quoted."""
+    row = int(flags.to_numpy().argmax())
+    shown = f" {values.iloc[row]!r}" if values is not None else ""
+    return DataError(f"{problem}{shown} in row {row + 1}", path=path, column=column, expected=expected)
+
+
 def require_values(frame: pd.DataFrame, column: str, path: str | Path, kind: str) -> None:
     """Raise a DataError if `column` holds missing values or values not convertible to `kind` ('number')."""
     values = frame[column]
@@ -104,20 +124,9 @@ def require_values(frame: pd.DataFrame, column: str, path: str | Path, kind: str
         converted = pd.to_numeric(values, errors="coerce")
         bad = converted.isna() & values.notna()
         if bad.any():
-            first = values[bad].iloc[0]
-            raise DataError(
-                f"non-numeric value {first!r} in row {int(bad.to_numpy().argmax()) + 1}",
-                path=path,
-                column=column,
-                expected="numbers",
-            )
+            raise row_error(bad, "non-numeric value", path, column, "numbers", values)
     if values.isna().any():
-        raise DataError(
-            f"missing value in row {int(values.isna().to_numpy().argmax()) + 1}",
-            path=path,
-            column=column,
-            expected="a value in every row",
-        )
+        raise row_error(values.isna(), "missing value", path, column, "a value in every row")
 
 
 def read_parquet_table(path: str | Path, *, columns: Sequence[str], what: str = "a table") -> pd.DataFrame:
@@ -133,15 +142,7 @@ def read_parquet_table(path: str | Path, *, columns: Sequence[str], what: str = 
         ) from None
     if frame.empty:
         raise DataError("file has no data rows", path=file, expected=what)
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise DataError(
-            f"missing column; found {list(frame.columns)}",
-            path=file,
-            column=missing[0],
-            expected=f"columns {list(columns)}",
-        )
-    return frame
+    return require_columns(frame, columns, file)
 
 
 def to_unix_seconds(values: pd.Series, path: str | Path, column: str) -> pd.Series:
@@ -160,13 +161,8 @@ def to_unix_seconds(values: pd.Series, path: str | Path, column: str) -> pd.Seri
         try:
             stamps = pd.to_datetime(values, utc=True, format="ISO8601")
         except (ValueError, TypeError):
-            row = int(text.to_numpy().argmax())
-            raise DataError(
-                f"unreadable timestamp {values.iloc[row]!r} in row {row + 1}",
-                path=path,
-                column=column,
-                expected="Unix seconds or ISO 8601 date-times",
-            ) from None
+            expected = "Unix seconds or ISO 8601 date-times"
+            raise row_error(text, "unreadable timestamp", path, column, expected, values) from None
     seconds = (stamps - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
     return seconds.fillna(0).astype("int64")
 

@@ -5,10 +5,13 @@ Registered in `icg.cli` with `app.add_typer(evaluate_app, name="evaluate")`.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -210,6 +213,9 @@ def evaluate_personalization_cmd(
     sys.stdout.write(personalization_markdown(result))
 
 
+# A table command's result: the table's methods (rows) for the loaded preset.
+MethodsFactory = Callable[[Any], Any]
+
 TableUsers = Annotated[int, typer.Option("--users", help="Held-out (test-split) users.")]
 
 
@@ -256,28 +262,61 @@ ClipScoreOpt = Annotated[
 ]
 
 
-def _metric_weights(
-    lpips_backbone: Path | None,
-    lpips_net: str,
-    lpips_lin: Path | None,
-    inception: Path | None,
-    fid_antialias: bool,
-    aesthetic: Path | None,
-    aesthetic_clip: Path | None,
-    clip_score_model: Path | None,
-) -> dict[str, object]:
-    """The table commands' metric options as `build_metrics` arguments."""
-    return {
-        "lpips_backbone": lpips_backbone, "lpips_net": lpips_net, "lpips_lin": lpips_lin,
-        "inception": inception, "fid_antialias": fid_antialias, "aesthetic": aesthetic,
-        "aesthetic_clip": aesthetic_clip, "clip_score_model": clip_score_model,
-    }  # fmt: skip
+# The real metrics' weights as options (name, type, default): `build_metrics` arguments.
+_METRIC_OPTIONS: tuple[tuple[str, object, object], ...] = (
+    ("lpips_backbone", LpipsBackboneOpt, None),
+    ("lpips_net", LpipsNetOpt, "alex"),
+    ("lpips_lin", LpipsLinOpt, None),
+    ("inception", InceptionOpt, None),
+    ("fid_antialias", FidAntialiasOpt, True),
+    ("aesthetic", AestheticOpt, None),
+    ("aesthetic_clip", AestheticClipOpt, None),
+    ("clip_score_model", ClipScoreOpt, None),
+)
+
+# The options every table command takes, written once: the held-out subset, the output folder, the metrics'
+# weights and the threads.
+_TABLE_OPTIONS: tuple[tuple[str, object, object], ...] = (
+    ("users", TableUsers, 16),
+    ("items", TableItems, 16),
+    ("out", TableOut, Path("results")),
+    *_METRIC_OPTIONS,
+    ("threads", ThreadsOpt, None),
+)
+
+
+def table_command(table: str) -> Callable[[Callable[..., MethodsFactory]], Callable[..., None]]:
+    """Register `icg evaluate <table>`: the command declares only its own options (and `preset`) and returns
+    the table's methods; the shared options are added here and the table runs here. A command that needs a
+    shared option's value too (e.g. `threads`) names it as a parameter without a CLI annotation."""
+
+    def register(command: Callable[..., MethodsFactory]) -> Callable[..., None]:
+        signature = inspect.signature(command, eval_str=True)
+        shared = {name for name, _, _ in _TABLE_OPTIONS}
+        own = [p for p in signature.parameters.values() if p.name not in shared]
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=alias, default=default)
+            for name, alias, default in _TABLE_OPTIONS
+        ]
+
+        @functools.wraps(command)
+        def run(**kwargs: Any) -> None:
+            methods = command(**{k: v for k, v in kwargs.items() if k in signature.parameters})
+            weights = {name: kwargs[name] for name, _, _ in _METRIC_OPTIONS}
+            _table(table, kwargs["preset"], methods, kwargs["users"], kwargs["items"], kwargs["out"],
+                   kwargs["threads"], weights)  # fmt: skip
+
+        run.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in params}
+        return evaluate_app.command(table)(run)
+
+    return register
 
 
 def _table(
     table: str,
     preset: str,
-    methods,
+    methods: MethodsFactory,
     users: int,
     items: int,
     out: Path,
@@ -304,47 +343,25 @@ def _table(
     sys.stdout.write(table_markdown(result))
 
 
-@evaluate_app.command("table1")
+@table_command("table1")
 def evaluate_table1_cmd(
     work: Annotated[
         Path, typer.Option("--work", help="Folder for the Textual Inversion words (resumable).")
     ] = Path("runs/table1"),
     preset: Annotated[str, typer.Option(help="'mini' or a preset folder.")] = "mini",
-    users: TableUsers = 16,
-    items: TableItems = 16,
-    out: TableOut = Path("results"),
-    lpips_backbone: LpipsBackboneOpt = None,
-    lpips_net: LpipsNetOpt = "alex",
-    lpips_lin: LpipsLinOpt = None,
-    inception: InceptionOpt = None,
-    fid_antialias: FidAntialiasOpt = True,
-    aesthetic: AestheticOpt = None,
-    aesthetic_clip: AestheticClipOpt = None,
-    clip_score_model: ClipScoreOpt = None,
-    threads: ThreadsOpt = None,
-) -> None:
+    threads: int | None = None,
+) -> MethodsFactory:
     """Paper Table 1: ICG vs rule-based, Textual Inversion and PMG (LPIPS, SSIM, FID, aesthetics or their
     stand-ins); learns the users' Textual Inversion words first."""
     from icg.evaluation.table1 import table1_methods
     from icg.presets import icg_home
 
-    def methods(spec):
-        return table1_methods(load_data("ml-100k", None), work, icg_home() / "covers", threads=threads or 1)
-
-    weights = _metric_weights(
-        lpips_backbone,
-        lpips_net,
-        lpips_lin,
-        inception,
-        fid_antialias,
-        aesthetic,
-        aesthetic_clip,
-        clip_score_model,
+    return lambda spec: table1_methods(
+        load_data("ml-100k", None), work, icg_home() / "covers", threads=threads or 1
     )
-    _table("table1", preset, methods, users, items, out, threads, weights)
 
 
-@evaluate_app.command("table3")
+@table_command("table3")
 def evaluate_table3_cmd(
     work: Annotated[Path, typer.Option("--work", help="Folder for the 8 variants (resumable).")] = Path(
         "runs/table3"
@@ -353,74 +370,28 @@ def evaluate_table3_cmd(
         str, typer.Option(help="'mini' or a preset folder: the base of every variant.")
     ] = "mini",
     tokens: Annotated[list[int] | None, typer.Option("--tokens", help="N values (default 1 2 4 8).")] = None,
-    users: TableUsers = 16,
-    items: TableItems = 16,
-    out: TableOut = Path("results"),
-    lpips_backbone: LpipsBackboneOpt = None,
-    lpips_net: LpipsNetOpt = "alex",
-    lpips_lin: LpipsLinOpt = None,
-    inception: InceptionOpt = None,
-    fid_antialias: FidAntialiasOpt = True,
-    aesthetic: AestheticOpt = None,
-    aesthetic_clip: AestheticClipOpt = None,
-    clip_score_model: ClipScoreOpt = None,
-    threads: ThreadsOpt = None,
-) -> None:
+    threads: int | None = None,
+) -> MethodsFactory:
     """Paper Table 3: N meta tokens × with/without the meta-token stage (LPIPS or its stand-in); trains the
     variants first (a reduced budget, resumable)."""
     from icg.evaluation.table3 import T3_TOKENS, table3_methods
 
-    def methods(spec):
-        return table3_methods(
-            load_data("ml-100k", None), spec, work, tokens=tuple(tokens or T3_TOKENS), threads=threads or 1
-        )
-
-    weights = _metric_weights(
-        lpips_backbone,
-        lpips_net,
-        lpips_lin,
-        inception,
-        fid_antialias,
-        aesthetic,
-        aesthetic_clip,
-        clip_score_model,
+    return lambda spec: table3_methods(
+        load_data("ml-100k", None), spec, work, tokens=tuple(tokens or T3_TOKENS), threads=threads or 1
     )
-    _table("table3", preset, methods, users, items, out, threads, weights)
 
 
-@evaluate_app.command("table4")
+@table_command("table4")
 def evaluate_table4_cmd(
     preset: Annotated[str, typer.Option(help="'mini' or a preset folder.")] = "mini",
-    users: TableUsers = 16,
-    items: TableItems = 16,
-    out: TableOut = Path("results"),
-    lpips_backbone: LpipsBackboneOpt = None,
-    lpips_net: LpipsNetOpt = "alex",
-    lpips_lin: LpipsLinOpt = None,
-    inception: InceptionOpt = None,
-    fid_antialias: FidAntialiasOpt = True,
-    aesthetic: AestheticOpt = None,
-    aesthetic_clip: AestheticClipOpt = None,
-    clip_score_model: ClipScoreOpt = None,
-    threads: ThreadsOpt = None,
-) -> None:
+) -> MethodsFactory:
     """Paper Table 4: ICG vs w/o meta token / w/o user feature / w/o both (LPIPS, FID or their stand-ins)."""
     from icg.evaluation.tables import table4_methods
 
-    weights = _metric_weights(
-        lpips_backbone,
-        lpips_net,
-        lpips_lin,
-        inception,
-        fid_antialias,
-        aesthetic,
-        aesthetic_clip,
-        clip_score_model,
-    )
-    _table("table4", preset, lambda spec: table4_methods(), users, items, out, threads, weights)
+    return lambda spec: table4_methods()
 
 
-@evaluate_app.command("table5")
+@table_command("table5")
 def evaluate_table5_cmd(
     no_clip: Annotated[Path, typer.Option(help="Adapter folder trained with --lambda-rec 0.")],
     no_personal: Annotated[Path, typer.Option(help="Adapter folder trained with --lambda-per 0.")],
@@ -428,19 +399,7 @@ def evaluate_table5_cmd(
         Path | None, typer.Option(help="Adapter trained without HPSv2+PickScore (default: the preset's).")
     ] = None,
     preset: Annotated[str, typer.Option(help="'mini' or a preset folder.")] = "mini",
-    users: TableUsers = 16,
-    items: TableItems = 16,
-    out: TableOut = Path("results"),
-    lpips_backbone: LpipsBackboneOpt = None,
-    lpips_net: LpipsNetOpt = "alex",
-    lpips_lin: LpipsLinOpt = None,
-    inception: InceptionOpt = None,
-    fid_antialias: FidAntialiasOpt = True,
-    aesthetic: AestheticOpt = None,
-    aesthetic_clip: AestheticClipOpt = None,
-    clip_score_model: ClipScoreOpt = None,
-    threads: ThreadsOpt = None,
-) -> None:
+) -> MethodsFactory:
     """Paper Table 5: ICG vs adapters retrained without each reward (LPIPS, FID, aesthetics or stand-ins)."""
     from icg.evaluation.tables import table5_methods
 
@@ -451,17 +410,7 @@ def evaluate_table5_cmd(
         public = str(no_public) if no_public else None
         return table5_methods(spec, str(no_clip), str(no_personal), public)
 
-    weights = _metric_weights(
-        lpips_backbone,
-        lpips_net,
-        lpips_lin,
-        inception,
-        fid_antialias,
-        aesthetic,
-        aesthetic_clip,
-        clip_score_model,
-    )
-    _table("table5", preset, methods, users, items, out, threads, weights)
+    return methods
 
 
 @evaluate_app.command("table7")

@@ -30,13 +30,7 @@ class ClipImageFeatures(ClipPixels):
     mean/std normalization happen here, so callers pass plain images.
     """
 
-    def __init__(
-        self,
-        clip_model: CLIPModel,
-        image_mean: Sequence[float] = IMAGE_MEAN,
-        image_std: Sequence[float] = IMAGE_STD,
-    ) -> None:
-        super().__init__(clip_model, image_mean, image_std)
+    def keep(self, clip_model: CLIPModel) -> None:
         self.clip = clip_model.eval().requires_grad_(False)
         self.num_features = int(clip_model.config.projection_dim)
 

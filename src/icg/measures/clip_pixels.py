@@ -16,7 +16,8 @@ from icg.modules import has_values
 class ClipPixels(nn.Module):
     """Plain images → the CLIP vision tower's normalised input: the shared front of the mini-CLIP metrics.
 
-    Frozen, always in evaluation mode (as torchmetrics' own Inception wrapper)."""
+    Frozen, always in evaluation mode (as torchmetrics' own Inception wrapper). A metric on top overrides only
+    `keep`, so the constructor (CLIP, mean, std) is written once."""
 
     def __init__(
         self,
@@ -29,6 +30,10 @@ class ClipPixels(nn.Module):
         # built at load time on the CPU, buffers: `.to(device)` moves them with the CLIP
         self.register_buffer("mean", torch.tensor(list(image_mean), dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(list(image_std), dtype=torch.float32).view(1, 3, 1, 1))
+        self.keep(clip_model)
+
+    def keep(self, clip_model: CLIPModel) -> None:
+        """Hold the part of the CLIP the metric runs (frozen); the pixel front alone holds none."""
 
     def train(self, mode: bool = True) -> ClipPixels:
         return super().train(False)

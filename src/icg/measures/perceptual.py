@@ -13,14 +13,11 @@ callers can run paired statistics (the reward-hacking guard does).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure
 from transformers import CLIPModel
 
-from icg.data.pixels import IMAGE_MEAN, IMAGE_STD
 from icg.measures.clip_pixels import ClipPixels, check_images, to_unit_float
 
 LPIPS_NAME = "LPIPS-miniCLIP"
@@ -50,13 +47,7 @@ class ClipPerceptualDistance(ClipPixels):
 
     name = LPIPS_NAME
 
-    def __init__(
-        self,
-        clip_model: CLIPModel,
-        image_mean: Sequence[float] = IMAGE_MEAN,
-        image_std: Sequence[float] = IMAGE_STD,
-    ) -> None:
-        super().__init__(clip_model, image_mean, image_std)
+    def keep(self, clip_model: CLIPModel) -> None:
         self.vision = clip_model.vision_model.eval().requires_grad_(False)
 
     def _layers(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from icg.errors import ICGError
-from icg.modules import has_values
+from icg.modules import DeviceDtypeMixin, has_values
 from icg.rewards.fast import (
     AttachGrad,
     RewardSpeed,
@@ -220,7 +220,7 @@ def check_inputs(
     return batch
 
 
-class Reward(nn.Module, ABC):
+class Reward(DeviceDtypeMixin, nn.Module, ABC):
     """Base of every reward: validates input, picks grad / no-grad, returns float32 scores (B,).
 
     Subclasses implement `_score`. Public rewards accept `users` and ignore it, so all rewards share one
@@ -236,21 +236,11 @@ class Reward(nn.Module, ABC):
     def train(self, mode: bool = True) -> Reward:
         return super().train(mode and not self.frozen)
 
-    def _first_weight(self) -> Tensor | None:
-        """The first parameter outside the text path (which `offload_text_towers` may park on the CPU)."""
+    def reference_tensor(self) -> Tensor | None:
+        """The first parameter outside the text path (which `offload_text_towers` may park on the CPU): its
+        dtype is the one preprocessed pixels are cast to."""
         text = {id(t) for t in self.text_tensors()}
         return next((p for p in self.parameters() if id(p) not in text), None)
-
-    @property
-    def device(self) -> torch.device:
-        param = self._first_weight()
-        return param.device if param is not None else torch.device("cpu")
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """dtype of the (first) tower's weights: preprocessed pixels are cast to it."""
-        param = self._first_weight()
-        return param.dtype if param is not None else torch.float32
 
     def score(
         self, images: Tensor, texts: Sequence[str] | None, users: Users = None, *, grad: bool = True

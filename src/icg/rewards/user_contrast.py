@@ -11,62 +11,22 @@ so training stays exactly resumable; B − 1 extra scores per cover.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
 from icg.rewards.base import Reward, Users
 
 
-class UserContrastReward(Reward):
-    """Wraps a personalized reward; scores (B,) = own user's score − the mean of the batch's other users'."""
+class _DelegatingReward(Reward):
+    """A reward computed from another one's scores: its name, loss, towers and text cache are the base's."""
 
     frozen = True
 
     def __init__(self, base: Reward) -> None:
         super().__init__()
         self.base = base
-        self.name = base.name
-        self.needs_texts = base.needs_texts
-        self.default_loss = base.default_loss
-
-    def towers(self) -> list:
-        return self.base.towers()
-
-    def tower_slots(self) -> list:
-        return self.base.tower_slots() * 2  # the same covers scored under B users: one image pass shared
-
-    def warm_text_cache(self, texts, users=None) -> None:
-        self.base.warm_text_cache(texts, users)
-
-    def text_tensors(self) -> list:
-        return self.base.text_tensors()
-
-    def _score(self, images: Tensor, texts: list[str] | None, users: Users) -> Tensor:
-        if users is None or isinstance(users, Tensor):
-            raise ValueError("the user-contrast reward needs users as B profile sentences (strings)")
-        own = self.base.score(images, texts, users)
-        batch = len(users)
-        if batch < 2:
-            raise ValueError("the user-contrast reward needs at least 2 samples per batch (other users)")
-        others = [
-            self.base.score(images, texts, [users[(b + shift) % batch] for b in range(batch)])
-            for shift in range(1, batch)
-        ]
-        return own - torch.stack(others).mean(0)
-
-
-class UserSwapReward(Reward):
-    """For groups of `group` consecutive samples that share an item (and noise): R(u_b, x_b) − the mean of
-    R(u_b, x_b') over the group's other covers x_b' — does the cover made for u suit u better than the same
-    item's covers made for other users? The swap test of `icg evaluate adapter`, as a training signal."""
-
-    frozen = True
-
-    def __init__(self, base: Reward, group: int) -> None:
-        super().__init__()
-        if group < 2:
-            raise ValueError(f"the swap reward needs groups of at least 2 users, got {group}")
-        self.base, self.group = base, group
         self.name, self.needs_texts, self.default_loss = base.name, base.needs_texts, base.default_loss
 
     def towers(self) -> list:
@@ -78,9 +38,46 @@ class UserSwapReward(Reward):
     def text_tensors(self) -> list:
         return self.base.text_tensors()
 
-    def _score(self, images: Tensor, texts: list[str] | None, users: Users) -> Tensor:
+    @staticmethod
+    def profiles(users: Users, what: str) -> Sequence[str]:
+        """The batch's users as profile sentences: other users' scores need them as text."""
         if users is None or isinstance(users, Tensor):
-            raise ValueError("the swap reward needs users as B profile sentences (strings)")
+            raise ValueError(f"the {what} reward needs users as B profile sentences (strings)")
+        return users
+
+
+class UserContrastReward(_DelegatingReward):
+    """Wraps a personalized reward; scores (B,) = own user's score − the mean of the batch's other users'."""
+
+    def tower_slots(self) -> list:
+        return self.base.tower_slots() * 2  # the same covers scored under B users: one image pass shared
+
+    def _score(self, images: Tensor, texts: list[str] | None, users: Users) -> Tensor:
+        users = self.profiles(users, "user-contrast")
+        own = self.base.score(images, texts, users)
+        batch = len(users)
+        if batch < 2:
+            raise ValueError("the user-contrast reward needs at least 2 samples per batch (other users)")
+        others = [
+            self.base.score(images, texts, [users[(b + shift) % batch] for b in range(batch)])
+            for shift in range(1, batch)
+        ]
+        return own - torch.stack(others).mean(0)
+
+
+class UserSwapReward(_DelegatingReward):
+    """For groups of `group` consecutive samples that share an item (and noise): R(u_b, x_b) − the mean of
+    R(u_b, x_b') over the group's other covers x_b' — does the cover made for u suit u better than the same
+    item's covers made for other users? The swap test of `icg evaluate adapter`, as a training signal."""
+
+    def __init__(self, base: Reward, group: int) -> None:
+        if group < 2:
+            raise ValueError(f"the swap reward needs groups of at least 2 users, got {group}")
+        super().__init__(base)
+        self.group = group
+
+    def _score(self, images: Tensor, texts: list[str] | None, users: Users) -> Tensor:
+        users = self.profiles(users, "swap")
         batch, g = len(users), self.group
         if batch % g:
             raise ValueError(f"batch of {batch} is not made of groups of {g}")

@@ -281,6 +281,70 @@ def stop_for_time(
     return True
 
 
+class EpochRun:
+    """An epoch loop's bookkeeping, written once for the mini trainers: resume from the checkpoint
+    (`restore`), hand out the epochs the time budget has room for (`stop_for_time`), time each one and save
+    the checkpoint after it (`epoch_checkpoint`).
+
+    `started` is this call's `time.perf_counter()` at its start. `epochs_in_log` False words the budget
+    warning without the total ("at epoch 3"), as the context trainer always has."""
+
+    def __init__(
+        self, log: logging.Logger, out: Path, epochs: int, started: float, max_minutes: float | None,
+        *, epochs_in_log: bool = True,
+    ) -> None:  # fmt: skip
+        self.log, self.out, self.epochs = log, out, epochs
+        self.started, self.max_minutes, self.epochs_in_log = started, max_minutes, epochs_in_log
+        self.start, self.history, self.seconds_before = 0, [], 0.0
+        self.modules: Mapping[str, Any] = {}
+        self.generators: Mapping[str, torch.Generator] = {}
+        self.durations: list[float] = []
+        self._tick = started
+
+    def restore(
+        self,
+        state: Mapping[str, Any] | None,
+        modules: Mapping[str, Any],
+        generators: Mapping[str, torch.Generator],
+    ) -> list:
+        """Load `modules` and `generators` from the checkpoint `state` (None: a fresh run) and keep them for
+        `save`; → the run's history (epoch records, restored, then appended to by the trainer)."""
+        self.modules, self.generators = modules, generators
+        self.start, self.history, self.seconds_before = restore(
+            state, modules, generators, self.log, self.out, self.epochs
+        )
+        return self.history
+
+    def __iter__(self) -> Iterator[int]:
+        """The epochs (0-based) to run in this call; none once another would overrun the budget."""
+        total = self.epochs if self.epochs_in_log else None
+        for epoch in range(self.start, self.epochs):
+            if stop_for_time(self.log, self.started, self.durations, self.max_minutes, epoch, total):
+                return
+            self._tick = time.perf_counter()
+            yield epoch
+
+    def elapsed(self) -> float:
+        """Seconds since the current epoch began."""
+        return time.perf_counter() - self._tick
+
+    def lap(self) -> float:
+        """The current epoch's seconds so far, recorded as its duration (what the budget check reads)."""
+        self.durations.append(self.elapsed())
+        return self.durations[-1]
+
+    def seconds(self) -> float:
+        """The run's seconds over every call so far (the checkpoint's "seconds")."""
+        return self.seconds_before + time.perf_counter() - self.started
+
+    def save(self, path: Path, fmt: str, fingerprint: str, epoch: int, **extra: object) -> None:
+        """Write the checkpoint after `epoch` (1-based) atomically: modules, generators, RNG, history."""
+        state = epoch_checkpoint(
+            fmt, fingerprint, epoch, self.modules, self.generators, self.history, self.seconds(), **extra
+        )
+        torch_save_atomic(path, state)
+
+
 def epoch_counts(history: Sequence[Mapping[str, Any]], epochs: int) -> dict[str, object]:
     """metrics.json's epochs, epochs_completed and completed (from the last history record's "epoch")."""
     done = history[-1]["epoch"] if history else 0

@@ -251,14 +251,9 @@ def _train(
         sampler = torch.Generator().manual_seed(config.seed + 1)
         modules = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
         generators = {"sampler_rng": sampler}
-        start_epoch, history, seconds_before = loop.restore(
-            state, modules, generators, logger, out, config.epochs
-        )
-        epoch_seconds: list[float] = []
-        for epoch in range(start_epoch, config.epochs):
-            if loop.stop_for_time(logger, started, epoch_seconds, max_minutes, epoch, config.epochs):
-                break
-            tick = time.perf_counter()
+        run = loop.EpochRun(logger, out, config.epochs, started, max_minutes)
+        history = run.restore(state, modules, generators)
+        for epoch in run:
             loss = _train_epoch(model, optimizer, scheduler, sampler, batches, config, epoch, progress)
             val = evaluate_clip(model, processor, items.iloc[split.val], images=val_images, genres=all_genres)
             logit_scale = round(float(model.logit_scale.detach().exp()), 2)
@@ -272,15 +267,8 @@ def _train(
                     "logit_scale": logit_scale,
                 }
             )
-            epoch_seconds.append(time.perf_counter() - tick)
-            logger.info(
-                "mini-CLIP epoch %d/%d (%.0fs): %s", epoch + 1, config.epochs, epoch_seconds[-1], history[-1]
-            )
-            seconds = seconds_before + time.perf_counter() - started
-            state = loop.epoch_checkpoint(
-                _CHECKPOINT_FORMAT, fingerprint, epoch + 1, modules, generators, history, seconds
-            )
-            loop.torch_save_atomic(checkpoint, state)
+            logger.info("mini-CLIP epoch %d/%d (%.0fs): %s", epoch + 1, config.epochs, run.lap(), history[-1])
+            run.save(checkpoint, _CHECKPOINT_FORMAT, fingerprint, epoch + 1)
 
     test_items = items.iloc[split.test]
     test = evaluate_clip(
@@ -298,7 +286,7 @@ def _train(
         "val": val,
         "parameters": sum(p.numel() for p in model.parameters()),
         "vocab_size": len(tokenizer),
-        **loop.run_seconds(started, seconds_before, load_start),
+        **loop.run_seconds(started, run.seconds_before, load_start),
         "history": history,
         "config": dataclasses.asdict(config),
     }

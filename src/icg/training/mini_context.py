@@ -429,22 +429,17 @@ def _train(items, out: Path, config, clip_dir: Path, cache: Path, resume, progre
         sampler = torch.Generator().manual_seed(config.seed + 1)
         stateful = {"encoder": encoder, "head": head, "optimizer": optimizer, "scheduler": scheduler}
         generators = {"sampler_rng": sampler}
-        start_epoch, history, seconds_before = loop.restore(
-            state, stateful, generators, logger, out, config.epochs
-        )
+        run = loop.EpochRun(logger, out, config.epochs, started, max_minutes, epochs_in_log=False)
+        history = run.restore(state, stateful, generators)
         if state is None:  # the untrained model's scores, the baseline metrics.json shows beside the trained
             untrained, step_seconds = evaluate_meta(encoder, head, data, split.test, config.batch_size), []
         else:
             untrained, step_seconds = state["untrained"], list(state["step_seconds"])
-        epoch_seconds: list[float] = []
-        for epoch in range(start_epoch, config.epochs):
-            if loop.stop_for_time(logger, started, epoch_seconds, max_minutes, epoch):
-                break
-            tick = time.perf_counter()
+        for epoch in run:
             losses = _train_epoch(
                 encoder, head, optimizer, scheduler, sampler, data, train, config, epoch, progress
             )
-            step_seconds.append((time.perf_counter() - tick) / max(1, steps_per_epoch))
+            step_seconds.append(run.elapsed() / max(1, steps_per_epoch))
             val = evaluate_meta(encoder, head, data, split.val[:VAL_ITEMS], config.batch_size)
             gen = evaluate_generation(encoder, data, split.val[: config.val_generate])
             history.append({
@@ -452,14 +447,10 @@ def _train(items, out: Path, config, clip_dir: Path, cache: Path, resume, progre
                 "val_lm_loss_prompt_path": val["lm_loss_prompt_path"], "val_exact_match": gen["exact_match"],
                 "val_title_correct": gen["title_correct"], "val_genre_correct": gen["primary_genre_correct"],
             })  # fmt: skip
-            epoch_seconds.append(time.perf_counter() - tick)
-            logger.info(
-                "context epoch %d/%d (%.0fs): %s", epoch + 1, config.epochs, epoch_seconds[-1], history[-1]
-            )
+            logger.info("context epoch %d/%d (%.0fs): %s", epoch + 1, config.epochs, run.lap(), history[-1])
             # the module states first, where this checkpoint format has always had them
-            seconds = seconds_before + time.perf_counter() - started
             state = {name: obj.state_dict() for name, obj in stateful.items()} | loop.epoch_checkpoint(
-                _CHECKPOINT_FORMAT, fingerprint, epoch + 1, {}, generators, history, seconds,
+                _CHECKPOINT_FORMAT, fingerprint, epoch + 1, {}, generators, history, run.seconds(),
                 untrained=untrained, step_seconds=step_seconds,
             )  # fmt: skip
             loop.torch_save_atomic(checkpoint, state)
@@ -501,7 +492,7 @@ def _train(items, out: Path, config, clip_dir: Path, cache: Path, resume, progre
         "vocab_size": len(encoder.processor.tokenizer),
         "seconds_per_step": round(float(np.mean(step_seconds)), 3) if step_seconds else None,
         "steps_per_epoch": steps_per_epoch,
-        **loop.run_seconds(started, seconds_before, load_start),
+        **loop.run_seconds(started, run.seconds_before, load_start),
         "history": history,
         "config": dataclasses.asdict(config),
     }

@@ -501,18 +501,13 @@ def _train(
     state = loop.load_checkpoint(
         checkpoint, fingerprint, _CHECKPOINT_FORMAT, "mini-UNet", inputs, resume=resume
     )
-    start_epoch, history, seconds_before = loop.restore(
-        state, modules, generators, logger, out, config.epochs
-    )
+    epochs = loop.EpochRun(logger, out, config.epochs, started, max_minutes)  # `run` is taken
+    history = epochs.restore(state, modules, generators)
     ema.to(device=device)  # EMAModel.load_state_dict keeps the checkpoint's (host) shadow tensors
     if state is None:
         history.append({"epoch": 0, "val_eps_mse": evaluate()})  # the untrained model: where the curve starts
 
-    epoch_seconds: list[float] = []
-    for epoch in range(start_epoch, config.epochs):
-        if loop.stop_for_time(logger, started, epoch_seconds, max_minutes, epoch, config.epochs):
-            break
-        tick = time.perf_counter()
+    for epoch in epochs:
         batches = [
             batch
             for _ in range(config.passes_per_epoch)
@@ -526,16 +521,11 @@ def _train(
         val = evaluate()
         history.append({"epoch": epoch + 1, "loss": round(loss, 5), "val_eps_mse": val,
                         "lr": lr_schedule.get_last_lr()[0]})  # fmt: skip
-        epoch_seconds.append(time.perf_counter() - tick)
         logger.info(
             "mini-UNet epoch %d/%d (%.0fs): loss %.4f, val ε-MSE %.4f",
-            epoch + 1, config.epochs, epoch_seconds[-1], loss, val["mean"],
+            epoch + 1, config.epochs, epochs.lap(), loss, val["mean"],
         )  # fmt: skip
-        seconds = seconds_before + time.perf_counter() - started
-        state = loop.epoch_checkpoint(
-            _CHECKPOINT_FORMAT, fingerprint, epoch + 1, modules, generators, history, seconds
-        )
-        loop.torch_save_atomic(checkpoint, state)
+        epochs.save(checkpoint, _CHECKPOINT_FORMAT, fingerprint, epoch + 1)
 
     # the EMA weights + the inference scheduler; held-out ε-MSE with and without the text, and on test items
     empty_caption = evaluate(feats.hidden[:1].float().expand_as(val_hidden))
@@ -557,7 +547,7 @@ def _train(
         "parameters": sum(p.numel() for p in unet.parameters()), "device": str(device),
         "ema": {k: v for k, v in ema.state_dict().items() if k != "shadow_params"},
         "precompute_seconds": round(precompute_seconds, 1),
-        **loop.run_seconds(started, seconds_before, load_start),
+        **loop.run_seconds(started, epochs.seconds_before, load_start),
         "fingerprint": fingerprint, "history": history, "config": dataclasses.asdict(config),
     }  # fmt: skip
     text = json.dumps(metrics, indent=2)

@@ -334,28 +334,16 @@ def _train(
         sampler = torch.Generator().manual_seed(config.seed + 1)
         modules = {"model": vae, "optimizer": optimizer, "scheduler": scheduler}
         generators = {"sampler_rng": sampler}
-        start_epoch, history, seconds_before = loop.restore(
-            state, modules, generators, logger, out, config.epochs
-        )
-        epoch_seconds: list[float] = []
-        for epoch in range(start_epoch, config.epochs):
-            if loop.stop_for_time(logger, started, epoch_seconds, max_minutes, epoch, config.epochs):
-                break
-            tick = time.perf_counter()
+        run = loop.EpochRun(logger, out, config.epochs, started, max_minutes)
+        history = run.restore(state, modules, generators)
+        for epoch in run:
             losses = _train_epoch(
                 vae, optimizer, scheduler, sampler, covers, split.train, config, epoch, progress
             )
             val = evaluate_vae(vae, val_covers)
             history.append({"epoch": epoch + 1, **losses, "val_psnr": val["psnr"], "val_ssim": val["ssim"]})
-            epoch_seconds.append(time.perf_counter() - tick)
-            logger.info(
-                "mini-VAE epoch %d/%d (%.0fs): %s", epoch + 1, config.epochs, epoch_seconds[-1], history[-1]
-            )
-            seconds = seconds_before + time.perf_counter() - started
-            state = loop.epoch_checkpoint(
-                _CHECKPOINT_FORMAT, fingerprint, epoch + 1, modules, generators, history, seconds
-            )
-            loop.torch_save_atomic(checkpoint, state)
+            logger.info("mini-VAE epoch %d/%d (%.0fs): %s", epoch + 1, config.epochs, run.lap(), history[-1])
+            run.save(checkpoint, _CHECKPOINT_FORMAT, fingerprint, epoch + 1)
         # the scaling factor's sample: seeded, so a resumed run measures the same covers
         pairs = torch.randperm(
             n_train * config.variants, generator=torch.Generator().manual_seed(config.seed)
@@ -382,7 +370,7 @@ def _train(
         "latent_shape": [config.latent_channels, config.latent_size, config.latent_size],
         "parameters": sum(p.numel() for p in vae.parameters()),
         "device": str(device),
-        **loop.run_seconds(started, seconds_before, load_start, threads_key="threads"),
+        **loop.run_seconds(started, run.seconds_before, load_start, threads_key="threads"),
         "fingerprint": fingerprint,
         "history": history,
         "config": dataclasses.asdict(config),
