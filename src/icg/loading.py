@@ -17,6 +17,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from icg.adapter.attention import install_dual_path_adapter
 from icg.adapter.checkpoint import load_adapter
+from icg.backbones import backbone_kind
 from icg.errors import ICGError
 from icg.loading_common import hub_offline, load_conditioning
 from icg.pipeline import CoverPipeline
@@ -97,12 +98,16 @@ def load_cover_pipeline(
 
     `with_context_encoder=False`: no MLLM (see `load_encoders`); the pipeline then generates only through
     `covers_from_embeddings`."""
-    if spec.backbone == "flux":
+    try:
+        kind = backbone_kind(spec)
+    except ValueError:
+        raise ICGError(
+            f"preset '{spec.name}': backbone '{spec.backbone}' is not supported (sd15 or flux)"
+        ) from None
+    if kind == "flux":
         from icg.loading_flux import load_flux_cover_pipeline
 
         return load_flux_cover_pipeline(spec, device, torch_dtype, with_context_encoder)
-    if spec.backbone != "sd15":
-        raise ICGError(f"preset '{spec.name}': backbone '{spec.backbone}' is not supported (sd15 or flux)")
     if spec.base_model is None or spec.context_encoder is None:
         raise ICGError(f"preset '{spec.name}' names no base model or no context encoder")
     unet, vae, text_encoder, tokenizer, scheduler = load_backbone(

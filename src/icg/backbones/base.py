@@ -1,0 +1,142 @@
+"""The backbone interface: what a cover pipeline and the adapter trainer need of a frozen diffusion model.
+
+A `Backbone` wraps a cover pipeline's own components (read at each call, so `pipe.to(...)` or a swapped
+scheduler is seen) and owns the one denoising loop, `rollout`, that generation, the adapter trainer's ReFL
+steps, its sample grids and its guard all run: they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from icg.adapter.checkpoint import BACKBONES
+
+# one step of the loop: (latents, step index, timestep) → the scheduler's model output (noise or velocity)
+Predict = Callable[[Tensor, int, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    """How one rollout runs. `stop` is the last step index run (None: every step); gradients flow through
+    the last `grad_steps` steps up to `stop` (0: none, the pipelines); `predict_x0` decodes the stop step's
+    x̂0 (ReFL's one-step prediction) instead of its x_{t−1}; `latent_dtype` None means the text's dtype."""
+
+    num_inference_steps: int
+    guidance_scale: float
+    height: int
+    width: int
+    stop: int | None = None
+    grad_steps: int = 0
+    predict_x0: bool = False
+    adapter_scale: float | None = None
+    user_tokens: int = 0
+    user_scale: float = 1.0
+    true_cfg_scale: float = 1.0  # Flux only: classifier-free guidance on top of the embedded guidance
+    latent_dtype: torch.dtype | None = None
+
+
+def backbone_kind(obj: Any) -> str:
+    """ "sd15" or "flux" for a backbone name, a preset or adapter config (`.backbone`), a `Backbone`, or a
+    cover pipeline (by its denoiser: a `transformer` is Flux, a `unet` SD1.5): the one place that tells."""
+    if isinstance(obj, Backbone):
+        return obj.kind
+    kind = obj if isinstance(obj, str) else getattr(obj, "backbone", None)
+    if isinstance(kind, Backbone):
+        return kind.kind
+    if kind is None:
+        if getattr(obj, "transformer", None) is not None:
+            kind = "flux"
+        elif getattr(obj, "unet", None) is not None:
+            kind = "sd15"
+    if kind not in BACKBONES:
+        raise ValueError(f"backbone {kind!r} is not supported ({' or '.join(BACKBONES)})")
+    return kind
+
+
+class Backbone(ABC):
+    """One frozen backbone of a cover pipeline: prompt encoding, initial noise, the rollout, decoding."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+
+    @property
+    @abstractmethod
+    def denoiser(self) -> nn.Module:
+        """The network the dual-path adapter is installed in (UNet or transformer)."""
+
+    @property
+    @abstractmethod
+    def text_encoders(self) -> tuple[nn.Module, ...]:
+        """The frozen text encoders, for the trainer to freeze and cast."""
+
+    @abstractmethod
+    def adapter_layers(self) -> nn.Module:
+        """The dual path's trainable layers in `denoiser`."""
+
+    @abstractmethod
+    def encode_prompts(self, prompts: list[str]) -> Any:
+        """The text conditioning of `prompts` (one entry per prompt; its type is the backbone's)."""
+
+    @abstractmethod
+    def sampler(
+        self,
+        text: Any,
+        cond_p: Tensor,
+        uncond_p: Tensor,
+        seeds: list[int],
+        settings: RolloutSettings,
+        scheduler: Any,
+        device: torch.device,
+    ) -> tuple[Tensor, Tensor, Predict]:
+        """(initial latents, the schedule's timesteps, one step's model output): the backbone's half of
+        `rollout`; the loop, stop step, gradient window and decoding are the rollout's."""
+
+    @abstractmethod
+    def step(
+        self, scheduler: Any, output: Tensor, index: int, t: Tensor, latents: Tensor, want_x0: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """(x_{t−1}, x̂0 when `want_x0`) of one scheduler step."""
+
+    @abstractmethod
+    def decode(self, latents: Tensor, height: int, width: int) -> Tensor:
+        """Latents → images (B, 3, H, W) in [0, 1], in the latents' dtype."""
+
+    def text_dtype(self, text: Any) -> torch.dtype:
+        """The dtype the pipelines draw their noise in: the text conditioning's."""
+        return text.dtype
+
+    def rollout(
+        self,
+        text: Any,
+        cond_p: Tensor,
+        uncond_p: Tensor,
+        seeds: list[int],
+        settings: RolloutSettings,
+        device: torch.device,
+        scheduler: Any = None,
+        progress: Callable[[Iterable], Iterable] | None = None,
+    ) -> Tensor:
+        """Images (B, 3, H, W) in [0, 1]: cover b from noise seeded with `seeds[b]`, denoised to step
+        `settings.stop` on `scheduler` (default: the pipeline's), c_t `text` and c_p (`uncond_p` for the
+        unconditional branch, when guidance has one). The pipelines and the adapter trainer both call this."""
+        scheduler = self.pipe.scheduler if scheduler is None else scheduler
+        if settings.latent_dtype is None:
+            settings = replace(settings, latent_dtype=self.text_dtype(text))
+        latents, timesteps, predict = self.sampler(text, cond_p, uncond_p, seeds, settings, scheduler, device)
+        last = len(timesteps) - 1 if settings.stop is None else settings.stop
+        steps = timesteps[: last + 1]
+        x0 = None
+        for i, t in enumerate(steps if progress is None else progress(steps)):
+            with torch.set_grad_enabled(i > last - settings.grad_steps):
+                output = predict(latents, i, t)
+                want_x0 = settings.predict_x0 and i == last
+                latents, x0 = self.step(scheduler, output, i, t, latents, want_x0)
+        return self.decode(x0 if settings.predict_x0 else latents, settings.height, settings.width)
