@@ -335,8 +335,11 @@ class CoverPipeline(DiffusionPipeline, TextualInversionLoaderMixin, CoverConditi
         device: torch.device | None = None,
     ) -> torch.Tensor:
         """Initial noise (B, C, h, w); pass `device` when known (`_execution_device` walks every module)."""
+        if len(generators) != batch_size:
+            raise ValueError(f"{len(generators)} generators for a batch of {batch_size}")
         device = self._execution_device if device is None else device
-        return self.backbone.prepare_latents(batch_size, height, width, dtype, generators, device)
+        latents = self.backbone.prepare_latents(generators, height, width, dtype, device)
+        return latents * self.scheduler.init_noise_sigma
 
     # --- generation -----------------------------------------------------------------------------------------
     def denoise(

@@ -137,6 +137,7 @@ class FluxCoverPipeline(DiffusionPipeline, CoverConditioningMixin):
         """`prompt, suffix` within the T5 context (EOS excluded); see `join_suffix`."""
         return join_suffix(self.tokenizer_2, self.max_sequence_length - 1, prompt, suffix)
 
+    # FluxPipeline's steps under their names; the rollout calls the backbone's own
     def prepare_latents(
         self,
         batch_size: int,
@@ -147,7 +148,9 @@ class FluxCoverPipeline(DiffusionPipeline, CoverConditioningMixin):
         device: torch.device,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Packed initial noise (B, h/2·w/2, 4C) and the image position ids (h/2·w/2, 3), as FluxPipeline."""
-        return self.backbone.prepare_latents(batch_size, height, width, dtype, generators, device)
+        if len(generators) != batch_size:
+            raise ValueError(f"{len(generators)} generators for a batch of {batch_size}")
+        return self.backbone.prepare_latents(generators, height, width, dtype, device)
 
     def timesteps(self, num_inference_steps: int, image_seq_len: int, device: torch.device) -> torch.Tensor:
         """FLUX's shifted sigma schedule set on the pipeline's scheduler (see `flow_timesteps`)."""

@@ -19,6 +19,7 @@ from icg.adapter.checkpoint import BACKBONES
 
 # one step of the loop: (latents, step index, timestep) → the scheduler's model output (noise or velocity)
 Predict = Callable[[Tensor, int, Tensor], Tensor]
+Generators = list[torch.Generator]  # one seeded generator per cover
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,16 @@ class RolloutSettings:
     user_scale: float = 1.0
     true_cfg_scale: float = 1.0  # Flux only: classifier-free guidance on top of the embedded guidance
     latent_dtype: torch.dtype | None = None
+    scheduler: Any = None  # None: the pipeline's (the trainer runs on a scheduler of its own)
+
+
+def guide(uncond: Tensor, cond: Tensor, scale: float) -> Tensor:
+    """Classifier-free guidance: the unconditional output pushed `scale` times towards the conditional."""
+    return uncond + scale * (cond - uncond)
 
 
 def backbone_kind(obj: Any) -> str:
-    """ "sd15" or "flux" for a backbone name, a preset or adapter config (`.backbone`), a `Backbone`, or a
+    """The backbone, "sd15" or "flux", of a name, a preset or adapter config (`.backbone`), a `Backbone` or a
     cover pipeline (by its denoiser: a `transformer` is Flux, a `unet` SD1.5): the one place that tells."""
     if isinstance(obj, Backbone):
         return obj.kind
@@ -59,23 +66,36 @@ def backbone_kind(obj: Any) -> str:
     return kind
 
 
+@dataclass(frozen=True)
+class Conditioning:
+    """What one rollout is conditioned on: the backbone's text conditioning, c_p and its unconditional twin
+    (the projector of zeros, for guidance with an unconditional branch)."""
+
+    text: Any
+    cond_p: Tensor
+    uncond_p: Tensor
+
+
 class Backbone(ABC):
-    """One frozen backbone of a cover pipeline: prompt encoding, initial noise, the rollout, decoding."""
+    """One frozen backbone of a cover pipeline: prompt encoding, initial noise, the rollout, decoding.
+
+    A backbone names its pipeline components (`denoiser_name`, `text_encoder_names`) and implements the
+    backbone-specific halves of the loop (`sampler`, `step`, `decode`); `rollout` itself is written once."""
 
     kind: ClassVar[str]
+    denoiser_name: ClassVar[str]  # the pipeline component the dual-path adapter is installed in
+    text_encoder_names: ClassVar[tuple[str, ...]]  # the frozen text encoders, for the trainer
 
     def __init__(self, pipe: Any) -> None:
         self.pipe = pipe
 
     @property
-    @abstractmethod
     def denoiser(self) -> nn.Module:
-        """The network the dual-path adapter is installed in (UNet or transformer)."""
+        return getattr(self.pipe, self.denoiser_name)
 
     @property
-    @abstractmethod
     def text_encoders(self) -> tuple[nn.Module, ...]:
-        """The frozen text encoders, for the trainer to freeze and cast."""
+        return tuple(getattr(self.pipe, name) for name in self.text_encoder_names)
 
     @abstractmethod
     def adapter_layers(self) -> nn.Module:
@@ -87,17 +107,10 @@ class Backbone(ABC):
 
     @abstractmethod
     def sampler(
-        self,
-        text: Any,
-        cond_p: Tensor,
-        uncond_p: Tensor,
-        seeds: list[int],
-        settings: RolloutSettings,
-        scheduler: Any,
-        device: torch.device,
+        self, cond: Conditioning, generators: Generators, settings: RolloutSettings, device: torch.device
     ) -> tuple[Tensor, Tensor, Predict]:
-        """(initial latents, the schedule's timesteps, one step's model output): the backbone's half of
-        `rollout`; the loop, stop step, gradient window and decoding are the rollout's."""
+        """(initial latents, the timesteps set on `settings.scheduler`, one step's model output): the
+        backbone's half of `rollout`; the loop, stop step, gradient window and decoding are the rollout's."""
 
     @abstractmethod
     def step(
@@ -121,16 +134,18 @@ class Backbone(ABC):
         seeds: list[int],
         settings: RolloutSettings,
         device: torch.device,
-        scheduler: Any = None,
         progress: Callable[[Iterable], Iterable] | None = None,
     ) -> Tensor:
         """Images (B, 3, H, W) in [0, 1]: cover b from noise seeded with `seeds[b]`, denoised to step
-        `settings.stop` on `scheduler` (default: the pipeline's), c_t `text` and c_p (`uncond_p` for the
-        unconditional branch, when guidance has one). The pipelines and the adapter trainer both call this."""
-        scheduler = self.pipe.scheduler if scheduler is None else scheduler
-        if settings.latent_dtype is None:
-            settings = replace(settings, latent_dtype=self.text_dtype(text))
-        latents, timesteps, predict = self.sampler(text, cond_p, uncond_p, seeds, settings, scheduler, device)
+        `settings.stop`, conditioned on `text` and c_p (`uncond_p` for the unconditional branch, when
+        guidance has one). The pipelines and the adapter trainer both call this."""
+        scheduler = self.pipe.scheduler if settings.scheduler is None else settings.scheduler
+        dtype = self.text_dtype(text) if settings.latent_dtype is None else settings.latent_dtype
+        settings = replace(settings, latent_dtype=dtype, scheduler=scheduler)
+        generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+        latents, timesteps, predict = self.sampler(
+            Conditioning(text, cond_p, uncond_p), generators, settings, device
+        )
         last = len(timesteps) - 1 if settings.stop is None else settings.stop
         steps = timesteps[: last + 1]
         x0 = None

@@ -17,7 +17,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor, nn
 
 from icg.adapter.flux import get_flux_adapter_layers, personalized_flux_kwargs
-from icg.backbones.base import Backbone, Predict, RolloutSettings
+from icg.backbones.base import Backbone, Conditioning, Generators, Predict, RolloutSettings, guide
 
 T5_MAX_LENGTH = 512  # FLUX.1-dev's max_sequence_length
 
@@ -79,14 +79,8 @@ class FluxBackbone(Backbone):
     """A `FluxCoverPipeline`'s vae, CLIP and T5 text encoders and transformer."""
 
     kind = "flux"
-
-    @property
-    def denoiser(self) -> nn.Module:
-        return self.pipe.transformer
-
-    @property
-    def text_encoders(self) -> tuple[nn.Module, ...]:
-        return (self.pipe.text_encoder, self.pipe.text_encoder_2)
+    denoiser_name = "transformer"
+    text_encoder_names = ("text_encoder", "text_encoder_2")
 
     def adapter_layers(self) -> nn.Module:
         return get_flux_adapter_layers(self.pipe.transformer)
@@ -125,19 +119,14 @@ class FluxBackbone(Backbone):
         return text.states.dtype
 
     def prepare_latents(
-        self,
-        batch_size: int,
-        height: int,
-        width: int,
-        dtype: torch.dtype,
-        generators: list[torch.Generator],
-        device: torch.device,
+        self, generators: Generators, height: int, width: int, dtype: torch.dtype, device: torch.device
     ) -> tuple[Tensor, Tensor]:
-        """Packed initial noise (B, h/2·w/2, 4C) and the image position ids (h/2·w/2, 3), as FluxPipeline."""
+        """Packed initial noise (B, h/2·w/2, 4C), one generator per cover, and the image position ids
+        (h/2·w/2, 3), as FluxPipeline."""
         channels = self.pipe.transformer.config.in_channels // 4
-        factor = self.pipe.vae_scale_factor
-        h, w = height // factor, width // factor
-        latents = randn_tensor((batch_size, channels, h, w), generator=generators, device=device, dtype=dtype)
+        h, w = height // self.pipe.vae_scale_factor, width // self.pipe.vae_scale_factor
+        shape = (len(generators), channels, h, w)
+        latents = randn_tensor(shape, generator=generators, device=device, dtype=dtype)
         return pack_latents(latents), latent_image_ids(h // 2, w // 2, device, dtype)
 
     def guidance(self, guidance_scale: float, batch_size: int, device: torch.device) -> Tensor | None:
@@ -171,40 +160,31 @@ class FluxBackbone(Backbone):
         )[0].to(latents.dtype)
 
     def sampler(
-        self,
-        text: FluxText,
-        cond_p: Tensor,
-        uncond_p: Tensor,
-        seeds: list[int],
-        settings: RolloutSettings,
-        scheduler: Any,
-        device: torch.device,
+        self, cond: Conditioning, generators: Generators, settings: RolloutSettings, device: torch.device
     ) -> tuple[Tensor, Tensor, Predict]:
-        dtype = self.pipe.transformer.dtype
+        dtype, text, true_cfg = self.pipe.transformer.dtype, cond.text, settings.true_cfg_scale
         user = (settings.user_tokens, settings.user_scale)
-        cond_kwargs = personalized_flux_kwargs(cond_p.to(dtype), settings.adapter_scale, *user)
-        true_cfg = settings.true_cfg_scale
+        cond_kwargs = personalized_flux_kwargs(cond.cond_p.to(dtype), settings.adapter_scale, *user)
         if true_cfg > 1.0:
             with torch.no_grad():
                 empty = self.encode_prompts([""])
             empty = FluxText(
                 empty.states.expand_as(text.states), empty.pooled.expand_as(text.pooled), text.ids
             )
-            uncond_kwargs = personalized_flux_kwargs(uncond_p.to(dtype), settings.adapter_scale, *user)
-        generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+            uncond_kwargs = personalized_flux_kwargs(cond.uncond_p.to(dtype), settings.adapter_scale, *user)
         latents, image_ids = self.prepare_latents(
-            len(seeds), settings.height, settings.width, settings.latent_dtype, generators, device
+            generators, settings.height, settings.width, settings.latent_dtype, device
         )
-        timesteps = flow_timesteps(scheduler, settings.num_inference_steps, latents.shape[1], device)
+        timesteps = flow_timesteps(settings.scheduler, settings.num_inference_steps, latents.shape[1], device)
         guidance = self.guidance(settings.guidance_scale, latents.shape[0], device)
 
         def predict(latents: Tensor, i: int, t: Tensor) -> Tensor:
             sigma = t.expand(latents.shape[0]).to(latents.dtype) / 1000  # FluxPipeline passes t / 1000
             velocity = self.velocity(latents, sigma, text, image_ids, cond_kwargs, guidance)
-            if true_cfg > 1.0:
-                uncond = self.velocity(latents, sigma, empty, image_ids, uncond_kwargs, guidance)
-                velocity = uncond + true_cfg * (velocity - uncond)
-            return velocity
+            if true_cfg <= 1.0:
+                return velocity
+            uncond = self.velocity(latents, sigma, empty, image_ids, uncond_kwargs, guidance)
+            return guide(uncond, velocity, true_cfg)
 
         return latents, timesteps, predict
 

@@ -13,21 +13,15 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor, nn
 
 from icg.adapter.attention import get_adapter_layers, personalized_unet_inputs
-from icg.backbones.base import Backbone, Predict, RolloutSettings
+from icg.backbones.base import Backbone, Conditioning, Generators, Predict, RolloutSettings, guide
 
 
 class SD15Backbone(Backbone):
     """A `CoverPipeline`'s vae, text_encoder, tokenizer and unet (textual-inversion tokens included)."""
 
     kind = "sd15"
-
-    @property
-    def denoiser(self) -> nn.Module:
-        return self.pipe.unet
-
-    @property
-    def text_encoders(self) -> tuple[nn.Module, ...]:
-        return (self.pipe.text_encoder,)
+    denoiser_name = "unet"
+    text_encoder_names = ("text_encoder",)
 
     def adapter_layers(self) -> nn.Module:
         return get_adapter_layers(self.pipe.unet)
@@ -46,52 +40,32 @@ class SD15Backbone(Backbone):
         return pipe.text_encoder(tokens.input_ids.to(pipe.text_encoder.device))[0]
 
     def prepare_latents(
-        self,
-        batch_size: int,
-        height: int,
-        width: int,
-        dtype: torch.dtype,
-        generators: list[torch.Generator],
-        device: torch.device,
-        scheduler: Any = None,
+        self, generators: Generators, height: int, width: int, dtype: torch.dtype, device: torch.device
     ) -> Tensor:
-        """Initial noise (B, C, h, w) scaled by `scheduler`'s (default: the pipeline's) initial sigma."""
-        scheduler = self.pipe.scheduler if scheduler is None else scheduler
+        """Unit Gaussian noise (B, C, h, w), one generator per cover (not yet scaled by the scheduler)."""
         factor = self.pipe.vae_scale_factor
-        shape = (batch_size, self.pipe.unet.config.in_channels, height // factor, width // factor)
-        latents = randn_tensor(shape, generator=generators, device=device, dtype=dtype)
-        return latents * scheduler.init_noise_sigma
+        shape = (len(generators), self.pipe.unet.config.in_channels, height // factor, width // factor)
+        return randn_tensor(shape, generator=generators, device=device, dtype=dtype)
 
     def sampler(
-        self,
-        text: Tensor,
-        cond_p: Tensor,
-        uncond_p: Tensor,
-        seeds: list[int],
-        settings: RolloutSettings,
-        scheduler: Any,
-        device: torch.device,
+        self, cond: Conditioning, generators: Generators, settings: RolloutSettings, device: torch.device
     ) -> tuple[Tensor, Tensor, Predict]:
-        unet, dtype = self.pipe.unet, self.pipe.unet.dtype
+        unet, dtype, scheduler = self.pipe.unet, self.pipe.unet.dtype, settings.scheduler
         guidance = settings.guidance_scale
         do_cfg = guidance > 1.0
+        text = cond.text
         if do_cfg:
             with torch.no_grad():
                 empty = self.encode_prompts([""]).expand_as(text)
-            text, personal = torch.cat([empty, text]), torch.cat([uncond_p, cond_p])
+            text, personal = torch.cat([empty, text]), torch.cat([cond.uncond_p, cond.cond_p])
         else:
-            personal = cond_p
-        inputs = personalized_unet_inputs(
-            text.to(dtype),
-            personal.to(dtype),
-            settings.adapter_scale,
-            settings.user_tokens,
-            settings.user_scale,
-        )
-        generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+            personal = cond.cond_p
+        user = (settings.user_tokens, settings.user_scale)
+        inputs = personalized_unet_inputs(text.to(dtype), personal.to(dtype), settings.adapter_scale, *user)
         latents = self.prepare_latents(
-            len(seeds), settings.height, settings.width, settings.latent_dtype, generators, device, scheduler
+            generators, settings.height, settings.width, settings.latent_dtype, device
         )
+        latents = latents * scheduler.init_noise_sigma
         # the scheduler's timesteps stay on the CPU (its table look-ups are host-side) and the UNet reads a
         # device copy made once: no host-device synchronisation inside the loop
         scheduler.set_timesteps(settings.num_inference_steps)
@@ -102,10 +76,7 @@ class SD15Backbone(Backbone):
             model_input = torch.cat([latents] * 2) if do_cfg else latents
             model_input = scheduler.scale_model_input(model_input, t).to(dtype)
             noise = unet(model_input, unet_timesteps[i], **inputs).sample.to(latents.dtype)
-            if do_cfg:
-                noise_uncond, noise_cond = noise.chunk(2)
-                noise = noise_uncond + guidance * (noise_cond - noise_uncond)
-            return noise
+            return guide(*noise.chunk(2), guidance) if do_cfg else noise
 
         return latents, timesteps, predict
 

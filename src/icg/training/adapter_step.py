@@ -126,13 +126,14 @@ class AdapterStep:
         """The backbone's rollout from noise to step `stop` on the training scheduler, in float32 latents →
         images (B, 3, H, W) in [0, 1]. Training (`grad`) runs gradients through the last K steps and decodes
         the stop step's x̂0; sampling (stop = last step) decodes its x_{t−1}: the pipeline's cover at that
-        seed (tests/training/test_adapter_step.py holds them equal)."""
+        seed (tests/backbones/test_rollout.py holds them equal)."""
         cfg = self.config
         settings = RolloutSettings(
             cfg.num_inference_steps, cfg.guidance_scale, self.pixels, self.pixels, stop=stop,
             grad_steps=cfg.grad_steps if grad else 0, predict_x0=grad, latent_dtype=torch.float32,
+            scheduler=self.scheduler,
         )  # fmt: skip
-        return self.backbone.rollout(text, cond_p, uncond_p, seeds, settings, self.device, self.scheduler)
+        return self.backbone.rollout(text, cond_p, uncond_p, seeds, settings, self.device)
 
     def denoise_loss(self, rows: Tensor, text: Tensor, cond_p: Tensor, first: int) -> Tensor:
         """ε-MSE (or v-MSE) of the adapted UNet on noised reference-cover latents: keeps it a denoiser."""
