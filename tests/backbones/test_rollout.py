@@ -123,3 +123,19 @@ def test_one_function_says_which_backbone(pipes, root) -> None:
         backbone_kind("sdxl")
     with pytest.raises(ValueError, match="not supported"):
         backbone_kind(object())
+
+
+def test_one_loader_for_both_backbones_and_the_old_flux_path(root) -> None:
+    """`load_cover_pipeline` loads either backbone through its `load_components`; `icg.loading_flux` keeps
+    its names as a shim over it."""
+    from icg.errors import ICGError
+    from icg.loading_flux import load_flux_backbone, load_flux_cover_pipeline
+
+    spec = load_preset_folder(root / "tiny-flux")
+    pipe = load_flux_cover_pipeline(spec, with_context_encoder=False)
+    assert backbone_kind(pipe) == "flux" and pipe.context_encoder is None
+    assert set(load_flux_backbone(spec.base_model)) == set(FluxBackbone.load_components(spec.base_model))
+    with pytest.raises(ICGError, match="not a flux preset"):
+        load_flux_cover_pipeline(load_preset_folder(root / "tiny"))
+    with pytest.raises(ICGError, match="not supported for flux"):
+        FluxBackbone.load_components(spec.base_model, base_config=str(root / "tiny"))

@@ -7,15 +7,20 @@ steps, its sample grids and its guard all run: they cannot drift apart.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from icg.adapter.checkpoint import BACKBONES
+from icg.errors import ICGError
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
 # one step of the loop: (latents, step index, timestep) → the scheduler's model output (noise or velocity)
 Predict = Callable[[Tensor, int, Tensor], Tensor]
@@ -43,6 +48,35 @@ class RolloutSettings:
     scheduler: Any = None  # None: the pipeline's (the trainer runs on a scheduler of its own)
 
 
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE forbids asking the hub for a backbone (any value but 0/false/empty)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+def load_folder(
+    base_model: str, classes: dict[str, type], torch_dtype: torch.dtype, what: str
+) -> dict[str, Any]:
+    """Each component of a diffusers folder or hub id (subfolder = its name) with its class's own
+    `from_pretrained`, networks in `torch_dtype`, frozen: an ICGError naming `what` when one cannot load."""
+    common = {"local_files_only": hub_offline() or Path(base_model).exists()}
+    parts = {}
+    try:
+        for name, cls in classes.items():
+            typed = {"torch_dtype": torch_dtype} if issubclass(cls, nn.Module) else {}
+            parts[name] = cls.from_pretrained(base_model, subfolder=name, **common, **typed)
+    except (OSError, ValueError) as exc:
+        raise ICGError(f"cannot load {what} from '{base_model}': {str(exc).splitlines()[0]}") from exc
+    return frozen(parts)
+
+
+def frozen(parts: dict[str, Any]) -> dict[str, Any]:
+    """`parts` with every network frozen and in eval mode (the backbone never trains)."""
+    for part in parts.values():
+        if isinstance(part, nn.Module):
+            part.requires_grad_(False).eval()
+    return parts
+
+
 def guide(uncond: Tensor, cond: Tensor, scale: float) -> Tensor:
     """Classifier-free guidance: the unconditional output pushed `scale` times towards the conditional."""
     return uncond + scale * (cond - uncond)
@@ -66,6 +100,15 @@ def backbone_kind(obj: Any) -> str:
     return kind
 
 
+class AdapterFunctions(NamedTuple):
+    """The dual-path functions of one denoiser class (`icg.adapter`): install (denoiser, init=…) → layers,
+    load (folder, denoiser) → (layers, projector or None), layers (denoiser) → the installed layers."""
+
+    install: Callable[..., nn.Module]
+    load: Callable[[str, nn.Module], tuple[nn.Module, Any]]
+    layers: Callable[[nn.Module], nn.Module]
+
+
 @dataclass(frozen=True)
 class Conditioning:
     """What one rollout is conditioned on: the backbone's text conditioning, c_p and its unconditional twin
@@ -79,12 +122,15 @@ class Conditioning:
 class Backbone(ABC):
     """One frozen backbone of a cover pipeline: prompt encoding, initial noise, the rollout, decoding.
 
-    A backbone names its pipeline components (`denoiser_name`, `text_encoder_names`) and implements the
-    backbone-specific halves of the loop (`sampler`, `step`, `decode`); `rollout` itself is written once."""
+    A backbone names its pipeline components (`denoiser_name`, `text_encoder_names`) and its `dual_path`
+    functions, loads its components, and implements the backbone-specific halves of the loop (`sampler`,
+    `step`, `decode`); `rollout` itself is written once."""
 
     kind: ClassVar[str]
     denoiser_name: ClassVar[str]  # the pipeline component the dual-path adapter is installed in
     text_encoder_names: ClassVar[tuple[str, ...]]  # the frozen text encoders, for the trainer
+    dual_path: ClassVar[AdapterFunctions]  # the dual-path adapter functions of this denoiser
+    personal_width_key: ClassVar[str]  # the denoiser config's width of the context c_p joins
 
     def __init__(self, pipe: Any) -> None:
         self.pipe = pipe
@@ -97,9 +143,33 @@ class Backbone(ABC):
     def text_encoders(self) -> tuple[nn.Module, ...]:
         return tuple(getattr(self.pipe, name) for name in self.text_encoder_names)
 
-    @abstractmethod
     def adapter_layers(self) -> nn.Module:
         """The dual path's trainable layers in `denoiser`."""
+        return self.dual_path.layers(self.denoiser)
+
+    # --- loading (before a pipeline exists: class methods) -------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def load_components(
+        cls, base_model: str, base_config: str | None = None, torch_dtype: torch.dtype = torch.float32
+    ) -> dict[str, Any]:
+        """The frozen backbone's components, by pipeline component name, from a diffusers folder or hub id
+        (or a single file with its config folder, where the backbone supports it)."""
+
+    @classmethod
+    def install_adapter(cls, denoiser: nn.Module) -> nn.Module:
+        """A fresh (zero-initialized) dual path in `denoiser`: covers equal the plain backbone's."""
+        return cls.dual_path.install(denoiser, init="zeros")
+
+    @classmethod
+    def load_adapter(cls, directory: str, denoiser: nn.Module) -> tuple[nn.Module, Any]:
+        """The saved dual path installed in `denoiser` → (adapter layers, projector or None)."""
+        return cls.dual_path.load(directory, denoiser)
+
+    @classmethod
+    def personal_width(cls, denoiser: nn.Module) -> int:
+        """W: the width of c_p that `denoiser`'s attention takes (the projector's output)."""
+        return getattr(denoiser.config, cls.personal_width_key)
 
     @abstractmethod
     def encode_prompts(self, prompts: list[str]) -> Any:

@@ -8,16 +8,33 @@ double-stream block through `joint_attention_kwargs` (`icg.adapter.flux`).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
 from diffusers.utils.torch_utils import randn_tensor
-from torch import Tensor, nn
+from torch import Tensor
 
-from icg.adapter.flux import get_flux_adapter_layers, personalized_flux_kwargs
-from icg.backbones.base import Backbone, Conditioning, Generators, Predict, RolloutSettings, guide
+from icg.adapter.flux import (
+    get_flux_adapter_layers,
+    install_flux_dual_path_adapter,
+    load_flux_adapter,
+    personalized_flux_kwargs,
+)
+from icg.backbones.base import (
+    SINGLE_FILE_SUFFIXES,
+    AdapterFunctions,
+    Backbone,
+    Conditioning,
+    Generators,
+    Predict,
+    RolloutSettings,
+    guide,
+    load_folder,
+)
+from icg.errors import ICGError
 
 T5_MAX_LENGTH = 512  # FLUX.1-dev's max_sequence_length
 
@@ -81,9 +98,28 @@ class FluxBackbone(Backbone):
     kind = "flux"
     denoiser_name = "transformer"
     text_encoder_names = ("text_encoder", "text_encoder_2")
+    dual_path = AdapterFunctions(install_flux_dual_path_adapter, load_flux_adapter, get_flux_adapter_layers)
+    personal_width_key = "joint_attention_dim"
 
-    def adapter_layers(self) -> nn.Module:
-        return get_flux_adapter_layers(self.pipe.transformer)
+    @classmethod
+    def load_components(
+        cls, base_model: str, base_config: str | None = None, torch_dtype: torch.dtype = torch.float32
+    ) -> dict[str, Any]:
+        """The FLUX.1 components of a diffusers folder or hub id, frozen, by name (FluxPipeline's names).
+        Single-file Flux checkpoints (and so `base_config`) are not supported."""
+        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+        from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokenizer
+
+        if base_config is not None:
+            raise ICGError(f"{base_model}: base_config (single-file backbones) is not supported for flux")
+        if base_model.endswith(SINGLE_FILE_SUFFIXES) or Path(base_model).is_file():
+            raise ICGError(
+                f"{base_model}: single-file Flux checkpoints are not supported; give a diffusers folder"
+            )
+        classes = {"transformer": FluxTransformer2DModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel,
+                   "tokenizer": CLIPTokenizer, "text_encoder_2": T5EncoderModel, "tokenizer_2": T5Tokenizer,
+                   "scheduler": FlowMatchEulerDiscreteScheduler}  # fmt: skip
+        return load_folder(base_model, classes, torch_dtype, "the Flux backbone")
 
     @property
     def max_sequence_length(self) -> int:

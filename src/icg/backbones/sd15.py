@@ -6,14 +6,31 @@ for IP-Adapter's negative image embeddings; with guidance_scale ≤ 1 only the c
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from diffusers.utils.torch_utils import randn_tensor
-from torch import Tensor, nn
+from torch import Tensor
+from transformers import CLIPTextModel, CLIPTokenizer
 
-from icg.adapter.attention import get_adapter_layers, personalized_unet_inputs
-from icg.backbones.base import Backbone, Conditioning, Generators, Predict, RolloutSettings, guide
+from icg.adapter.attention import get_adapter_layers, install_dual_path_adapter, personalized_unet_inputs
+from icg.adapter.checkpoint import load_adapter
+from icg.backbones.base import (
+    SINGLE_FILE_SUFFIXES,
+    AdapterFunctions,
+    Backbone,
+    Conditioning,
+    Generators,
+    Predict,
+    RolloutSettings,
+    frozen,
+    guide,
+    load_folder,
+)
+from icg.errors import ICGError
+from icg.single_file import load_single_file_backbone
 
 
 class SD15Backbone(Backbone):
@@ -22,9 +39,39 @@ class SD15Backbone(Backbone):
     kind = "sd15"
     denoiser_name = "unet"
     text_encoder_names = ("text_encoder",)
+    dual_path = AdapterFunctions(install_dual_path_adapter, load_adapter, get_adapter_layers)
+    personal_width_key = "cross_attention_dim"
 
-    def adapter_layers(self) -> nn.Module:
-        return get_adapter_layers(self.pipe.unet)
+    @classmethod
+    def load_components(
+        cls, base_model: str, base_config: str | None = None, torch_dtype: torch.dtype = torch.float32
+    ) -> dict[str, Any]:
+        """unet, vae, text_encoder, tokenizer and a DDIM scheduler from a diffusers folder/hub id or a file.
+
+        A single `.safetensors`/`.ckpt` file (how community SD1.5 checkpoints are shared, LDM key layout)
+        needs `base_config`, a local diffusers folder with the component configs of the same architecture: the
+        file holds weights only, and a hub config cannot be fetched here. See `icg.single_file` for what comes
+        from the file and what from the folder; a file of another architecture is an ICGError naming what
+        differs.
+        """
+        if not (base_model.endswith(SINGLE_FILE_SUFFIXES) or Path(base_model).is_file()):
+            classes = {"unet": UNet2DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel,
+                       "tokenizer": CLIPTokenizer, "scheduler": DDIMScheduler}  # fmt: skip
+            return load_folder(base_model, classes, torch_dtype, "the backbone")
+        if not Path(base_model).is_file():
+            raise ICGError(f"{base_model}: single-file checkpoint not found")
+        if base_config is None:
+            raise ICGError(
+                f"{base_model}: a single-file checkpoint needs --base-config, a local diffusers folder "
+                "with the configs of the same architecture (unet/, vae/, text_encoder/, tokenizer/, "
+                "scheduler/)"
+            )
+        if not Path(base_config).is_dir():
+            raise ICGError(f"{base_config}: --base-config must be a local diffusers folder (no hub access)")
+        parts = load_single_file_backbone(base_model, base_config, torch_dtype)
+        return frozen(
+            {name: parts[name] for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")}
+        )
 
     def encode_prompts(self, prompts: list[str]) -> Tensor:
         """CLIP text hidden states c_t for each prompt, padded to the tokenizer's max length → (B, T, W)."""
