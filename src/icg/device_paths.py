@@ -152,7 +152,7 @@ def path_textual_inversion(ctx: CheckContext) -> str:
     from icg.pipeline import CoverItem, CoverUser
 
     pipe = device_pipeline(ctx)
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    size = pipe.default_size
     gen = torch.Generator().manual_seed(0)
     users = {u: torch.randint(0, 256, (1, 3, size, size), dtype=torch.uint8, generator=gen) for u in "12"}
     config = TextualInversionConfig(epochs=2, batch_size=2, templates=("a poster in the style of {}",))

@@ -1,24 +1,20 @@
-"""What the SD1.5 and Flux loaders (`icg.loading`, `icg.loading_flux`) share: whether the hub may be asked,
-and the backbone-independent half of a pipeline (context encoder, user encoder, projector or adapter)."""
+"""The backbone-independent half of a pipeline for `icg.loading`: context encoder, user encoder, projector or
+adapter (the backbone half is `icg.backbones`)."""
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 
 import torch
 
 from icg.adapter.projector import PersonalizedProjector, ProjectorConfig
+from icg.backbones.base import hub_offline  # noqa: F401  (its import path before icg.backbones)
 from icg.context import ContextEncoder
 from icg.errors import ICGError
 from icg.presets import PresetSpec
 
 logger = logging.getLogger("icg.loading")  # the name its warning had before the split
-
-
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
 def load_encoders(spec: PresetSpec, torch_dtype: torch.dtype = torch.float32, with_context: bool = True):

@@ -25,9 +25,9 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.loaders import TextualInversionLoaderMixin
 from diffusers.utils import BaseOutput
-from diffusers.utils.torch_utils import randn_tensor
 
-from icg.adapter.attention import check_user_scale, personalized_unet_inputs
+from icg.adapter.attention import check_user_scale
+from icg.backbones import RolloutSettings, SD15Backbone
 from icg.modules import check_finite
 
 logger = logging.getLogger(__name__)
@@ -306,18 +306,15 @@ class CoverPipeline(DiffusionPipeline, TextualInversionLoaderMixin, CoverConditi
                 f"height and width must be positive multiples of {multiple}, got {height}×{width}"
             )
 
+    @property
+    def backbone(self) -> SD15Backbone:
+        """The SD1.5 backbone over this pipeline's components: its `rollout` is the denoising loop."""
+        return SD15Backbone(self)
+
     # --- conditioning ---------------------------------------------------------------------------------------
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         """CLIP text hidden states c_t for each prompt, padded to the tokenizer's max length → (B, T, W)."""
-        prompts = self.maybe_convert_prompt(list(prompts), self.tokenizer)  # multi-vector inversion tokens
-        tokens = self.tokenizer(
-            prompts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        return self.text_encoder(tokens.input_ids.to(self.text_encoder.device))[0]
+        return self.backbone.encode_prompts(prompts)
 
     def with_suffix(self, prompt: str, suffix: str) -> str:
         """`prompt, suffix` within the CLIP context (BOS and EOS excluded); see `join_suffix`."""
@@ -338,14 +335,10 @@ class CoverPipeline(DiffusionPipeline, TextualInversionLoaderMixin, CoverConditi
         device: torch.device | None = None,
     ) -> torch.Tensor:
         """Initial noise (B, C, h, w); pass `device` when known (`_execution_device` walks every module)."""
-        shape = (
-            batch_size,
-            self.unet.config.in_channels,
-            height // self.vae_scale_factor,
-            width // self.vae_scale_factor,
-        )
+        if len(generators) != batch_size:
+            raise ValueError(f"{len(generators)} generators for a batch of {batch_size}")
         device = self._execution_device if device is None else device
-        latents = randn_tensor(shape, generator=generators, device=device, dtype=dtype)
+        latents = self.backbone.prepare_latents(generators, height, width, dtype, device)
         return latents * self.scheduler.init_noise_sigma
 
     # --- generation -----------------------------------------------------------------------------------------
@@ -365,33 +358,15 @@ class CoverPipeline(DiffusionPipeline, TextualInversionLoaderMixin, CoverConditi
     ) -> torch.Tensor:
         """Covers (B, 3, H, W) in [0, 1] from c_t (B, T, W) and c_p: cover b starts from noise seeded with
         `seeds[b]`, then DDIM with classifier-free guidance (the unconditional branch: "" and `uncond_p`);
-        the last `user_tokens` of c_p are weighted by `user_scale` in both branches."""
-        device = self._execution_device
-        do_cfg = guidance_scale > 1.0
-        cond_p, uncond_p = cond_p.to(text.dtype), uncond_p.to(text.dtype)
-        if do_cfg:
-            empty = self.encode_text([""]).expand_as(text)
-            text, personal = torch.cat([empty, text]), torch.cat([uncond_p, cond_p])
-        else:
-            personal = cond_p
-        unet_inputs = personalized_unet_inputs(text, personal, adapter_scale, user_tokens, user_scale)
-        generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-        latents = self.prepare_latents(len(seeds), height, width, text.dtype, generators, device)
-        # the scheduler's timesteps stay on the CPU (its table look-ups are host-side) and the UNet reads a
-        # device copy made once: no host-device synchronisation inside the loop
-        self.scheduler.set_timesteps(num_inference_steps)
-        timesteps = self.scheduler.timesteps
-        unet_timesteps = timesteps.to(device)
-        for i, t in enumerate(self.progress_bar(timesteps)):
-            model_input = torch.cat([latents] * 2) if do_cfg else latents
-            model_input = self.scheduler.scale_model_input(model_input, t)
-            noise = self.unet(model_input, unet_timesteps[i], **unet_inputs).sample
-            if do_cfg:
-                noise_uncond, noise_cond = noise.chunk(2)
-                noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
-            latents = self.scheduler.step(noise, t, latents).prev_sample
-        images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
-        return (images / 2 + 0.5).clamp(0, 1)
+        the last `user_tokens` of c_p are weighted by `user_scale` in both branches. The loop is the
+        backbone's `rollout`, the one the adapter trainer runs."""
+        settings = RolloutSettings(
+            num_inference_steps, guidance_scale, height, width, adapter_scale=adapter_scale,
+            user_tokens=user_tokens, user_scale=user_scale,
+        )  # fmt: skip
+        return self.backbone.rollout(
+            text, cond_p, uncond_p, seeds, settings, self._execution_device, progress=self.progress_bar
+        )
 
     @torch.no_grad()
     def covers_from_embeddings(

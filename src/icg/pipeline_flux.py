@@ -20,11 +20,16 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline
-from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
-from diffusers.utils.torch_utils import randn_tensor
 
 from icg.adapter.attention import check_user_scale
-from icg.adapter.flux import personalized_flux_kwargs
+from icg.backbones import FluxBackbone, RolloutSettings
+from icg.backbones.flux import (  # re-exported: their import path before icg.backbones
+    T5_MAX_LENGTH,
+    flow_timesteps,
+    latent_image_ids,
+    pack_latents,
+    unpack_latents,
+)
 from icg.pipeline import (
     CoverConditioningMixin,
     CoverItem,
@@ -35,34 +40,15 @@ from icg.pipeline import (
 
 logger = logging.getLogger(__name__)
 
-T5_MAX_LENGTH = 512  # FLUX.1-dev's max_sequence_length
-
-
-# FLUX's 2×2 latent packing and image position ids. diffusers keeps them as private static methods of
-# FluxPipeline (`_pack_latents`, `_unpack_latents`, `_prepare_latent_image_ids`), so ICG owns these copies;
-# tests/test_pipeline_flux.py checks them against FluxPipeline (its covers through the public __call__, and
-# the private methods themselves while they exist).
-def pack_latents(latents: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) → (B, h/2·w/2, 4C): each 2×2 patch becomes one token (channels, then the 2×2)."""
-    batch, channels, h, w = latents.shape
-    latents = latents.view(batch, channels, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
-    return latents.reshape(batch, (h // 2) * (w // 2), channels * 4)
-
-
-def unpack_latents(latents: torch.Tensor, height: int, width: int, vae_scale_factor: int) -> torch.Tensor:
-    """Packed (B, L, 4C) → (B, C, h, w) for an image of `height` × `width` pixels."""
-    batch, _, channels = latents.shape
-    h, w = 2 * (int(height) // (vae_scale_factor * 2)), 2 * (int(width) // (vae_scale_factor * 2))
-    latents = latents.view(batch, h // 2, w // 2, channels // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
-    return latents.reshape(batch, channels // 4, h, w)
-
-
-def latent_image_ids(height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Position ids (height·width, 3) of the packed tokens: (0, row, column), made on `device`."""
-    ids = torch.zeros(height, width, 3, device=device)  # (h/2, w/2, 3), float32 as FluxPipeline's
-    ids[..., 1] = torch.arange(height, device=device)[:, None]
-    ids[..., 2] = torch.arange(width, device=device)[None, :]
-    return ids.reshape(height * width, 3).to(dtype)
+__all__ = [
+    "T5_MAX_LENGTH",
+    "FluxCoverPipeline",
+    "flow_timesteps",
+    "flux_pipeline_kwargs",
+    "latent_image_ids",
+    "pack_latents",
+    "unpack_latents",
+]
 
 
 class FluxCoverPipeline(DiffusionPipeline, CoverConditioningMixin):
@@ -109,9 +95,14 @@ class FluxCoverPipeline(DiffusionPipeline, CoverConditioningMixin):
         return int(self.vae.config.sample_size)
 
     @property
+    def backbone(self) -> FluxBackbone:
+        """The Flux backbone over this pipeline's components: its `rollout` is the flow-matching loop."""
+        return FluxBackbone(self)
+
+    @property
     def max_sequence_length(self) -> int:
         """T5 tokens per prompt: the tokenizer's length, at most FLUX's 512."""
-        return min(int(self.tokenizer_2.model_max_length), T5_MAX_LENGTH)
+        return self.backbone.max_sequence_length
 
     # --- inputs ---------------------------------------------------------------------------------------------
     def check_inputs(
@@ -140,32 +131,13 @@ class FluxCoverPipeline(DiffusionPipeline, CoverConditioningMixin):
     # --- conditioning ---------------------------------------------------------------------------------------
     def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(T5 states (B, T, W), CLIP pooled (B, P), text ids (T, 3)), as `FluxPipeline.encode_prompt`."""
-        clip_ids = self.tokenizer(
-            list(prompts),
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
-        pooled = self.text_encoder(
-            clip_ids.to(self.text_encoder.device), output_hidden_states=False
-        ).pooler_output
-        t5_ids = self.tokenizer_2(
-            list(prompts),
-            padding="max_length",
-            max_length=self.max_sequence_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
-        text = self.text_encoder_2(t5_ids.to(self.text_encoder_2.device), output_hidden_states=False)[0]
-        text = text.to(self.text_encoder_2.dtype)
-        text_ids = torch.zeros(text.shape[1], 3, device=text.device, dtype=self.text_encoder.dtype)
-        return text, pooled.to(self.text_encoder.dtype), text_ids
+        return tuple(self.backbone.encode_prompts(prompts))
 
     def with_suffix(self, prompt: str, suffix: str) -> str:
         """`prompt, suffix` within the T5 context (EOS excluded); see `join_suffix`."""
         return join_suffix(self.tokenizer_2, self.max_sequence_length - 1, prompt, suffix)
 
+    # FluxPipeline's steps under their names; the rollout calls the backbone's own
     def prepare_latents(
         self,
         batch_size: int,
@@ -176,12 +148,9 @@ class FluxCoverPipeline(DiffusionPipeline, CoverConditioningMixin):
         device: torch.device,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Packed initial noise (B, h/2·w/2, 4C) and the image position ids (h/2·w/2, 3), as FluxPipeline."""
-        channels = self.transformer.config.in_channels // 4
-        h, w = height // self.vae_scale_factor, width // self.vae_scale_factor
-        latents = randn_tensor((batch_size, channels, h, w), generator=generators, device=device, dtype=dtype)
-        latents = pack_latents(latents)
-        image_ids = latent_image_ids(h // 2, w // 2, device, dtype)
-        return latents, image_ids
+        if len(generators) != batch_size:
+            raise ValueError(f"{len(generators)} generators for a batch of {batch_size}")
+        return self.backbone.prepare_latents(generators, height, width, dtype, device)
 
     def timesteps(self, num_inference_steps: int, image_seq_len: int, device: torch.device) -> torch.Tensor:
         """FLUX's shifted sigma schedule set on the pipeline's scheduler (see `flow_timesteps`)."""
@@ -189,16 +158,11 @@ class FluxCoverPipeline(DiffusionPipeline, CoverConditioningMixin):
 
     def guidance(self, guidance_scale: float, batch_size: int, device: torch.device) -> torch.Tensor | None:
         """The guidance embedding's input (B,) for guidance-distilled transformers, else None."""
-        if not self.transformer.config.guidance_embeds:
-            return None
-        return torch.full([1], guidance_scale, device=device, dtype=torch.float32).expand(batch_size)
+        return self.backbone.guidance(guidance_scale, batch_size, device)
 
     def decode(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Packed latents → images (B, 3, H, W) in [0, 1]."""
-        latents = unpack_latents(latents, height, width, self.vae_scale_factor)
-        latents = latents / self.vae.config.scaling_factor + self.vae.config.shift_factor
-        images = self.vae.decode(latents.to(self.vae.dtype)).sample
-        return (images / 2 + 0.5).clamp(0, 1)
+        return self.backbone.decode(latents, height, width)
 
     # --- generation -----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -222,43 +186,17 @@ class FluxCoverPipeline(DiffusionPipeline, CoverConditioningMixin):
         weights the user tokens as in `CoverPipeline` (0 = context only).
         """
         height, width = height or self.default_size, width or self.default_size
-        device = self._execution_device
         context, user_embeds = self.check_embeddings(prompts, context, user_embeds, seeds)
-        text, pooled, text_ids = self.encode_prompt(prompts)  # (B, T, W), (B, P), (T, 3)
-        dtype = self.transformer.dtype
+        text = self.backbone.encode_prompts(prompts)  # (B, T, W), (B, P), (T, 3)
         cond_p, uncond_p = self.personal_tokens(context, user_embeds)
-        user = (self.user_tokens(user_embeds), check_user_scale(user_scale))
-        cond_kwargs = personalized_flux_kwargs(cond_p.to(dtype), adapter_scale, *user)
-        do_true_cfg = true_cfg_scale > 1.0
-        if do_true_cfg:
-            empty, empty_pooled, _ = self.encode_prompt([""])
-            empty, empty_pooled = empty.expand_as(text), empty_pooled.expand_as(pooled)
-            uncond_kwargs = personalized_flux_kwargs(uncond_p.to(dtype), adapter_scale, *user)
-
-        generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-        latents, image_ids = self.prepare_latents(len(seeds), height, width, text.dtype, generators, device)
-        timesteps = self.timesteps(num_inference_steps, latents.shape[1], device)
-        guidance = self.guidance(guidance_scale, latents.shape[0], device)
-        for t in self.progress_bar(timesteps):
-            timestep = t.expand(latents.shape[0]).to(latents.dtype)
-            common = {"hidden_states": latents, "timestep": timestep / 1000, "guidance": guidance,
-                      "txt_ids": text_ids, "img_ids": image_ids, "return_dict": False}  # fmt: skip
-            velocity = self.transformer(
-                **common,
-                pooled_projections=pooled,
-                encoder_hidden_states=text,
-                joint_attention_kwargs=cond_kwargs,
-            )[0]
-            if do_true_cfg:
-                uncond = self.transformer(
-                    **common,
-                    pooled_projections=empty_pooled,
-                    encoder_hidden_states=empty,
-                    joint_attention_kwargs=uncond_kwargs,
-                )[0]
-                velocity = uncond + true_cfg_scale * (velocity - uncond)
-            latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
-        return self.decode(latents, height, width)
+        settings = RolloutSettings(
+            num_inference_steps, guidance_scale, height, width, adapter_scale=adapter_scale,
+            user_tokens=self.user_tokens(user_embeds), user_scale=check_user_scale(user_scale),
+            true_cfg_scale=true_cfg_scale,
+        )  # fmt: skip
+        return self.backbone.rollout(
+            text, cond_p, uncond_p, seeds, settings, self._execution_device, progress=self.progress_bar
+        )
 
     @torch.no_grad()
     def __call__(
@@ -325,28 +263,8 @@ class FluxCoverPipeline(DiffusionPipeline, CoverConditioningMixin):
                     "drop_meta_tokens": drop_meta_tokens, "height": height, "width": width}  # fmt: skip
         output = self.cover_output(images, grid, items, users, seed, output_type, settings)
         for meta in output.metadata:
-            meta["backbone"] = "flux"
+            meta["backbone"] = self.backbone.kind
         return output
-
-
-def flow_timesteps(
-    scheduler, num_inference_steps: int, image_seq_len: int, device: torch.device
-) -> torch.Tensor:
-    """FLUX's sigma schedule 1 → 1/N shifted by μ(image tokens), set on `scheduler`, as in FluxPipeline."""
-    config = scheduler.config
-    sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
-    if config.get("use_flow_sigmas", False):
-        sigmas = None
-    mu = calculate_shift(
-        image_seq_len,
-        config.get("base_image_seq_len", 256),
-        config.get("max_image_seq_len", 4096),
-        config.get("base_shift", 0.5),
-        config.get("max_shift", 1.15),
-    )
-    timesteps, _ = retrieve_timesteps(scheduler, num_inference_steps, device, sigmas=sigmas, mu=mu)
-    scheduler.set_begin_index(0)
-    return timesteps
 
 
 def flux_pipeline_kwargs(pipe: FluxCoverPipeline) -> dict[str, Any]:

@@ -10,7 +10,7 @@ adapter. Every component is then loaded by the same `from_pretrained` calls (`ic
   MovieLens-100k with rendered covers, shipped in `icg/assets/mini/` (preset.json + one folder per
   component). It makes 64² covers.
 - `flux`: FLUX.1-dev + Qwen2.5-VL-7B-Instruct (hub ids, as `sd15`), 28 flow-matching steps, embedded
-  guidance 3.5; the adapter is the Flux dual path (`icg.adapter.flux`), loaded by `icg.loading_flux`.
+  guidance 3.5; the adapter is the Flux dual path (`icg.adapter.flux`), loaded by `icg.loading`.
 - `tiny`: random components of the same classes at tiny size, written once to `$ICG_HOME/presets/tiny`
   (default `~/.cache/icg`) by `icg.presets_tiny.materialize_tiny_preset` and loaded back like real
   checkpoints. For tests and wiring checks only: its covers are noise. `tiny-flux` is the same for the Flux

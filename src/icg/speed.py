@@ -21,6 +21,8 @@ import logging
 
 import torch
 
+from icg.backbones import backbone_for
+
 logger = logging.getLogger(__name__)
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
@@ -73,8 +75,8 @@ def apply_speed_options(pipe, options: SpeedOptions | None):
     """Apply `options` to `pipe` in place (its denoiser and VAE); None leaves it as it is. Returns `pipe`."""
     if options is None:
         return pipe
-    denoiser = pipe.transformer if getattr(pipe, "transformer", None) is not None else pipe.unet
-    is_unet = denoiser is getattr(pipe, "unet", None)
+    backbone = backbone_for(pipe)
+    denoiser, is_unet = backbone.denoiser, backbone.kind == "sd15"
     if options.channels_last:
         if is_unet:
             denoiser.to(memory_format=torch.channels_last)

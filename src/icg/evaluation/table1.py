@@ -40,7 +40,7 @@ def textual_inversion_prepare(
     )
 
     def prepare(pipe, user_ids: list[str]) -> None:
-        size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        size = pipe.default_size
         covers = inversion_covers(
             data, user_ids, TI_COVERS, train_item_ids(data), cache_dir=cache_dir, size=size
         )

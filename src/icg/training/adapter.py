@@ -38,9 +38,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from icg.adapter.attention import get_adapter_layers
 from icg.adapter.checkpoint import save_adapter
 from icg.atomic import atomic_path, write_text_atomic
+from icg.backbones import backbone_for, backbone_kind
 from icg.rewards.base import Reward, RewardTerm, WeightedRewards
 from icg.rewards.fast import RewardSpeed
 from icg.training import loop
@@ -70,9 +70,9 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 @dataclass(frozen=True)
-class Backbone:
+class TrainedBackbone:
     """What the trainer needs to know of a pipeline's backbone: its name, network, adapter, frozen text
-    encoders and step class. The one place that tells a UNet pipeline from a Flux one."""
+    encoders and step class (the backbone itself, `icg.backbones`, tells a UNet pipeline from a Flux one)."""
 
     name: str  # "sd15" | "flux", as saved in the adapter config
     denoiser: nn.Module
@@ -81,17 +81,20 @@ class Backbone:
     step_class: type[AdapterStep]
 
 
-def backbone_of(pipe) -> Backbone:
-    """The `Backbone` of a CoverPipeline (UNet) or FluxCoverPipeline (transformer)."""
-    if getattr(pipe, "transformer", None) is not None:
-        from icg.adapter.flux import get_flux_adapter_layers
+Backbone = TrainedBackbone  # its name before icg.backbones.Backbone (the interface) existed
+
+
+def backbone_of(pipe) -> TrainedBackbone:
+    """The `TrainedBackbone` of a CoverPipeline (UNet) or FluxCoverPipeline (transformer)."""
+    backbone = backbone_for(pipe)
+    step_class = AdapterStep
+    if backbone.kind == "flux":
         from icg.training.adapter_step_flux import FluxAdapterStep
 
-        encoders = (pipe.text_encoder, pipe.text_encoder_2)
-        return Backbone(
-            "flux", pipe.transformer, get_flux_adapter_layers(pipe.transformer), encoders, FluxAdapterStep
-        )
-    return Backbone("sd15", pipe.unet, get_adapter_layers(pipe.unet), (pipe.text_encoder,), AdapterStep)
+        step_class = FluxAdapterStep
+    return TrainedBackbone(
+        backbone.kind, backbone.denoiser, backbone.adapter_layers(), backbone.text_encoders, step_class
+    )
 
 
 def _has_accelerator() -> bool:
@@ -494,7 +497,7 @@ def import_ip_adapter(pipe, path: str | Path):
     """Start `pipe`'s dual path from an IP-Adapter checkpoint: `load_ip_adapter_sd15` on a UNet pipeline,
     `load_ip_adapter_flux` on a Flux one (the projector's context path takes `image_proj` when the shapes
     agree; the result says whether it did)."""
-    if getattr(pipe, "transformer", None) is not None:
+    if backbone_kind(pipe) == "flux":
         from icg.adapter.flux import load_ip_adapter_flux
 
         return load_ip_adapter_flux(pipe.transformer, path, projector=pipe.projector)

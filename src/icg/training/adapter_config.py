@@ -9,6 +9,7 @@ import json
 import math
 from dataclasses import dataclass
 
+from icg.backbones import backbone_kind
 from icg.training import loop
 from icg.training.guard import GuardRule
 
@@ -139,6 +140,6 @@ def config_for_preset(config: AdapterTrainConfig, spec) -> AdapterTrainConfig:
     }
     if config.num_inference_steps == defaults.num_inference_steps:
         changes["num_inference_steps"] = spec.num_inference_steps
-    if spec.backbone == "flux" and config.guidance_scale == defaults.guidance_scale:
+    if backbone_kind(spec) == "flux" and config.guidance_scale == defaults.guidance_scale:
         changes["guidance_scale"] = spec.guidance_scale
     return dataclasses.replace(config, **changes)

@@ -7,11 +7,14 @@ the reward-hacking guard's held-out covers.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from icg.adapter.attention import personalized_unet_inputs
+from icg.backbones import RolloutSettings, backbone_for
 from icg.rewards.base import WeightedRewards
 from icg.rewards.personalized import reward_text
 from icg.training.adapter_config import AdapterTrainConfig
@@ -38,6 +41,7 @@ class AdapterStep:
         self.reward_speed = objective.optimize(device)
         if self.reward_speed.cache_texts:
             self.warm_reward_texts()
+        self.backbone = backbone_for(pipe)  # its rollout is the pipeline's denoising loop
         self.scheduler = self.make_scheduler()  # never the pipeline's own
         self.pixels = pipe.default_size
         self.unet_dtype = self.denoiser.dtype
@@ -45,7 +49,7 @@ class AdapterStep:
     @property
     def denoiser(self) -> torch.nn.Module:
         """The frozen backbone network that the adapter is installed in."""
-        return self.pipe.unet
+        return self.backbone.denoiser
 
     def make_scheduler(self):
         """The paper's sampler (DDIM) with the pipeline's training schedule."""
@@ -53,12 +57,13 @@ class AdapterStep:
 
         return DDIMScheduler.from_config(self.pipe.scheduler.config)
 
-    def conditioning(self, rows: Tensor) -> tuple[list[str], Tensor, Tensor, Tensor]:
-        """(prompts, c_t (B, T, W) without graph, c_p and its unconditional twin (B, M, W) with graph)."""
+    def conditioning(self, rows: Tensor) -> tuple[list[str], Any, Tensor, Tensor]:
+        """(prompts, the backbone's text conditioning (SD1.5: c_t (B, T, W)) without graph, c_p and its
+        unconditional twin (B, M, W) with graph)."""
         users, items = self.data.samples[rows].unbind(1)
         prompts = [self.feats.prompts[i] for i in items.tolist()]
         with torch.no_grad():
-            text = self.pipe.encode_text(prompts)  # (B, T, W)
+            text = self.backbone.encode_prompts(prompts)
         context = self.feats.context[items].to(self.device)  # (B, N, D)
         user = self.feats.users[users].to(self.device) if self.feats.users is not None else None  # (B, D_u)
         cond_p, uncond_p = self.pipe.personal_tokens(context, user)  # (B, M, W) each
@@ -116,44 +121,19 @@ class AdapterStep:
         return total
 
     def rollout(
-        self, text: Tensor, cond_p: Tensor, uncond_p: Tensor, seeds: list[int], stop: int, grad: bool
+        self, text: Any, cond_p: Tensor, uncond_p: Tensor, seeds: list[int], stop: int, grad: bool
     ) -> Tensor:
-        """DDIM from noise to step `stop`; gradients through the last K steps when `grad` → images [0, 1].
-
-        Training (`grad`) decodes the stop step's x̂0; sampling (stop = last step) decodes its x_{t-1},
-        exactly as `CoverPipeline.__call__`."""
-        from diffusers.utils.torch_utils import randn_tensor
-
-        cfg, k = self.config.guidance_scale > 1.0, self.config.grad_steps
-        if cfg:
-            with torch.no_grad():
-                empty = self.pipe.encode_text([""]).expand_as(text)
-            text, personal = torch.cat([empty, text]), torch.cat([uncond_p, cond_p])
-        else:
-            personal = cond_p
-        inputs = personalized_unet_inputs(text.to(self.unet_dtype), personal.to(self.unet_dtype))
-        generators = [torch.Generator().manual_seed(s) for s in seeds]
-        side = self.pixels // self.pipe.vae_scale_factor
-        shape = (len(seeds), self.pipe.unet.config.in_channels, side, side)
-        latents = randn_tensor(shape, generator=generators, device=self.device, dtype=torch.float32)
-        latents = latents * self.scheduler.init_noise_sigma  # (B, C, h, w) float32
-        # timesteps on the CPU, as in the pipeline: the scheduler's look-ups stay host-side (no device sync)
-        self.scheduler.set_timesteps(self.config.num_inference_steps)
-        unet_timesteps = self.scheduler.timesteps.to(self.device)  # one copy: no sync inside the loop
-        for i, t in enumerate(self.scheduler.timesteps[: stop + 1]):
-            with torch.set_grad_enabled(grad and i > stop - k):
-                model_input = torch.cat([latents] * 2) if cfg else latents
-                model_input = self.scheduler.scale_model_input(model_input, t).to(self.unet_dtype)
-                noise = self.pipe.unet(model_input, unet_timesteps[i], **inputs).sample.float()
-                if cfg:
-                    noise_uncond, noise_cond = noise.chunk(2)
-                    noise = noise_uncond + self.config.guidance_scale * (noise_cond - noise_uncond)
-                out = self.scheduler.step(noise, t, latents)
-                latents = out.prev_sample
-        final = out.pred_original_sample if grad else latents
-        vae = self.pipe.vae
-        images = vae.decode((final / vae.config.scaling_factor).to(vae.dtype)).sample.float()
-        return (images / 2 + 0.5).clamp(0, 1)  # (B, 3, H, W)
+        """The backbone's rollout from noise to step `stop` on the training scheduler, in float32 latents →
+        images (B, 3, H, W) in [0, 1]. Training (`grad`) runs gradients through the last K steps and decodes
+        the stop step's x̂0; sampling (stop = last step) decodes its x_{t−1}: the pipeline's cover at that
+        seed (tests/backbones/test_rollout.py holds them equal)."""
+        cfg = self.config
+        settings = RolloutSettings(
+            cfg.num_inference_steps, cfg.guidance_scale, self.pixels, self.pixels, stop=stop,
+            grad_steps=cfg.grad_steps if grad else 0, predict_x0=grad, latent_dtype=torch.float32,
+            scheduler=self.scheduler,
+        )  # fmt: skip
+        return self.backbone.rollout(text, cond_p, uncond_p, seeds, settings, self.device)
 
     def denoise_loss(self, rows: Tensor, text: Tensor, cond_p: Tensor, first: int) -> Tensor:
         """ε-MSE (or v-MSE) of the adapted UNet on noised reference-cover latents: keeps it a denoiser."""
@@ -168,7 +148,7 @@ class AdapterStep:
         t = torch.tensor([int(torch.randint(0, t_max, (1,), generator=g)) for g in gens], device=self.device)
         noisy = self.scheduler.add_noise(z0, noise, t).to(self.unet_dtype)
         inputs = personalized_unet_inputs(text.to(self.unet_dtype), cond_p.to(self.unet_dtype))
-        pred = self.pipe.unet(noisy, t, **inputs).sample.float()
+        pred = self.denoiser(noisy, t, **inputs).sample.float()
         epsilon = self.scheduler.config.prediction_type == "epsilon"
         target = noise if epsilon else self.scheduler.get_velocity(z0, noise, t)
         return F.mse_loss(pred, target)
