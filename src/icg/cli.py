@@ -280,6 +280,13 @@ def train_adapter_cmd(
     users_per_item: Annotated[
         int, typer.Option(help="G > 1: G users per item, same noise, reward = own cover − the others'.")
     ] = 1,
+    clip_text: Annotated[
+        str,
+        typer.Option(
+            help="CLIP reward text: 'prompt' (the paper) or 'user_genre' — a DIAGNOSTIC that optimises the "
+            "personalization benchmark's own measure (never ship such an adapter)."
+        ),
+    ] = "prompt",
     grad_steps: Annotated[int, typer.Option(help="K: denoising steps with gradients.")] = 1,
     mixed_precision: Annotated[str, typer.Option(help="no, fp16 or bf16 (accelerate).")] = "no",
     checkpoint_every: Annotated[int, typer.Option(help="save_state every M steps.")] = 100,
@@ -321,7 +328,7 @@ def train_adapter_cmd(
             stage=stage, steps=steps, batch_size=batch_size, lr=lr, lambda_hps=lambda_hps,
             lambda_per=lambda_per, lambda_pick=lambda_pick, lambda_rec=lambda_rec,
             denoise_weight=denoise_weight, personal_contrast=personal_contrast,
-            users_per_item=users_per_item, grad_steps=grad_steps,
+            users_per_item=users_per_item, clip_text=clip_text, grad_steps=grad_steps,
             mixed_precision=mixed_precision,
             checkpoint_every=checkpoint_every, sample_every=checkpoint_every, seed=seed,
             guard_every=guard_every, guard_stop=guard_stop, reward_speed=reward_speed,

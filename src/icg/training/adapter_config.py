@@ -14,6 +14,10 @@ from icg.training import loop
 from icg.training.guard import GuardRule
 
 STAGES = ("init", "reward")
+# what the CLIP reward compares a cover with: the item's explicit prompt (the paper), or — a DIAGNOSTIC that
+# is never shipped — "a {genre} movie" for the sample user's most-liked genre of the item: it optimises the
+# personalization benchmark's own measure, to learn whether adapter + backbone can show a user lean at all
+CLIP_TEXTS = ("prompt", "user_genre")
 PRECISIONS = ("no", "fp16", "bf16")
 # reward name in the `rewards` mapping → the config field holding its λ
 REWARD_WEIGHTS = {
@@ -50,6 +54,7 @@ class AdapterTrainConfig(loop.JsonConfig):
     # G > 1: each sample comes with G − 1 other users of its item, the same noise for the G covers, and the
     # personalized reward becomes the swap form: own cover − the item's other covers, judged for the user
     users_per_item: int = 1
+    clip_text: str = "prompt"  # CLIP_TEXTS; "user_genre" is a diagnostic, never a shipped recipe
     max_prompt_tokens: int = 77  # explicit prompt length (the preset's explicit_prompt_tokens)
     mixed_precision: str = "no"
     gradient_accumulation_steps: int = 1
@@ -71,6 +76,8 @@ class AdapterTrainConfig(loop.JsonConfig):
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.clip_text not in CLIP_TEXTS:
+            raise ValueError(f"clip_text must be one of {CLIP_TEXTS}, got {self.clip_text!r}")
         if self.mixed_precision not in PRECISIONS:
             raise ValueError(f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}")
         positive = ("steps", "batch_size", "num_inference_steps", "grad_steps", "stop_window")

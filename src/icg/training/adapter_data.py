@@ -27,7 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from icg.context.cache import ContextCache
-from icg.data.covers.render import MIN_SIZE, display_title
+from icg.data.covers.render import MIN_SIZE, display_title, item_genres
 from icg.data.pairs import SPLITS, PairConfig, build_pairs
 from icg.data.records import InteractionData
 from icg.errors import DataError
@@ -48,6 +48,7 @@ class AdapterData:
     profiles: list[str]  # what the personalized reward reads as the user
     samples: Tensor  # (P, 2) int64: user row, item row
     info: dict[str, object] = field(default_factory=dict)
+    item_genres: list[tuple[str, ...]] = field(default_factory=list)  # per item; empty = not known
 
     def __post_init__(self) -> None:
         n_items, n_users = len(self.item_ids), len(self.user_ids)
@@ -60,6 +61,8 @@ class AdapterData:
         users, items = self.samples.unbind(1)
         if users.min() < 0 or users.max() >= n_users or items.min() < 0 or items.max() >= n_items:
             raise ValueError("samples index users or items that are not in the tables")
+        if self.item_genres and len(self.item_genres) != n_items:
+            raise ValueError("item_genres must be empty or match item_ids in length")
         if any("\n" in t for t in self.titles):
             raise ValueError("titles must not contain newlines (the personalized reward's separator)")
 
@@ -90,6 +93,10 @@ class AdapterData:
         info = {**self.info, "users_per_item": g}
         samples = torch.tensor(rows, dtype=torch.int64)  # data building: the index table stays on the host
         return dataclasses.replace(self, samples=samples, info=info)
+
+    def genre_vocabulary(self) -> list[str]:
+        """The genres of the items, sorted: the columns of a stated taste (`parse_taste`)."""
+        return sorted({g for t in self.item_genres for g in t})
 
     def fingerprint(self) -> str:
         h = hashlib.sha256(json.dumps([self.item_ids, self.titles, self.user_ids, self.profiles]).encode())
@@ -162,6 +169,7 @@ def prepare_adapter_data(
         info={"dataset": data.name, "user_split": user_split, "item_split": item_split,
               "samples": "positive items (top-k1 of build_pairs)", "cover_size": size,
               "max_users": max_users},
+        item_genres=[tuple(item_genres(g)) for g in used["genres"]],
     )  # fmt: skip
 
 

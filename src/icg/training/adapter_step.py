@@ -77,6 +77,10 @@ class AdapterStep:
         profiles = [self.data.profiles[u] for u in users.tolist()]
         personal = [reward_text(t, p) for t, p in zip(titles, prompts, strict=True)]
         texts = {name: personal if name == "personalized" else prompts for name in self.objective.enabled}
+        if self.config.clip_text == "user_genre" and "clip" in texts:  # diagnostic (see CLIP_TEXTS)
+            texts["clip"] = user_genre_texts(
+                [self.data.item_genres[i] for i in items.tolist()], profiles, self.data.genre_vocabulary()
+            )
         return texts, profiles
 
     def warm_reward_texts(self, max_strings: int = 1 << 14) -> int:
@@ -88,7 +92,7 @@ class AdapterStep:
         users = [self.data.profiles[u] for u in self.data.samples[:, 0].unique().tolist()]
         prompts = [self.feats.prompts[i] for i in items]
         personal = [reward_text(self.data.titles[i], self.feats.prompts[i]) for i in items]
-        if 2 * len(items) + len(users) > max_strings:
+        if 2 * len(items) + len(users) > max_strings or self.config.clip_text != "prompt":
             return 0
         texts = {name: personal if name == "personalized" else prompts for name in self.objective.enabled}
         encoded = self.objective.warm_text_caches(texts, users)
@@ -173,3 +177,20 @@ class AdapterStep:
             log["loss/denoise"] = float(reg.detach())
         log |= {"loss/total": float(loss.detach()), "stop_index": stop}
         return {"loss": loss, "log": log}
+
+
+def user_genre_texts(item_genres: list[tuple[str, ...]], profiles: list[str], genres: list[str]) -> list[str]:
+    """Per sample, "a {genre} movie" for the item's genre the user's stated taste ranks highest (the item's
+    first genre on ties or without a stated taste): the text of the `clip_text="user_genre"` diagnostic."""
+    from icg.data.captions import genre_prompt
+    from icg.data.taste import parse_taste
+
+    if any(not g for g in item_genres):
+        raise ValueError("the user_genre diagnostic needs every item's genres (AdapterData.item_genres)")
+    taste = parse_taste(profiles, genres)  # (B, G)
+    column = {g: n for n, g in enumerate(genres)}
+    out = []
+    for b, own in enumerate(item_genres):
+        scores = [float(taste[b, column[g]]) if g in column else 0.0 for g in own]
+        out.append(genre_prompt(own[max(range(len(own)), key=lambda k: (scores[k], -k))]))
+    return out

@@ -17,7 +17,7 @@ import torch
 from icg.data.records import InteractionData
 from icg.data.taste_pairs import fit_baseline, taste_scores
 from icg.users.features import FeatureVocab
-from icg.users.train import split_interactions
+from icg.users.split import split_interactions
 from icg.users.two_tower import TwoTowerModel
 
 
