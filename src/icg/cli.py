@@ -485,12 +485,12 @@ def generate_cmd(
         output = pipe(
             items,
             users,
-            num_inference_steps=spec.num_inference_steps if steps is None else steps,
-            guidance_scale=spec.guidance_scale if guidance is None else guidance,
+            **spec.generation_config()
+            .replace(num_inference_steps=steps, guidance_scale=guidance)
+            .to_kwargs(),
             seed=seed,
             num_images_per_prompt=num_images,
             strict_users=unknown_user == "error",
-            max_prompt_tokens=spec.explicit_prompt_tokens,
             user_scale=user_scale,
         )
     except ValueError as exc:

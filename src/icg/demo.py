@@ -150,12 +150,7 @@ def run_demo(data: InteractionData, out_dir: Path, preset: str = "mini", seed: i
     for n, (_, row) in enumerate(items.iterrows()):
         title = display_title(str(row["title"])) or str(row["title"])  # as the cover prints it
         item = CoverItem(title=title, image=_reference(row, size), item_id=str(row["item_id"]))
-        common = {
-            "num_inference_steps": spec.num_inference_steps,
-            "guidance_scale": spec.guidance_scale,
-            "seed": seed + n,
-            "max_prompt_tokens": spec.explicit_prompt_tokens,
-        }
+        common = {**spec.generation_config().to_kwargs(), "seed": seed + n}
         rule = pipe([item], None, adapter_scale=0.0, **common)  # explicit prompt → plain backbone
         personal = [pipe([item], [CoverUser(user_id=u.user_id)], **common) for u in users]
         for out in (rule, *personal):

@@ -52,7 +52,7 @@ def load_cover_pipeline(
     """Every component of `spec`, loaded once, on `device` (a FluxCoverPipeline for a flux backbone).
 
     `with_context_encoder=False`: no MLLM (see `load_encoders`); the pipeline then generates only through
-    `covers_from_embeddings`."""
+    `covers_from_embeddings`. `pipe.generation_config` is the preset's (`spec.generation_config()`)."""
     try:
         kind = backbone_kind(spec)
     except ValueError:
@@ -75,4 +75,5 @@ def load_cover_pipeline(
         projector=projector.to(dtype=torch_dtype).eval(),
         user_encoder=user_encoder,
     )
+    pipe.generation_config = spec.generation_config()  # the defaults of pipe(...)
     return pipe.to(device)

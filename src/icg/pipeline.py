@@ -29,6 +29,7 @@ from diffusers.utils import BaseOutput
 from icg.adapter.attention import check_user_scale
 from icg.backbones import RolloutSettings, SD15Backbone
 from icg.modules import check_finite
+from icg.presets_spec import GenerationConfig
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +86,25 @@ class CoverGrid:
 class CoverConditioningMixin:
     """What every cover pipeline shares, whatever its backbone: input checks for items and users, U_pre, c_p.
 
-    Needs `user_encoder` and `projector` components (CoverPipeline, FluxCoverPipeline).
+    Needs `user_encoder` and `projector` components (CoverPipeline, FluxCoverPipeline). `generation_config`
+    holds the defaults of `__call__` (steps, guidance, explicit-prompt length): the backbone's own on a bare
+    pipeline, the preset's once `icg.loading.load_cover_pipeline` has set it.
     """
+
+    generation_config: GenerationConfig = GenerationConfig()
+
+    def generation_settings(
+        self,
+        num_inference_steps: int | None,
+        guidance_scale: float | None,
+        max_prompt_tokens: int | None,
+    ) -> GenerationConfig:
+        """`generation_config` with the caller's non-None arguments applied."""
+        return self.generation_config.replace(
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            max_prompt_tokens=max_prompt_tokens,
+        )
 
     def check_cover_inputs(
         self,
@@ -400,15 +418,15 @@ class CoverPipeline(DiffusionPipeline, TextualInversionLoaderMixin, CoverConditi
         self,
         items: list[CoverItem],
         users: list[CoverUser] | None = None,
-        num_inference_steps: int = 15,
-        guidance_scale: float = 7.0,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         seed: int = 0,
         num_images_per_prompt: int = 1,
         height: int | None = None,
         width: int | None = None,
         adapter_scale: float | None = None,
         strict_users: bool = True,
-        max_prompt_tokens: int = 77,
+        max_prompt_tokens: int | None = None,
         output_type: str = "pil",
         drop_meta_tokens: bool = False,
         prompt_suffixes: list[str] | None = None,
@@ -422,7 +440,11 @@ class CoverPipeline(DiffusionPipeline, TextualInversionLoaderMixin, CoverConditi
         `prompt_suffixes` (one per user, or one when `users` is None) are appended to P_exp for that user's
         covers: the prompt-side baselines (PMG keywords, a Textual Inversion token). `user_scale` is the
         personalization strength (module docstring): 0 = the context-only cover, 1 = as trained.
+        `num_inference_steps`, `guidance_scale` and `max_prompt_tokens` default to `self.generation_config`.
         """
+        config = self.generation_settings(num_inference_steps, guidance_scale, max_prompt_tokens)
+        num_inference_steps, guidance_scale = config.num_inference_steps, config.guidance_scale
+        max_prompt_tokens = config.max_prompt_tokens
         height, width = height or self.default_size, width or self.default_size
         # 1. check inputs
         self.check_inputs(

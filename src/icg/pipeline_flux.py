@@ -37,6 +37,7 @@ from icg.pipeline import (
     CoverUser,
     join_suffix,
 )
+from icg.presets_spec import GenerationConfig
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class FluxCoverPipeline(DiffusionPipeline, CoverConditioningMixin):
     """
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->transformer->vae"
+    generation_config = GenerationConfig(num_inference_steps=28, guidance_scale=3.5)  # FLUX.1-dev's defaults
 
     def __init__(
         self,
@@ -203,15 +205,15 @@ class FluxCoverPipeline(DiffusionPipeline, CoverConditioningMixin):
         self,
         items: list[CoverItem],
         users: list[CoverUser] | None = None,
-        num_inference_steps: int = 28,
-        guidance_scale: float = 3.5,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         seed: int = 0,
         num_images_per_prompt: int = 1,
         height: int | None = None,
         width: int | None = None,
         adapter_scale: float | None = None,
         strict_users: bool = True,
-        max_prompt_tokens: int = 77,
+        max_prompt_tokens: int | None = None,
         output_type: str = "pil",
         drop_meta_tokens: bool = False,
         prompt_suffixes: list[str] | None = None,
@@ -222,7 +224,11 @@ class FluxCoverPipeline(DiffusionPipeline, CoverConditioningMixin):
 
         Cover k starts from noise seeded with `seed + k`. `guidance_scale` is FLUX's embedded guidance;
         `true_cfg_scale > 1` adds classifier-free guidance against the empty prompt and zero context.
+        `num_inference_steps`, `guidance_scale` and `max_prompt_tokens` default to `self.generation_config`.
         """
+        config = self.generation_settings(num_inference_steps, guidance_scale, max_prompt_tokens)
+        num_inference_steps, guidance_scale = config.num_inference_steps, config.guidance_scale
+        max_prompt_tokens = config.max_prompt_tokens
         height, width = height or self.default_size, width or self.default_size
         # 1. check inputs
         self.check_inputs(

@@ -27,11 +27,12 @@ import os
 from pathlib import Path
 
 from icg.errors import ICGError
-from icg.presets_spec import Backbone, PresetSpec
+from icg.presets_spec import Backbone, GenerationConfig, PresetSpec
 
 __all__ = [
     "COMPONENT_PATHS",
     "FLUX",
+    "GenerationConfig",
     "PRESETS",
     "SD15",
     "Backbone",

@@ -194,8 +194,10 @@ def run_batch(config: BatchConfig) -> BatchResult:
     spec = get_preset(config.preset)
     if spec.user_encoder is None:
         raise ICGError(f"preset '{spec.name}' has no user encoder: segments need user embeddings")
-    steps = config.num_inference_steps or spec.num_inference_steps
-    guidance = spec.guidance_scale if config.guidance_scale is None else config.guidance_scale
+    generation = spec.generation_config().replace(
+        num_inference_steps=config.num_inference_steps or None, guidance_scale=config.guidance_scale
+    )  # the preset's, with the job's overrides
+    steps, guidance = generation.num_inference_steps, generation.guidance_scale
     dataset_path = Path(config.dataset_path) if config.dataset_path else None
     items = load_items(config.items, dataset_path, config.max_items)
     users_source = config.users or ("ml-100k" if is_table(config.items) else config.items)
@@ -248,7 +250,7 @@ def _stage_args(config: BatchConfig, spec, segments: Segments, steps: int, guida
     return {
         "context": {
             "spec_json": spec.to_json(),
-            "max_prompt_tokens": spec.explicit_prompt_tokens,
+            "max_prompt_tokens": spec.generation_config().max_prompt_tokens,
             "threads": config.threads,
         },
         "generate": {

@@ -213,8 +213,7 @@ def evaluate_adapter(
     ]
     titles = [display_title(str(t)) or str(t) for t in chosen.items["title"]]
     items = [CoverItem(title=t, image=to_pil(c)) for t, c in zip(titles, references, strict=True)]
-    common = {"num_inference_steps": spec.num_inference_steps, "guidance_scale": spec.guidance_scale,
-              "max_prompt_tokens": spec.explicit_prompt_tokens, "output_type": "pt"}  # fmt: skip
+    common = {**spec.generation_config().to_kwargs(), "output_type": "pt"}
 
     def covers(users: list[CoverUser] | None, **extra) -> tuple[torch.Tensor, list[str]]:
         """One cover per item (cover n from noise seed·STRIDE + n, whoever the user is) → (I, 3, S, S)."""

@@ -523,8 +523,7 @@ def evaluate_personalization(
     references = pool_refs[torch.as_tensor(bench.pool_index)]
     titles = [display_title(str(t)) or str(t) for t in bench.items["title"]]
     items = [CoverItem(title=t, image=to_pil(c)) for t, c in zip(titles, references, strict=True)]
-    common = {"num_inference_steps": spec.num_inference_steps, "guidance_scale": spec.guidance_scale,
-              "max_prompt_tokens": spec.explicit_prompt_tokens, "output_type": "pt"}  # fmt: skip
+    common = {**spec.generation_config().to_kwargs(), "output_type": "pt"}
     noise = seed * ITEM_SEED_STRIDE
     user_scales = [s for s in scales if s != 0.0]
     total = len(bench.users) * (len(set(user_scales) | {1.0}) + 1 + len(adapters))

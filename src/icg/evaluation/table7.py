@@ -411,9 +411,7 @@ def prepare_inputs(
     generation = None
     if "generated" in kinds:
         titles = [display_title(str(t)) or str(t) for t in items["title"]]
-        pipe_args = {"seed": config.generation_seed, "num_inference_steps": spec.num_inference_steps,
-                     "guidance_scale": spec.guidance_scale,
-                     "max_prompt_tokens": spec.explicit_prompt_tokens}  # fmt: skip
+        pipe_args = {"seed": config.generation_seed, **spec.generation_config().to_kwargs()}
         settings = {"preset": dataclasses.asdict(spec), "clip": spec.clip, "pipe": pipe_args}
         pipe = load_generator(spec, out / "context_cache")
         user_features["generated"], generation = generated_user_features(

@@ -120,8 +120,7 @@ def generate(pipe, spec, grid: Grid, method: Method, seed: int, progress: bool) 
     from icg.pipeline import CoverItem, CoverUser
 
     items = [CoverItem(title=t, image=to_pil(c)) for t, c in zip(grid.titles, grid.references, strict=True)]
-    common = {"num_inference_steps": spec.num_inference_steps, "guidance_scale": spec.guidance_scale,
-              "max_prompt_tokens": spec.explicit_prompt_tokens, "output_type": "pt",
+    common = {**spec.generation_config().to_kwargs(), "output_type": "pt",
               "adapter_scale": method.adapter_scale, "drop_meta_tokens": method.drop_meta_tokens,
               "seed": seed * ITEM_SEED_STRIDE}  # fmt: skip
     if not method.with_user and method.suffix is None:

@@ -122,9 +122,7 @@ def make_cover_grid(
         for t, ref, i in zip(titles, references, rows_df["item_id"], strict=True)
     ]
     common = {
-        "num_inference_steps": spec.num_inference_steps,
-        "guidance_scale": spec.guidance_scale,
-        "max_prompt_tokens": spec.explicit_prompt_tokens,
+        **spec.generation_config().to_kwargs(),
         "output_type": "pil",
         "seed": seed,
     }

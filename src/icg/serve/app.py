@@ -171,7 +171,8 @@ def create_app(
     user_encoder = _personalized(pipe)
     adapter = adapter_hash(spec.adapter)
     worker = GenerationWorker(max_queue)
-    default_steps = min(spec.num_inference_steps, max_steps)
+    generation = spec.generation_config()  # the preset's steps, guidance and explicit-prompt length
+    default_steps = min(generation.num_inference_steps, max_steps)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -226,10 +227,8 @@ def create_app(
             [cover_item],
             users,
             seed=seed,
-            num_inference_steps=steps,
-            guidance_scale=spec.guidance_scale,
+            **generation.replace(num_inference_steps=steps).to_kwargs(),
             strict_users=False,
-            max_prompt_tokens=spec.explicit_prompt_tokens,
             user_scale=user_scale,
         )
         image, meta = output.images[0], output.metadata[0]
@@ -241,7 +240,7 @@ def create_app(
             "prompt": meta.get("prompt"),
             "seed": seed,
             "num_inference_steps": steps,
-            "guidance_scale": spec.guidance_scale,
+            "guidance_scale": generation.guidance_scale,
             "user_scale": user_scale,
             "width": image.width,
             "height": image.height,
@@ -378,7 +377,7 @@ def create_app(
         if user.key == "none":
             user_scale = 1.0  # no user tokens: the knob changes nothing, so it must not split the cache
         cover_id = cover_key(
-            item_key, user.key, spec.name, seed, steps, spec.guidance_scale, adapter, user_scale
+            item_key, user.key, spec.name, seed, steps, generation.guidance_scale, adapter, user_scale
         )
         metadata = cache.entry(cover_id) if cover_id in cache else None  # a broken entry is regenerated
         source = "hit"  # X-Cache: hit (from disk), miss (generated for this request), joined (a running job)

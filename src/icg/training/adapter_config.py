@@ -141,12 +141,12 @@ def config_for_preset(config: AdapterTrainConfig, spec) -> AdapterTrainConfig:
     """The training rollout samples as the preset generates: its explicit-prompt length, and where the config
     keeps its defaults, the preset's step count and — for Flux, whose guidance is an input of the model, not
     CFG — its embedded guidance (SD1.5 trains without CFG, guidance 1.0, as the paper does)."""
-    defaults = AdapterTrainConfig()
+    defaults, generation = AdapterTrainConfig(), spec.generation_config()
     changes: dict[str, object] = {
-        "max_prompt_tokens": min(config.max_prompt_tokens, spec.explicit_prompt_tokens)
+        "max_prompt_tokens": min(config.max_prompt_tokens, generation.max_prompt_tokens)
     }
     if config.num_inference_steps == defaults.num_inference_steps:
-        changes["num_inference_steps"] = spec.num_inference_steps
+        changes["num_inference_steps"] = generation.num_inference_steps
     if backbone_kind(spec) == "flux" and config.guidance_scale == defaults.guidance_scale:
-        changes["guidance_scale"] = spec.guidance_scale
+        changes["guidance_scale"] = generation.guidance_scale
     return dataclasses.replace(config, **changes)
