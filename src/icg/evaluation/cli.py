@@ -73,8 +73,8 @@ def evaluate_mini_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder for mini_eval.json/.md and sample grid.")] = Path(
         "results"
     ),
-    steps: Annotated[int, typer.Option(help="DDIM steps.")] = 15,
-    guidance: Annotated[float, typer.Option(help="Guidance scale.")] = 7.0,
+    steps: Annotated[int | None, typer.Option(help="DDIM steps (default: the preset's).")] = None,
+    guidance: Annotated[float | None, typer.Option(help="Guidance scale (default: the preset's).")] = None,
     max_items: Annotated[
         int | None, typer.Option(help="Measure only the first N held-out items (by row; default: all).")
     ] = None,
@@ -93,11 +93,12 @@ def evaluate_mini_cmd(
     if spec.clip is None or spec.base_model is None:
         raise ICGError(f"preset '{spec.name}' names no CLIP or no base model to evaluate")
     out.mkdir(parents=True, exist_ok=True)
+    generation = spec.generation_config().replace(num_inference_steps=steps, guidance_scale=guidance)
     try:
         result = evaluate_mini(
             Path(spec.base_model), Path(spec.clip), load_data(dataset, None).items,
-            cache_dir=icg_home() / "covers", num_inference_steps=steps, guidance_scale=guidance,
-            max_items=max_items, out_dir=out,
+            cache_dir=icg_home() / "covers", num_inference_steps=generation.num_inference_steps,
+            guidance_scale=generation.guidance_scale, max_items=max_items, out_dir=out,
         )  # fmt: skip
     except ValueError as exc:
         raise ICGError(str(exc)) from exc

@@ -53,6 +53,7 @@ from icg.data.pixels import to_pil
 from icg.data.splits import split_items
 from icg.evaluation.fd import FD_NAME, ClipImageFeatures, frechet_distance
 from icg.loading import load_backbone
+from icg.presets_spec import GenerationConfig
 from icg.training.clip_data import embed_images, embed_texts, evaluate_clip
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ RANDOM_UNET_SEED = 7919  # + seed: apart from 0, the seed a trainer (or a test's
 SWAP_SEED = 104_729  # + seed: the draw of each item's swapped genre
 RETRIEVAL_KS = (1, 10)
 REFERENCE_QUERY_VARIANT = 1  # the references' own item-retrieval figure: variant 1 queries variant 0
+DEFAULTS = GenerationConfig()  # the SD1.5 generation defaults; `icg evaluate mini` passes the preset's
 LOW_GUIDANCE = 1.0  # diffusers skips classifier-free guidance at 1: the conditional prediction alone
 FD_BIAS_NOTE = (
     "FD is estimated from {n} samples of {d}-d features: the estimate has a positive small-sample bias, so "
@@ -431,8 +433,8 @@ def evaluate_mini(
     items: pd.DataFrame,
     *,
     cache_dir: Path,
-    num_inference_steps: int = 15,
-    guidance_scale: float = 7.0,
+    num_inference_steps: int = DEFAULTS.num_inference_steps,
+    guidance_scale: float = DEFAULTS.guidance_scale,
     seed: int = 0,
     max_items: int | None = None,
     batch_size: int = 32,
