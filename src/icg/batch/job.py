@@ -165,7 +165,7 @@ def _job_identity(config: BatchConfig, spec, steps: int, guidance: float, seg_fi
         "seed": config.seed,
         "image_format": config.image_format,
         "torch_dtype": config.torch_dtype,
-        "explicit_prompt_tokens": spec.explicit_prompt_tokens,
+        "explicit_prompt_tokens": spec.generation_config().max_prompt_tokens,  # key kept: folders resume
     }
 
 

@@ -270,7 +270,8 @@ def evaluate_adapter(
     result["setup"] = {
         "preset": spec.name, "n_users": len(chosen.users), "n_judge_unseen_users": int(unseen.sum()),
         "n_items": len(items), "items": chosen.items["title"].tolist(), "genres": genres, "seed": seed,
-        "steps": spec.num_inference_steps, "guidance_scale": spec.guidance_scale,
+        "steps": spec.generation_config().num_inference_steps,
+        "guidance_scale": spec.generation_config().guidance_scale,
         "seconds": round(time.perf_counter() - started, 1), "threads": torch.get_num_threads(),
     }  # fmt: skip
     if out_dir is not None:

@@ -199,9 +199,10 @@ def run_table(
     result = {
         "table": table, "rows": rows, "paper": PAPER[table], "metric_notes": dict(suite.notes),
         "setup": {"preset": spec.name, "n_users": len(grid.users), "n_items": len(grid.titles),
-                  "fd_real_set": len(grid.real_set), "seed": seed, "steps": spec.num_inference_steps,
-                  "guidance_scale": spec.guidance_scale, "threads": torch.get_num_threads(),
-                  "seconds": round(time.perf_counter() - started, 1)},
+                  "fd_real_set": len(grid.real_set), "seed": seed,
+                  "steps": spec.generation_config().num_inference_steps,
+                  "guidance_scale": spec.generation_config().guidance_scale,
+                  "threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - started, 1)},
     }  # fmt: skip
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -343,11 +343,12 @@ def _header(spec, data: InteractionData) -> str:
         )
         if getattr(spec, k) is not None
     }
+    generation = spec.generation_config()
     fields["generation"] = (
-        f"DDIM {spec.num_inference_steps} steps, guidance {spec.guidance_scale}, "
+        f"DDIM {generation.num_inference_steps} steps, guidance {generation.guidance_scale}, "
         f"{spec.num_meta_tokens} meta / {spec.num_context_tokens} context / "
         f"{spec.num_user_tokens} user tokens, explicit prompt ≤ "
-        f"{spec.explicit_prompt_tokens} tokens"
+        f"{generation.max_prompt_tokens} tokens"
     )
     about = DESCRIPTIONS.get(spec.name, f"Preset <b>{e(spec.name)}</b>.")
     rows = "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in fields.items())
