@@ -378,3 +378,17 @@ def test_exporter_refuses_to_bake_an_installed_adapter_into_the_backbone(tmp_pat
     with pytest.raises(ValueError, match="export the backbone before installing an adapter"):
         save_single_file({"unet": unet}, tmp_path / "with-adapter.safetensors")
     assert not (tmp_path / "with-adapter.safetensors").exists()
+
+
+def test_a_broken_preset_file_names_itself(tmp_path):
+    from icg.errors import ICGError
+    from icg.presets import load_preset_folder
+
+    (tmp_path / "preset.json").write_text('{"name": "x", "backbone": "sd15", "heads": 3}')
+    with pytest.raises(
+        ICGError, match=r"preset.json: not a preset file .*unknown PresetSpec fields \['heads'\]"
+    ):
+        load_preset_folder(tmp_path)
+    (tmp_path / "preset.json").write_text("{not json")
+    with pytest.raises(ICGError, match="preset.json: not a preset file"):
+        load_preset_folder(tmp_path)

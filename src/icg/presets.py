@@ -118,7 +118,10 @@ def load_preset_folder(folder: str | Path) -> PresetSpec:
     file = folder / "preset.json"
     if not file.is_file():
         raise ICGError(f"{file}: preset file not found")
-    spec = PresetSpec.from_json(file.read_text(encoding="utf-8"))
+    try:
+        spec = PresetSpec.load(file)
+    except (ValueError, TypeError) as exc:  # not JSON, an unknown key, a missing one, a bad value
+        raise ICGError(f"{file}: not a preset file ({exc})") from None
     paths = {}
     for name in COMPONENT_PATHS:
         value = getattr(spec, name)

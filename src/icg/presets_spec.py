@@ -7,9 +7,10 @@ builders (`icg.presets_tiny`, `icg.presets_tiny_flux`) both make one; `preset.js
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from typing import Literal
+
+from icg.json_config import JsonConfig
 
 Backbone = Literal["sd15", "flux"]
 
@@ -46,7 +47,7 @@ class GenerationConfig:
 
 
 @dataclass(frozen=True)
-class PresetSpec:
+class PresetSpec(JsonConfig):
     """Where a cover pipeline's components come from, and its generation defaults."""
 
     name: str
@@ -75,10 +76,3 @@ class PresetSpec:
     def replace(self, **changes: object) -> PresetSpec:
         """A copy with the non-None `changes` applied (CLI overrides such as --base-model)."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> PresetSpec:
-        return cls(**json.loads(text))

@@ -79,8 +79,13 @@ def test_context_path_has_ip_adapter_image_projection_layout() -> None:
 
 def test_config_json_round_trip(tmp_path: Path) -> None:
     cfg = _projector().config
-    cfg.to_json(tmp_path / "projector.json")
-    assert ProjectorConfig.from_json(tmp_path / "projector.json") == cfg
+    cfg.save(tmp_path / "projector.json")
+    assert ProjectorConfig.load(tmp_path / "projector.json") == cfg
+    assert ProjectorConfig.from_json(cfg.to_json()) == cfg  # text, as every other config
+    with pytest.warns(DeprecationWarning, match="use save"):
+        assert cfg.to_json(tmp_path / "old.json") == cfg.to_json()
+    with pytest.warns(DeprecationWarning, match="use load"):
+        assert ProjectorConfig.from_json(tmp_path / "old.json") == cfg
     assert ProjectorConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown ProjectorConfig fields"):
         ProjectorConfig.from_dict({**cfg.to_dict(), "hidden": 3})

@@ -7,8 +7,7 @@ can initialise it when the dimensions agree (one meta token of the CLIP image-em
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,11 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from icg.json_config import JsonConfig
 from icg.modules import DeviceDtypeMixin, has_values
 
 
 @dataclass(frozen=True)
-class ProjectorConfig:
+class ProjectorConfig(JsonConfig):
     """Sizes of the projector; `user_dim=None` (or `num_user_tokens=0`) builds the context path only."""
 
     context_dim: int  # D: hidden size of the MLLM whose meta-token states form C_ref
@@ -53,25 +53,28 @@ class ProjectorConfig:
         """Length of c_p when user embeddings are given."""
         return self.num_context_tokens + (self.num_user_tokens if self.has_user_path else 0)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ProjectorConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown ProjectorConfig fields {unknown}; expected a subset of {sorted(known)}"
+    def to_json(self, path: str | Path | None = None) -> str:
+        """The config as JSON text (`JsonConfig`). Deprecated: `to_json(path)` also writes it; use `save`."""
+        if path is not None:
+            warnings.warn(
+                "ProjectorConfig.to_json(path) is deprecated: use save(path)",
+                DeprecationWarning,
+                stacklevel=2,
             )
-        return cls(**data)
-
-    def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+            self.save(path)
+        return super().to_json()
 
     @classmethod
-    def from_json(cls, path: str | Path) -> ProjectorConfig:
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+    def from_json(cls, text: str | Path) -> ProjectorConfig:
+        """From JSON text. Deprecated: a `Path` reads that file — use `load`."""
+        if isinstance(text, Path):
+            warnings.warn(
+                "ProjectorConfig.from_json(path) is deprecated: use load(path)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            return cls.load(text)
+        return super().from_json(text)
 
 
 class TokenProjection(nn.Module):

@@ -17,7 +17,6 @@ covers of two jobs. Complete covers are found (`icg.batch.manifest.complete_rows
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import json
 import logging
@@ -37,6 +36,7 @@ from icg.batch.segments import Segments, build_segments, segment_inputs, segment
 from icg.batch.stages import FORMATS, ContextStage, GenerateStage
 from icg.batch.writer import expand_segments, object_column, write_part
 from icg.errors import ICGError
+from icg.json_config import JsonConfig
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +46,10 @@ FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "ICG_HOME"
 
 
 @dataclass(frozen=True)
-class BatchConfig:
+class BatchConfig(JsonConfig):
     """One batch job. Generation settings left None take the preset's defaults."""
+
+    json_sort_keys = True  # its files were always written with sorted keys
 
     out: str
     items: str = "ml-100k"  # a dataset name or a .parquet/.csv table (title, image_path [, item_id])
@@ -109,13 +111,6 @@ class BatchConfig:
             value = getattr(self, name)
             if value is not None and not value >= 0:
                 raise ICGError(f"{name.replace('_', '-')} must be ≥ 0, got {value}")
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> BatchConfig:
-        return cls(**json.loads(text))
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import pandas as pd
 import torch
@@ -29,29 +29,10 @@ from icg.atomic import atomic_path
 from icg.data.covers.render import items_genres
 from icg.data.splits import ItemSplit, split_items
 from icg.errors import DataError
+from icg.json_config import JsonConfig  # noqa: F401  (trainer configs have always found it here)
 
 
 # -------------------------------------------------------------------------------------------- configs
-class JsonConfig:
-    """`to_json` / `from_json` of a trainer's frozen config dataclass (the file saved beside the weights)."""
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> Self:
-        values = json.loads(text)
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}")
-        return cls(**cls._json_values(values))
-
-    @classmethod
-    def _json_values(cls, values: dict[str, Any]) -> dict[str, Any]:
-        """Hook: JSON values → constructor arguments (e.g. lists back to tuples)."""
-        return values
-
-
 def check_positive_ints(config: object, names: Iterable[str]) -> None:
     """Each field in `names` must be an int >= 1 (not a bool)."""
     for name in names:

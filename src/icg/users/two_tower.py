@@ -21,7 +21,6 @@ with a logged warning (`attach_taste_table` adds a table to them).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from torch import nn
 
 from icg.atomic import atomic_path, write_text_atomic
 from icg.errors import DataError
+from icg.json_config import JsonConfig
 from icg.modules import DeviceDtypeMixin
 from icg.users.features import FeatureVocab, UserFeatures, UserProfile
 
@@ -49,8 +49,10 @@ ProfileLike = UserProfile | str | None
 
 
 @dataclass(frozen=True)
-class TwoTowerConfig:
+class TwoTowerConfig(JsonConfig):
     """Architecture as data: vocabulary sizes (from `FeatureVocab.sizes()`) and layer sizes."""
+
+    json_sort_keys = True  # its files were always written with sorted keys
 
     n_users: int
     n_age_buckets: int
@@ -92,21 +94,6 @@ class TwoTowerConfig:
     def for_vocab(cls, vocab: FeatureVocab, **dims: object) -> TwoTowerConfig:
         """A config whose vocabulary sizes match `vocab`; `dims` sets layer sizes and dropouts."""
         return cls(**vocab.sizes(), **dims)
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> TwoTowerConfig:
-        """Inverse of `to_json`; unknown or missing keys are a ValueError."""
-        payload = json.loads(text)
-        if not isinstance(payload, dict):
-            raise ValueError("a TwoTowerConfig JSON must be an object")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(payload) - names)
-        if unknown:
-            raise ValueError(f"unknown TwoTowerConfig keys {unknown}")
-        return cls(**payload)
 
 
 def _mlp(in_dim: int, config: TwoTowerConfig) -> nn.Sequential:
