@@ -37,7 +37,6 @@ frozen (reward use); `set_trainable()` opens the last k CLIP layers and the new 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -53,6 +52,7 @@ from transformers.masking_utils import create_causal_mask
 
 from icg.atomic import atomic_path, write_text_atomic
 from icg.data.taste import parse_taste
+from icg.json_config import JsonConfig
 from icg.rewards.base import (
     Reward,
     RewardCheckpointError,
@@ -83,7 +83,7 @@ def reward_text(title: str, caption: str) -> str:
 
 
 @dataclass(frozen=True)
-class PersonalizedRewardConfig:
+class PersonalizedRewardConfig(JsonConfig):
     """Which inputs the model reads, the fusion depth and widths, and how many CLIP layers train (k)."""
 
     use_title: bool = True
@@ -142,16 +142,6 @@ class PersonalizedRewardConfig:
         (the parsed stated taste) when switched on."""
         clip = tuple(n for n in self.inputs if n != "user" or self.user_text)
         return clip + (("taste",) if self.taste_genres else ())
-
-    def to_dict(self) -> dict[str, object]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, object]) -> PersonalizedRewardConfig:
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown PersonalizedRewardConfig fields {sorted(unknown)}")
-        return cls(**values)  # type: ignore[arg-type]
 
 
 @dataclass
