@@ -392,3 +392,22 @@ def test_a_broken_preset_file_names_itself(tmp_path):
     (tmp_path / "preset.json").write_text("{not json")
     with pytest.raises(ICGError, match="preset.json: not a preset file"):
         load_preset_folder(tmp_path)
+
+
+def test_the_preset_registry(tmp_path):
+    from icg.errors import ICGError
+    from icg.presets import FLUX, SD15, get_preset, list_presets, presets_dir, register_preset
+
+    assert get_preset("sd15") == SD15 and SD15.base_model == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert get_preset("flux") == FLUX and (FLUX.num_inference_steps, FLUX.guidance_scale) == (28, 3.5)
+    assert sorted(p.name for p in presets_dir().glob("*.json")) == ["flux.json", "sd15.json"]
+    mine = SD15.replace(name="my-sd15", base_model="/models/realistic-vision")
+    register_preset("my-sd15", mine)
+    assert get_preset("my-sd15") == mine and "my-sd15" in list_presets()
+    (tmp_path / "preset.json").write_text(mine.replace(name="folder").to_json())
+    register_preset("my-folder", tmp_path)
+    assert get_preset("my-folder").name == "folder"
+    with pytest.raises(ICGError, match="built-in preset"):
+        register_preset("mini", mine)
+    with pytest.raises(ICGError, match="unknown preset 'nope'.*my-sd15"):
+        get_preset("nope")

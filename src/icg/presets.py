@@ -16,14 +16,18 @@ adapter. Every component is then loaded by the same `from_pretrained` calls (`ic
   checkpoints. For tests and wiring checks only: its covers are noise. `tiny-flux` is the same for the Flux
   backbone (`icg.presets_tiny_flux.materialize_tiny_flux_preset`, `$ICG_HOME/presets/tiny-flux`, 32² covers).
 
-A preset is a `PresetSpec` (`icg.presets_spec`). The tiny builders are imported when a tiny preset is first
-written, not with this module: they load torch, diffusers and transformers, which a preset lookup never needs.
+A preset is a `PresetSpec` (`icg.presets_spec`); `sd15` and `flux` are data files in
+`icg/assets/presets/`, and `register_preset(name, spec | folder | builder)` adds a platform's own names to
+`get_preset` (open_clip's `add_model_config` habit).
+The tiny builders are imported when a tiny preset is first written, not with this module: they load
+torch, diffusers and transformers, which a preset lookup never needs.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from icg.errors import ICGError
@@ -38,6 +42,9 @@ __all__ = [
     "Backbone",
     "PresetSpec",
     "get_preset",
+    "list_presets",
+    "presets_dir",
+    "register_preset",
     "icg_home",
     "load_preset_folder",
     "mini_assets_dir",
@@ -54,21 +61,13 @@ def icg_home() -> Path:
     return Path(os.environ.get("ICG_HOME", Path.home() / ".cache" / "icg")).expanduser()
 
 
-SD15 = PresetSpec(
-    name="sd15",
-    base_model="stable-diffusion-v1-5/stable-diffusion-v1-5",
-    context_encoder="Qwen/Qwen2.5-VL-7B-Instruct",
-)
+def presets_dir() -> Path:
+    """The named presets that are pure data (`sd15.json`, `flux.json`): `icg/assets/presets/`."""
+    return Path(__file__).resolve().parent / "assets" / "presets"
 
 
-FLUX = PresetSpec(
-    name="flux",
-    backbone="flux",
-    base_model="black-forest-labs/FLUX.1-dev",
-    context_encoder="Qwen/Qwen2.5-VL-7B-Instruct",
-    num_inference_steps=28,
-    guidance_scale=3.5,
-)
+SD15 = PresetSpec.load(presets_dir() / "sd15.json")
+FLUX = PresetSpec.load(presets_dir() / "flux.json")
 
 
 def tiny_preset(folder: Path | None = None) -> PresetSpec:
@@ -130,21 +129,46 @@ def load_preset_folder(folder: str | Path) -> PresetSpec:
     return spec.replace(**paths)
 
 
-PRESETS = ("mini", "sd15", "tiny", "flux", "tiny-flux")
+# the registry, open_clip style: a name → a function that returns its spec (data files for the real presets,
+# builders for the ones that are made or checked on first use); `register_preset` adds a platform's own
+_REGISTRY: dict[str, Callable[[], PresetSpec]] = {
+    "mini": mini_preset,
+    "sd15": lambda: SD15,
+    "tiny": tiny_preset,
+    "flux": lambda: FLUX,
+    "tiny-flux": tiny_flux_preset,
+}
+PRESETS = tuple(_REGISTRY)  # the built-in names (kept for callers that list them)
+
+
+def register_preset(name: str, preset: PresetSpec | str | Path | Callable[[], PresetSpec]) -> None:
+    """Make `get_preset(name)` return `preset`: a spec, a preset folder (read on each lookup) or a builder.
+    Re-registering a name replaces it; built-in names are refused, so `mini` always means the shipped one."""
+    if not isinstance(name, str) or not name.strip():
+        raise ICGError(f"a preset name must be a non-empty string, got {name!r}")
+    if name in PRESETS:
+        raise ICGError(f"'{name}' is a built-in preset; register yours under another name")
+    if isinstance(preset, PresetSpec):
+        _REGISTRY[name] = lambda: preset
+    elif isinstance(preset, str | Path):
+        _REGISTRY[name] = lambda: load_preset_folder(preset)
+    elif callable(preset):
+        _REGISTRY[name] = preset
+    else:
+        raise ICGError(
+            f"preset '{name}': expected a PresetSpec, a folder or a builder, got {type(preset).__name__}"
+        )
+
+
+def list_presets() -> list[str]:
+    """Every registered name (built-in first)."""
+    return list(_REGISTRY)
 
 
 def get_preset(name: str) -> PresetSpec:
-    """The preset called `name`; a clear error lists the known ones."""
-    if name == "sd15":
-        return SD15
-    if name == "tiny":
-        return tiny_preset()
-    if name == "flux":
-        return FLUX
-    if name == "tiny-flux":
-        return tiny_flux_preset()
-    if name == "mini":
-        return mini_preset()
+    """The preset called `name` (the registry) or a folder with preset.json; an error lists the names."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]()
     if Path(name).is_dir():
         return load_preset_folder(name)
-    raise ICGError(f"unknown preset '{name}'; expected one of {list(PRESETS)} or a folder with preset.json")
+    raise ICGError(f"unknown preset '{name}'; expected one of {list_presets()} or a folder with preset.json")
