@@ -13,10 +13,9 @@ from pathlib import Path
 
 import torch
 
-from icg.backbones import BACKBONE_CLASSES, SD15Backbone, backbone_kind
+from icg.backbones import SD15Backbone, backbone_kind
 from icg.backbones.base import SINGLE_FILE_SUFFIXES
 from icg.errors import ICGError
-from icg.loading_common import load_conditioning
 from icg.pipeline import CoverPipeline
 from icg.pipeline_flux import FluxCoverPipeline
 from icg.presets import PresetSpec
@@ -59,21 +58,5 @@ def load_cover_pipeline(
         raise ICGError(
             f"preset '{spec.name}': backbone '{spec.backbone}' is not supported (sd15 or flux)"
         ) from None
-    if spec.base_model is None or spec.context_encoder is None:
-        raise ICGError(f"preset '{spec.name}' names no base model or no context encoder")
-    backbone = BACKBONE_CLASSES[kind]
-    parts = backbone.load_components(spec.base_model, spec.base_config, torch_dtype)
-    denoiser = parts[backbone.denoiser_name]
-    context_encoder, user_encoder, projector = load_conditioning(
-        spec, torch_dtype, with_context_encoder, lambda: backbone.load_adapter(spec.adapter, denoiser),
-        lambda: backbone.install_adapter(denoiser), backbone.personal_width(denoiser),
-    )  # fmt: skip
     pipeline_class = FluxCoverPipeline if kind == "flux" else CoverPipeline
-    pipe = pipeline_class(
-        **parts,
-        context_encoder=context_encoder,
-        projector=projector.to(dtype=torch_dtype).eval(),
-        user_encoder=user_encoder,
-    )
-    pipe.generation_config = spec.generation_config()  # the defaults of pipe(...)
-    return pipe.to(device)
+    return pipeline_class.from_spec(spec, device, torch_dtype, with_context_encoder)

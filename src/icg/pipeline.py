@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,8 @@ from diffusers.utils import BaseOutput
 from icg.adapter.attention import check_user_scale
 from icg.backbones import RolloutSettings, SD15Backbone
 from icg.modules import check_finite
-from icg.presets_spec import GenerationConfig
+from icg.pipeline_folder import pipeline_from_spec, pretrained_spec, save_pipeline_folder
+from icg.presets_spec import GenerationConfig, PresetSpec
 
 logger = logging.getLogger(__name__)
 
@@ -278,6 +280,7 @@ class CoverPipeline(DiffusionPipeline, TextualInversionLoaderMixin, CoverConditi
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
+    backbone_class = SD15Backbone
 
     def __init__(
         self,
@@ -302,6 +305,49 @@ class CoverPipeline(DiffusionPipeline, TextualInversionLoaderMixin, CoverConditi
             user_encoder=user_encoder,
         )
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    # --- one folder, diffusers style ------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained: str | Path,
+        device: str | torch.device = "cpu",
+        torch_dtype: torch.dtype = torch.float32,
+        with_context_encoder: bool = True,
+    ) -> CoverPipeline:
+        """The pipeline of a preset folder (one `save_pretrained` wrote, or any preset.json folder) or of a
+        named preset: `icg.loading.load_cover_pipeline(get_preset(pretrained), ...)`. A component the folder
+        lacks, or a preset of another backbone, is an ICGError."""
+        return cls.from_spec(pretrained_spec(pretrained), device, torch_dtype, with_context_encoder)
+
+    @classmethod
+    def from_spec(
+        cls,
+        spec: PresetSpec,
+        device: str | torch.device = "cpu",
+        torch_dtype: torch.dtype = torch.float32,
+        with_context_encoder: bool = True,
+    ) -> CoverPipeline:
+        """Every component of `spec`, loaded once, on `device` (see `icg.loading.load_cover_pipeline`)."""
+        return pipeline_from_spec(cls, spec, device, torch_dtype, with_context_encoder)
+
+    def save_pretrained(self, folder: str | Path, name: str | None = None) -> Path:  # type: ignore[override]
+        """Write this pipeline as a self-contained preset folder that `from_pretrained` (and `get_preset`)
+        loads: backbone/ (diffusers layout), adapter/, context_encoder/, user_encoder/, preset.json with
+        `generation_config`; written beside `folder` and renamed into place (`icg.pipeline_folder`)."""
+        return save_pipeline_folder(self, folder, name)
+
+    def backbone_pipeline(self) -> DiffusionPipeline:
+        """diffusers' `StableDiffusionPipeline` over this pipeline's backbone (no safety checker)."""
+        from diffusers import StableDiffusionPipeline
+
+        names = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
+        return StableDiffusionPipeline(
+            **{name: getattr(self, name) for name in names},
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
 
     # --- inputs ---------------------------------------------------------------------------------------------
     def check_inputs(

@@ -15,6 +15,7 @@ With `adapter_scale=0` the covers equal `FluxPipeline`'s for the explicit prompt
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,8 @@ from icg.pipeline import (
     CoverUser,
     join_suffix,
 )
-from icg.presets_spec import GenerationConfig
+from icg.pipeline_folder import pipeline_from_spec, pretrained_spec, save_pipeline_folder
+from icg.presets_spec import GenerationConfig, PresetSpec
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ class FluxCoverPipeline(DiffusionPipeline, CoverConditioningMixin):
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->transformer->vae"
     generation_config = GenerationConfig(num_inference_steps=28, guidance_scale=3.5)  # FLUX.1-dev's defaults
+    backbone_class = FluxBackbone
 
     def __init__(
         self,
@@ -90,6 +93,39 @@ class FluxCoverPipeline(DiffusionPipeline, CoverConditioningMixin):
             user_encoder=user_encoder,
         )
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained: str | Path,
+        device: str | torch.device = "cpu",
+        torch_dtype: torch.dtype = torch.float32,
+        with_context_encoder: bool = True,
+    ) -> FluxCoverPipeline:
+        """The pipeline of a Flux preset folder (one `save_pretrained` wrote) or named preset: see
+        `CoverPipeline.from_pretrained`."""
+        return cls.from_spec(pretrained_spec(pretrained), device, torch_dtype, with_context_encoder)
+
+    @classmethod
+    def from_spec(
+        cls,
+        spec: PresetSpec,
+        device: str | torch.device = "cpu",
+        torch_dtype: torch.dtype = torch.float32,
+        with_context_encoder: bool = True,
+    ) -> FluxCoverPipeline:
+        """Every component of `spec`, loaded once, on `device` (see `icg.loading.load_cover_pipeline`)."""
+        return pipeline_from_spec(cls, spec, device, torch_dtype, with_context_encoder)
+
+    def save_pretrained(self, folder: str | Path, name: str | None = None) -> Path:  # type: ignore[override]
+        """Write this pipeline as a self-contained preset folder: see `CoverPipeline.save_pretrained`."""
+        return save_pipeline_folder(self, folder, name)
+
+    def backbone_pipeline(self) -> DiffusionPipeline:
+        """diffusers' `FluxPipeline` over this pipeline's backbone components."""
+        from diffusers import FluxPipeline
+
+        return FluxPipeline(**flux_pipeline_kwargs(self))
 
     @property
     def default_size(self) -> int:
