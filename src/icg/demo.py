@@ -123,7 +123,8 @@ def _lean_captions(clip_dir: str | None, rows: list, users: list[DemoUser], genr
         for u, user in enumerate(users):
             g = genres.index(user.genre)
             own, rule = float(probs[r, 1 + u, g]), float(probs[r, 0, g])
-            captions.append(f"{user.genre.lower()} {100 * own:.1f}% ({100 * (own - rule):+.1f})")
+            change = round(100 * (own - rule), 1) + 0.0  # + 0.0: a change that rounds to zero prints "+0.0"
+            captions.append(f"{user.genre.lower()} {100 * own:.1f}% ({change:+.1f})")
         out.append(captions)
     return out
 
