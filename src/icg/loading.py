@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from icg.backbones import SD15Backbone, backbone_kind
+from icg.backbones import SD15Backbone
 from icg.backbones.base import SINGLE_FILE_SUFFIXES
-from icg.errors import ICGError
 from icg.pipeline import CoverPipeline
 from icg.pipeline_flux import FluxCoverPipeline
+from icg.pipeline_folder import spec_backbone_kind
 from icg.presets import PresetSpec
 
 __all__ = ["SINGLE_FILE_SUFFIXES", "adapter_hash", "load_backbone", "load_cover_pipeline"]
@@ -52,11 +52,6 @@ def load_cover_pipeline(
 
     `with_context_encoder=False`: no MLLM (see `load_encoders`); the pipeline then generates only through
     `covers_from_embeddings`. `pipe.generation_config` is the preset's (`spec.generation_config()`)."""
-    try:
-        kind = backbone_kind(spec)
-    except ValueError:
-        raise ICGError(
-            f"preset '{spec.name}': backbone '{spec.backbone}' is not supported (sd15 or flux)"
-        ) from None
+    kind = spec_backbone_kind(spec)
     pipeline_class = FluxCoverPipeline if kind == "flux" else CoverPipeline
     return pipeline_class.from_spec(spec, device, torch_dtype, with_context_encoder)

@@ -32,9 +32,22 @@ from icg.errors import ICGError
 from icg.loading_common import load_conditioning
 from icg.presets import COMPONENT_PATHS, PresetSpec, get_preset, load_preset_folder
 
-__all__ = ["CONDITIONING_NAMES", "pipeline_from_spec", "pretrained_spec", "save_pipeline_folder"]
+__all__ = [
+    "CONDITIONING_NAMES", "pipeline_from_spec", "pretrained_spec", "save_pipeline_folder",
+    "spec_backbone_kind",
+]  # fmt: skip
 
 CONDITIONING_NAMES = ("context_encoder", "projector", "user_encoder")  # the components that are not backbone
+
+
+def spec_backbone_kind(spec: PresetSpec) -> str:
+    """`backbone_kind` of a preset, as an ICGError naming the preset when it is neither sd15 nor flux."""
+    try:
+        return backbone_kind(spec)
+    except ValueError:
+        raise ICGError(
+            f"preset '{spec.name}': backbone '{spec.backbone}' is not supported (sd15 or flux)"
+        ) from None
 
 
 def pipeline_from_spec(
@@ -46,12 +59,7 @@ def pipeline_from_spec(
 ) -> Any:
     """Every component of `spec`, loaded once, as a `cls` (a cover pipeline class of `spec`'s backbone) on
     `device`, with the preset's `generation_config`."""
-    try:
-        kind = backbone_kind(spec)
-    except ValueError:
-        raise ICGError(
-            f"preset '{spec.name}': backbone '{spec.backbone}' is not supported (sd15 or flux)"
-        ) from None
+    kind = spec_backbone_kind(spec)
     if kind != cls.backbone_class.kind:
         raise ICGError(
             f"preset '{spec.name}' has a {kind} backbone, not {cls.backbone_class.kind}: load it with "
