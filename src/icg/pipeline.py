@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,8 +29,8 @@ from diffusers.utils import BaseOutput
 from icg.adapter.attention import check_user_scale
 from icg.backbones import RolloutSettings, SD15Backbone
 from icg.modules import check_finite
-from icg.pipeline_folder import pipeline_from_spec, pretrained_spec, save_pipeline_folder
-from icg.presets_spec import GenerationConfig, PresetSpec
+from icg.pipeline_folder import PresetFolderMixin
+from icg.presets_spec import GenerationConfig
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +84,31 @@ class CoverGrid:
         return None if self.user_embeds is None else self.user_embeds[self.user_idx]
 
 
+@dataclass(frozen=True)
+class CoverCall:
+    """One `__call__`'s settings after defaults and checks, and its grid: what the denoising half reads and
+    every cover's sidecar records."""
+
+    config: GenerationConfig  # steps, guidance, explicit-prompt length
+    height: int
+    width: int
+    adapter_scale: float | None
+    user_scale: float
+    drop_meta_tokens: bool
+    grid: CoverGrid
+    true_cfg_scale: float | None = None  # Flux's true CFG; None where the backbone has none
+
+    def settings(self) -> dict[str, Any]:
+        """The settings part of a sidecar (keys in the order sidecars have always had)."""
+        config = self.config
+        true_cfg = {} if self.true_cfg_scale is None else {"true_cfg_scale": self.true_cfg_scale}
+        return {
+            "num_inference_steps": config.num_inference_steps, "guidance_scale": config.guidance_scale,
+            **true_cfg, "adapter_scale": self.adapter_scale, "user_scale": self.user_scale,
+            "drop_meta_tokens": self.drop_meta_tokens, "height": self.height, "width": self.width,
+        }  # fmt: skip
+
+
 class CoverConditioningMixin:
     """What every cover pipeline shares, whatever its backbone: input checks for items and users, U_pre, c_p.
 
@@ -108,15 +132,58 @@ class CoverConditioningMixin:
             max_prompt_tokens=max_prompt_tokens,
         )
 
-    def check_cover_inputs(
+    def prepare_call(
+        self,
+        items: list[CoverItem],
+        users: list[CoverUser] | None,
+        num_inference_steps: int | None,
+        guidance_scale: float | None,
+        max_prompt_tokens: int | None,
+        height: int | None,
+        width: int | None,
+        num_images_per_prompt: int,
+        adapter_scale: float | None,
+        user_scale: float,
+        strict_users: bool,
+        drop_meta_tokens: bool,
+        prompt_suffixes: list[str] | None,
+        true_cfg_scale: float | None = None,
+    ) -> CoverCall:
+        """Steps 1–4 of every cover pipeline's `__call__`: defaults from `generation_config` and the
+        backbone's size, input checks, item context once per item (P_exp, C_ref), U_pre once per user, and
+        the grid of covers in item-major order."""
+        config = self.generation_settings(num_inference_steps, guidance_scale, max_prompt_tokens)
+        height, width = height or self.default_size, width or self.default_size
+        self.check_inputs(
+            items, users, config.num_inference_steps, config.guidance_scale, height, width,
+            num_images_per_prompt, user_scale, 1.0 if true_cfg_scale is None else true_cfg_scale,
+        )  # fmt: skip
+        grid = self.cover_grid(
+            items, users, num_images_per_prompt, config.max_prompt_tokens, strict_users, drop_meta_tokens,
+            prompt_suffixes,
+        )  # fmt: skip
+        return CoverCall(
+            config, height, width, adapter_scale, float(user_scale), drop_meta_tokens, grid, true_cfg_scale
+        )
+
+    @property
+    def size_multiple(self) -> int:
+        """What height and width must be multiples of: the VAE's factor (Flux also packs latents 2×2)."""
+        return self.vae_scale_factor
+
+    def check_inputs(
         self,
         items: list[CoverItem],
         users: list[CoverUser] | None,
         num_inference_steps: int,
         guidance_scale: float,
+        height: int,
+        width: int,
         num_images_per_prompt: int,
         user_scale: float = 1.0,
+        true_cfg_scale: float = 1.0,
     ) -> None:
+        """Step 1 of `__call__`: a clear ValueError for any input the pipeline cannot use."""
         if self.context_encoder is None:
             raise ValueError(
                 "this pipeline was loaded without its context encoder (with_context_encoder=False): "
@@ -146,6 +213,13 @@ class CoverConditioningMixin:
         if num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be ≥ 1, got {num_images_per_prompt}")
         check_user_scale(user_scale)
+        if true_cfg_scale < 0 or not np.isfinite(true_cfg_scale):
+            raise ValueError(f"true_cfg_scale must be a finite number ≥ 0, got {true_cfg_scale}")
+        multiple = self.size_multiple
+        if height % multiple or width % multiple or height <= 0 or width <= 0:
+            raise ValueError(
+                f"height and width must be positive multiples of {multiple}, got {height}×{width}"
+            )
 
     def encode_users(self, users: list[CoverUser], strict: bool = True) -> torch.Tensor:
         """U_pre for each user → (U, D_u); unknown ids raise unless strict=False and a profile is given."""
@@ -222,15 +296,15 @@ class CoverConditioningMixin:
     def cover_output(
         self,
         images: torch.Tensor,
-        grid: CoverGrid,
+        call: CoverCall,
         items: list[CoverItem],
         users: list[CoverUser] | None,
         seed: int,
         output_type: str,
-        settings: dict[str, Any],
     ) -> CoverPipelineOutput:
         """Images (B, 3, H, W) in [0, 1] → PIL (or "pt" tensors), with one sidecar dict per cover: what
         regenerates it alone (its seed, prompt and every setting)."""
+        grid, settings = call.grid, call.settings()
         metadata = [
             {
                 "item_id": items[i].item_id,
@@ -270,7 +344,9 @@ def join_suffix(tokenizer, room: int, prompt: str, suffix: str) -> str:
     return f"{tokenizer.decode(head, skip_special_tokens=True).strip()}, {suffix}"
 
 
-class CoverPipeline(DiffusionPipeline, TextualInversionLoaderMixin, CoverConditioningMixin):
+class CoverPipeline(
+    PresetFolderMixin, DiffusionPipeline, TextualInversionLoaderMixin, CoverConditioningMixin
+):
     """Personalized cover generation with a frozen SD1.5-architecture backbone and the dual-path adapter.
 
     Components: vae, text_encoder, tokenizer, unet (with `install_dual_path_adapter` applied), scheduler
@@ -306,37 +382,6 @@ class CoverPipeline(DiffusionPipeline, TextualInversionLoaderMixin, CoverConditi
         )
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
 
-    # --- one folder, diffusers style ------------------------------------------------------------------------
-    @classmethod
-    def from_pretrained(
-        cls,
-        pretrained: str | Path,
-        device: str | torch.device = "cpu",
-        torch_dtype: torch.dtype = torch.float32,
-        with_context_encoder: bool = True,
-    ) -> CoverPipeline:
-        """The pipeline of a preset folder (one `save_pretrained` wrote, or any preset.json folder) or of a
-        named preset: `icg.loading.load_cover_pipeline(get_preset(pretrained), ...)`. A component the folder
-        lacks, or a preset of another backbone, is an ICGError."""
-        return cls.from_spec(pretrained_spec(pretrained), device, torch_dtype, with_context_encoder)
-
-    @classmethod
-    def from_spec(
-        cls,
-        spec: PresetSpec,
-        device: str | torch.device = "cpu",
-        torch_dtype: torch.dtype = torch.float32,
-        with_context_encoder: bool = True,
-    ) -> CoverPipeline:
-        """Every component of `spec`, loaded once, on `device` (see `icg.loading.load_cover_pipeline`)."""
-        return pipeline_from_spec(cls, spec, device, torch_dtype, with_context_encoder)
-
-    def save_pretrained(self, folder: str | Path, name: str | None = None) -> Path:  # type: ignore[override]
-        """Write this pipeline as a self-contained preset folder that `from_pretrained` (and `get_preset`)
-        loads: backbone/ (diffusers layout), adapter/, context_encoder/, user_encoder/, preset.json with
-        `generation_config`; written beside `folder` and renamed into place (`icg.pipeline_folder`)."""
-        return save_pipeline_folder(self, folder, name)
-
     def backbone_pipeline(self) -> DiffusionPipeline:
         """diffusers' `StableDiffusionPipeline` over this pipeline's backbone (no safety checker)."""
         from diffusers import StableDiffusionPipeline
@@ -348,27 +393,6 @@ class CoverPipeline(DiffusionPipeline, TextualInversionLoaderMixin, CoverConditi
             feature_extractor=None,
             requires_safety_checker=False,
         )
-
-    # --- inputs ---------------------------------------------------------------------------------------------
-    def check_inputs(
-        self,
-        items: list[CoverItem],
-        users: list[CoverUser] | None,
-        num_inference_steps: int,
-        guidance_scale: float,
-        height: int,
-        width: int,
-        num_images_per_prompt: int,
-        user_scale: float = 1.0,
-    ) -> None:
-        self.check_cover_inputs(
-            items, users, num_inference_steps, guidance_scale, num_images_per_prompt, user_scale
-        )
-        multiple = self.vae_scale_factor
-        if height % multiple or width % multiple or height <= 0 or width <= 0:
-            raise ValueError(
-                f"height and width must be positive multiples of {multiple}, got {height}×{width}"
-            )
 
     @property
     def backbone(self) -> SD15Backbone:
@@ -488,27 +512,12 @@ class CoverPipeline(DiffusionPipeline, TextualInversionLoaderMixin, CoverConditi
         personalization strength (module docstring): 0 = the context-only cover, 1 = as trained.
         `num_inference_steps`, `guidance_scale` and `max_prompt_tokens` default to `self.generation_config`.
         """
-        config = self.generation_settings(num_inference_steps, guidance_scale, max_prompt_tokens)
-        num_inference_steps, guidance_scale = config.num_inference_steps, config.guidance_scale
-        max_prompt_tokens = config.max_prompt_tokens
-        height, width = height or self.default_size, width or self.default_size
-        # 1. check inputs
-        self.check_inputs(
-            items,
-            users,
-            num_inference_steps,
-            guidance_scale,
-            height,
-            width,
-            num_images_per_prompt,
-            user_scale,
-        )
-
-        # 2.–4. item context once per item (P_exp, C_ref), U_pre once per user, the grid in item-major order
-        grid = self.cover_grid(
-            items, users, num_images_per_prompt, max_prompt_tokens, strict_users, drop_meta_tokens,
-            prompt_suffixes,
+        # 1.–4. defaults and checks, item context once per item (P_exp, C_ref), U_pre once per user, the grid
+        call = self.prepare_call(
+            items, users, num_inference_steps, guidance_scale, max_prompt_tokens, height, width,
+            num_images_per_prompt, adapter_scale, user_scale, strict_users, drop_meta_tokens, prompt_suffixes,
         )  # fmt: skip
+        grid = call.grid
 
         # 5. text embeddings c_t (one per item when no user has a suffix) and personalized tokens c_p
         if prompt_suffixes is None:
@@ -520,13 +529,10 @@ class CoverPipeline(DiffusionPipeline, TextualInversionLoaderMixin, CoverConditi
         # 6.–8. noise (one generator per cover), denoising loop, decode
         seeds = [seed + n for n in range(len(grid.cells))]
         images = self.denoise(
-            text, cond_p, uncond_p, seeds, num_inference_steps, guidance_scale, adapter_scale, height, width,
-            self.user_tokens(grid.user_embeds), float(user_scale),
+            text, cond_p, uncond_p, seeds, call.config.num_inference_steps, call.config.guidance_scale,
+            adapter_scale, call.height, call.width, self.user_tokens(grid.user_embeds), call.user_scale,
         )  # fmt: skip
-        settings = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
-                    "adapter_scale": adapter_scale, "user_scale": float(user_scale),
-                    "drop_meta_tokens": drop_meta_tokens, "height": height, "width": width}  # fmt: skip
-        return self.cover_output(images, grid, items, users, seed, output_type, settings)
+        return self.cover_output(images, call, items, users, seed, output_type)
 
 
 def _dtype_of(module: torch.nn.Module) -> torch.dtype:

@@ -15,10 +15,8 @@ With `adapter_scale=0` the covers equal `FluxPipeline`'s for the explicit prompt
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 
@@ -38,8 +36,8 @@ from icg.pipeline import (
     CoverUser,
     join_suffix,
 )
-from icg.pipeline_folder import pipeline_from_spec, pretrained_spec, save_pipeline_folder
-from icg.presets_spec import GenerationConfig, PresetSpec
+from icg.pipeline_folder import PresetFolderMixin
+from icg.presets_spec import GenerationConfig
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +52,7 @@ __all__ = [
 ]
 
 
-class FluxCoverPipeline(DiffusionPipeline, CoverConditioningMixin):
+class FluxCoverPipeline(PresetFolderMixin, DiffusionPipeline, CoverConditioningMixin):
     """Personalized cover generation with a frozen FLUX.1-architecture transformer and the Flux dual path.
 
     Components: scheduler (`FlowMatchEulerDiscreteScheduler`), vae, text_encoder + tokenizer (CLIP, pooled),
@@ -94,33 +92,6 @@ class FluxCoverPipeline(DiffusionPipeline, CoverConditioningMixin):
         )
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
 
-    @classmethod
-    def from_pretrained(
-        cls,
-        pretrained: str | Path,
-        device: str | torch.device = "cpu",
-        torch_dtype: torch.dtype = torch.float32,
-        with_context_encoder: bool = True,
-    ) -> FluxCoverPipeline:
-        """The pipeline of a Flux preset folder (one `save_pretrained` wrote) or named preset: see
-        `CoverPipeline.from_pretrained`."""
-        return cls.from_spec(pretrained_spec(pretrained), device, torch_dtype, with_context_encoder)
-
-    @classmethod
-    def from_spec(
-        cls,
-        spec: PresetSpec,
-        device: str | torch.device = "cpu",
-        torch_dtype: torch.dtype = torch.float32,
-        with_context_encoder: bool = True,
-    ) -> FluxCoverPipeline:
-        """Every component of `spec`, loaded once, on `device` (see `icg.loading.load_cover_pipeline`)."""
-        return pipeline_from_spec(cls, spec, device, torch_dtype, with_context_encoder)
-
-    def save_pretrained(self, folder: str | Path, name: str | None = None) -> Path:  # type: ignore[override]
-        """Write this pipeline as a self-contained preset folder: see `CoverPipeline.save_pretrained`."""
-        return save_pipeline_folder(self, folder, name)
-
     def backbone_pipeline(self) -> DiffusionPipeline:
         """diffusers' `FluxPipeline` over this pipeline's backbone components."""
         from diffusers import FluxPipeline
@@ -142,29 +113,10 @@ class FluxCoverPipeline(DiffusionPipeline, CoverConditioningMixin):
         """T5 tokens per prompt: the tokenizer's length, at most FLUX's 512."""
         return self.backbone.max_sequence_length
 
-    # --- inputs ---------------------------------------------------------------------------------------------
-    def check_inputs(
-        self,
-        items: list[CoverItem],
-        users: list[CoverUser] | None,
-        num_inference_steps: int,
-        guidance_scale: float,
-        true_cfg_scale: float,
-        height: int,
-        width: int,
-        num_images_per_prompt: int,
-        user_scale: float = 1.0,
-    ) -> None:
-        self.check_cover_inputs(
-            items, users, num_inference_steps, guidance_scale, num_images_per_prompt, user_scale
-        )
-        if true_cfg_scale < 0 or not np.isfinite(true_cfg_scale):
-            raise ValueError(f"true_cfg_scale must be a finite number ≥ 0, got {true_cfg_scale}")
-        multiple = self.vae_scale_factor * 2  # VAE factor × the 2×2 latent packing
-        if height % multiple or width % multiple or height <= 0 or width <= 0:
-            raise ValueError(
-                f"height and width must be positive multiples of {multiple}, got {height}×{width}"
-            )
+    @property
+    def size_multiple(self) -> int:
+        """Height and width are multiples of the VAE factor × the 2×2 latent packing."""
+        return self.vae_scale_factor * 2
 
     # --- conditioning ---------------------------------------------------------------------------------------
     def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -262,48 +214,22 @@ class FluxCoverPipeline(DiffusionPipeline, CoverConditioningMixin):
         `true_cfg_scale > 1` adds classifier-free guidance against the empty prompt and zero context.
         `num_inference_steps`, `guidance_scale` and `max_prompt_tokens` default to `self.generation_config`.
         """
-        config = self.generation_settings(num_inference_steps, guidance_scale, max_prompt_tokens)
-        num_inference_steps, guidance_scale = config.num_inference_steps, config.guidance_scale
-        max_prompt_tokens = config.max_prompt_tokens
-        height, width = height or self.default_size, width or self.default_size
-        # 1. check inputs
-        self.check_inputs(
-            items,
-            users,
-            num_inference_steps,
-            guidance_scale,
+        # 1.–4. defaults and checks, item context once per item (P_exp, C_ref), U_pre once per user, the grid
+        call = self.prepare_call(
+            items, users, num_inference_steps, guidance_scale, max_prompt_tokens, height, width,
+            num_images_per_prompt, adapter_scale, user_scale, strict_users, drop_meta_tokens, prompt_suffixes,
             true_cfg_scale,
-            height,
-            width,
-            num_images_per_prompt,
-            user_scale,
-        )
-
-        # 2.–4. item context once per item (P_exp, C_ref), U_pre once per user, the grid in item-major order
-        grid = self.cover_grid(
-            items, users, num_images_per_prompt, max_prompt_tokens, strict_users, drop_meta_tokens,
-            prompt_suffixes,
         )  # fmt: skip
+        grid = call.grid
 
         # 5.–8. text embeddings, c_p, noise, flow-matching loop, decode
         images = self.covers_from_embeddings(
-            grid.cell_prompts,
-            grid.cover_context(),
-            grid.cover_users(),
-            [seed + n for n in range(len(grid.cells))],
-            num_inference_steps,
-            guidance_scale,
-            adapter_scale,
-            height,
-            width,
-            true_cfg_scale,
-            user_scale,
-        )  # (B, 3, H, W) in [0, 1]
-        settings = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
-                    "true_cfg_scale": true_cfg_scale, "adapter_scale": adapter_scale,
-                    "user_scale": float(user_scale),
-                    "drop_meta_tokens": drop_meta_tokens, "height": height, "width": width}  # fmt: skip
-        output = self.cover_output(images, grid, items, users, seed, output_type, settings)
+            grid.cell_prompts, grid.cover_context(), grid.cover_users(),
+            [seed + n for n in range(len(grid.cells))], call.config.num_inference_steps,
+            call.config.guidance_scale, adapter_scale, call.height, call.width, true_cfg_scale,
+            call.user_scale,
+        )  # fmt: skip  # (B, 3, H, W) in [0, 1]
+        output = self.cover_output(images, call, items, users, seed, output_type)
         for meta in output.metadata:
             meta["backbone"] = self.backbone.kind
         return output

@@ -20,7 +20,7 @@ import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
 from torch import nn
@@ -33,11 +33,49 @@ from icg.loading_common import load_conditioning
 from icg.presets import COMPONENT_PATHS, PresetSpec, get_preset, load_preset_folder
 
 __all__ = [
-    "CONDITIONING_NAMES", "pipeline_from_spec", "pretrained_spec", "save_pipeline_folder",
-    "spec_backbone_kind",
+    "CONDITIONING_NAMES", "PresetFolderMixin", "pipeline_from_spec", "pretrained_spec",
+    "save_pipeline_folder", "spec_backbone_kind",
 ]  # fmt: skip
 
 CONDITIONING_NAMES = ("context_encoder", "projector", "user_encoder")  # the components that are not backbone
+
+
+class PresetFolderMixin:
+    """`from_pretrained` / `from_spec` / `save_pretrained` of a cover pipeline class, diffusers style.
+
+    Listed before `DiffusionPipeline` in the bases, so these take the place of diffusers' own (which read one
+    model_index.json): a cover pipeline is a preset folder, backbone and conditioning together.
+    """
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained: str | Path,
+        device: str | torch.device = "cpu",
+        torch_dtype: torch.dtype = torch.float32,
+        with_context_encoder: bool = True,
+    ) -> Self:
+        """The pipeline of a preset folder (one `save_pretrained` wrote, or any preset.json folder) or of a
+        named preset: `icg.loading.load_cover_pipeline(get_preset(pretrained), ...)`. A component the folder
+        lacks, or a preset of another backbone, is an ICGError."""
+        return cls.from_spec(pretrained_spec(pretrained), device, torch_dtype, with_context_encoder)
+
+    @classmethod
+    def from_spec(
+        cls,
+        spec: PresetSpec,
+        device: str | torch.device = "cpu",
+        torch_dtype: torch.dtype = torch.float32,
+        with_context_encoder: bool = True,
+    ) -> Self:
+        """Every component of `spec`, loaded once, on `device` (see `icg.loading.load_cover_pipeline`)."""
+        return pipeline_from_spec(cls, spec, device, torch_dtype, with_context_encoder)
+
+    def save_pretrained(self, folder: str | Path, name: str | None = None) -> Path:
+        """Write this pipeline as a self-contained preset folder that `from_pretrained` (and `get_preset`)
+        loads: backbone/ (diffusers layout), adapter/, context_encoder/, user_encoder/, preset.json with
+        `generation_config`; written beside `folder` and renamed into place."""
+        return save_pipeline_folder(self, folder, name)
 
 
 def spec_backbone_kind(spec: PresetSpec) -> str:

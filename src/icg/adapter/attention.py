@@ -217,16 +217,9 @@ class DualPathAttnProcessor(PersonalKV):
     ) -> torch.Tensor:
         """Attn(Q, K_p, V_p) with query (B, heads, L, d) and c_p (B, M, W) → (B, heads, L, d); `user` =
         (N_u, user_scale) re-weights the user tokens (`user_weighting`)."""
-        if (
-            personal.ndim != 3
-            or personal.shape[0] != batch_size
-            or personal.shape[2] != self.cross_attention_dim
-        ):
-            raise ValueError(
-                f"personal tokens have shape {tuple(personal.shape)}, expected "
-                f"({batch_size}, M, {self.cross_attention_dim}) to match the batch of the latents and this "
-                "layer's cross_attention_dim"
-            )
+        check_personal_tokens(
+            personal, batch_size, self.cross_attention_dim, "this layer's cross_attention_dim"
+        )
         heads = attn.heads
         head_dim = query.shape[-1]
         personal, bias = user_weighting(personal, *user, dtype=query.dtype)
@@ -299,6 +292,15 @@ class AdapterLayers(nn.Module):
     def set_scale(self, scale: float) -> None:
         for layer in self.layers:
             layer.scale = float(scale)
+
+
+def check_personal_tokens(personal: torch.Tensor, batch_size: int, width: int, width_name: str) -> None:
+    """c_p must be (B, M, W): one row per latent in the batch, as wide as the layer's K_p/V_p take."""
+    if personal.ndim != 3 or personal.shape[0] != batch_size or personal.shape[2] != width:
+        raise ValueError(
+            f"personal tokens have shape {tuple(personal.shape)}, expected ({batch_size}, M, {width}) to "
+            f"match the batch of the latents and {width_name}"
+        )
 
 
 def cross_attention_layers(unet: nn.Module) -> dict[str, Attention]:

@@ -130,31 +130,45 @@ def save_adapter(
     return out
 
 
-def check_unet_matches(unet: nn.Module, config: AdapterCheckpointConfig) -> None:
-    """ValueError naming the first layer/width that differs between the checkpoint and `unet`."""
-    if config.backbone != "sd15":
+def check_layers_match(
+    config: AdapterCheckpointConfig,
+    widths: Mapping[str, tuple[int, int]],
+    backbone: str,
+    model: str = "UNet",
+    layers: str = "cross-attention",
+) -> None:
+    """ValueError naming the first layer/width that differs between the checkpoint and a backbone's
+    adapter layers, given as {name: (hidden size, c_p width)} in install order."""
+    if config.backbone != backbone:
         raise ValueError(
-            f"checkpoint is for backbone {config.backbone!r}; this loader takes UNet ('sd15') adapters"
+            f"checkpoint is for backbone {config.backbone!r}; this loader takes {model} ({backbone!r}) "
+            "adapters"
         )
-    layers = cross_attention_layers(unet)
-    if len(layers) != len(config.layer_names):
+    if len(widths) != len(config.layer_names):
         raise ValueError(
-            f"checkpoint has {len(config.layer_names)} cross-attention layers, the UNet has {len(layers)}"
+            f"checkpoint has {len(config.layer_names)} {layers} layers, the {model} has {len(widths)}"
         )
-    for k, (name, attn) in enumerate(layers.items()):
-        hidden, cross_dim = layer_widths(attn, name)
+    for k, (name, (hidden, cross_dim)) in enumerate(widths.items()):
         if cross_dim != config.cross_attention_dim:
             raise ValueError(
                 f"cross_attention_dim mismatch at {name}: checkpoint {config.cross_attention_dim}, "
-                f"UNet {cross_dim}"
+                f"{model} {cross_dim}"
             )
         if name != config.layer_names[k]:
-            raise ValueError(f"layer {k} is {name} in the UNet but {config.layer_names[k]} in the checkpoint")
+            raise ValueError(
+                f"layer {k} is {name} in the {model} but {config.layer_names[k]} in the checkpoint"
+            )
         if hidden != config.hidden_sizes[k]:
             raise ValueError(
                 f"hidden size mismatch at {name}: checkpoint {config.hidden_sizes[k]}, "
-                f"UNet {hidden} (from to_q)"
+                f"{model} {hidden} (from to_q)"
             )
+
+
+def check_unet_matches(unet: nn.Module, config: AdapterCheckpointConfig) -> None:
+    """ValueError naming the first layer/width that differs between the checkpoint and `unet`."""
+    widths = {name: layer_widths(attn, name) for name, attn in cross_attention_layers(unet).items()}
+    check_layers_match(config, widths, "sd15")
 
 
 def load_adapter(

@@ -30,12 +30,14 @@ from icg.adapter.attention import (
     InitMode,
     PersonalKV,
     PersonalTokens,
+    check_personal_tokens,
     check_user_scale,
     user_weighting,
 )
 from icg.adapter.checkpoint import (
     AdapterCheckpointConfig,
     IPAdapterImport,
+    check_layers_match,
     import_image_proj,
     load_adapter_folder,
     read_ip_adapter_state_dict,
@@ -149,16 +151,9 @@ class FluxDualPathAttnProcessor(PersonalKV):
         """Attn(Q, K_p, V_p) with query (B, L, heads, d) and c_p (B, M, W) → (B, L, heads·d); `user` =
         (N_u, user_scale) re-weights the user tokens (`icg.adapter.attention.user_weighting`)."""
         batch_size = query.shape[0]
-        if (
-            personal.ndim != 3
-            or personal.shape[0] != batch_size
-            or personal.shape[2] != self.cross_attention_dim
-        ):
-            raise ValueError(
-                f"personal tokens have shape {tuple(personal.shape)}, expected "
-                f"({batch_size}, M, {self.cross_attention_dim}) to match the batch of the latents and the "
-                "transformer's joint_attention_dim"
-            )
+        check_personal_tokens(
+            personal, batch_size, self.cross_attention_dim, "the transformer's joint_attention_dim"
+        )
         personal, bias = user_weighting(personal, *user, dtype=query.dtype)
         personal = personal.to(dtype=self.to_k_p.weight.dtype)
         key = self.to_k_p(personal).view(batch_size, -1, attn.heads, attn.head_dim)  # (B, M, heads, d)
@@ -307,21 +302,9 @@ def load_ip_adapter_flux(
 
 def check_transformer_matches(transformer: nn.Module, config: AdapterCheckpointConfig) -> None:
     """ValueError naming the first layer/width that differs between a Flux checkpoint and `transformer`."""
-    if config.backbone != "flux":
-        raise ValueError(f"checkpoint is for backbone {config.backbone!r}; this loader takes Flux adapters")
     layers = joint_attention_layers(transformer)
-    if list(layers) != list(config.layer_names):
-        raise ValueError(
-            f"checkpoint has layers {list(config.layer_names)[:3]}… ({len(config.layer_names)}), the "
-            f"transformer {list(layers)[:3]}… ({len(layers)})"
-        )
-    for k, (name, attn) in enumerate(layers.items()):
-        hidden, cross_dim = flux_layer_widths(transformer, attn, name)
-        if (hidden, cross_dim) != (config.hidden_sizes[k], config.cross_attention_dim):
-            raise ValueError(
-                f"{name}: checkpoint (hidden {config.hidden_sizes[k]}, c_p width "
-                f"{config.cross_attention_dim}), transformer (hidden {hidden}, width {cross_dim})"
-            )
+    widths = {name: flux_layer_widths(transformer, attn, name) for name, attn in layers.items()}
+    check_layers_match(config, widths, "flux", model="transformer", layers="joint-attention")
 
 
 def load_flux_adapter(
