@@ -350,22 +350,33 @@ def install_dual_path_adapter(unet: nn.Module, scale: float = 1.0, init: InitMod
                 proc.to_k_p.weight.zero_()
                 proc.to_v_p.weight.zero_()
         new[name] = proc
-    processors = {n: new.get(n, p) for n, p in unet.attn_processors.items()}
-    unet.set_attn_processor(processors)
-    adapter = AdapterLayers(new)
-    adapter.requires_grad_(True)
+    adapter = set_adapter_processors(unet, new)
     logger.info("installed %d dual-path processors (hidden sizes %s)", len(adapter), adapter.hidden_sizes)
     return adapter
 
 
-def get_adapter_layers(unet: nn.Module) -> AdapterLayers:
-    """The dual-path processors already installed on `unet`, in attn_processors order."""
-    found = {n: p for n, p in unet.attn_processors.items() if isinstance(p, DualPathAttnProcessor)}
+def set_adapter_processors(model: nn.Module, new: dict[str, nn.Module]) -> AdapterLayers:
+    """Put the new processors in place of `model`'s (the others kept) and return them as trainable layers."""
+    model.set_attn_processor({n: new.get(n, p) for n, p in model.attn_processors.items()})
+    adapter = AdapterLayers(new)  # type: ignore[arg-type]
+    adapter.requires_grad_(True)
+    return adapter
+
+
+def installed_adapter_layers(model: nn.Module, processor: type, install: str) -> AdapterLayers:
+    """The `processor` instances already installed on `model`, in attn_processors order; a ValueError
+    naming `install` (the function that installs them) when there are none."""
+    found = {n: p for n, p in model.attn_processors.items() if isinstance(p, processor)}
     if not found:
         raise ValueError(
-            "no DualPathAttnProcessor is installed on this UNet; call install_dual_path_adapter first"
+            f"no {processor.__name__} is installed on this {type(model).__name__}; call {install} first"
         )
-    return AdapterLayers(found)
+    return AdapterLayers(found)  # type: ignore[arg-type]
+
+
+def get_adapter_layers(unet: nn.Module) -> AdapterLayers:
+    """The dual-path processors already installed on `unet`, in attn_processors order."""
+    return installed_adapter_layers(unet, DualPathAttnProcessor, "install_dual_path_adapter")
 
 
 def set_adapter_scale(unet: nn.Module, scale: float) -> None:

@@ -32,6 +32,8 @@ from icg.adapter.attention import (
     PersonalTokens,
     check_personal_tokens,
     check_user_scale,
+    installed_adapter_layers,
+    set_adapter_processors,
     user_weighting,
 )
 from icg.adapter.checkpoint import (
@@ -233,9 +235,7 @@ def install_flux_dual_path_adapter(
                     linear.weight.zero_()
                     linear.bias.zero_()
         new[name] = proc
-    transformer.set_attn_processor({n: new.get(n, p) for n, p in transformer.attn_processors.items()})
-    adapter = AdapterLayers(new)  # type: ignore[arg-type]
-    adapter.requires_grad_(True)
+    adapter = set_adapter_processors(transformer, new)
     logger.info(
         "installed %d Flux dual-path processors (hidden size %d)", len(adapter), adapter.hidden_sizes[0]
     )
@@ -244,12 +244,7 @@ def install_flux_dual_path_adapter(
 
 def get_flux_adapter_layers(transformer: nn.Module) -> AdapterLayers:
     """The Flux dual-path processors already installed on `transformer`, in attn_processors order."""
-    found = {n: p for n, p in transformer.attn_processors.items() if isinstance(p, FluxDualPathAttnProcessor)}
-    if not found:
-        raise ValueError(
-            "no FluxDualPathAttnProcessor is installed; call install_flux_dual_path_adapter first"
-        )
-    return AdapterLayers(found)  # type: ignore[arg-type]
+    return installed_adapter_layers(transformer, FluxDualPathAttnProcessor, "install_flux_dual_path_adapter")
 
 
 def load_ip_adapter_flux(
