@@ -411,3 +411,29 @@ def test_the_preset_registry(tmp_path):
         register_preset("mini", mine)
     with pytest.raises(ICGError, match="unknown preset 'nope'.*my-sd15"):
         get_preset("nope")
+
+
+def test_a_tiny_preset_of_another_builder_version_is_rebuilt(tmp_path, monkeypatch) -> None:
+    """A folder under icg_home() made by an older tiny builder (no stamp, or another version) is built again,
+    a current one is loaded as it is: a changed builder never meets a stale cache."""
+    from icg import presets
+    from icg.presets import BUILD_STAMP, TINY_PRESET_VERSION, PresetSpec, _materialized
+
+    builds: list[Path] = []
+
+    def build(folder: Path) -> Path:
+        builds.append(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "preset.json").write_text(PresetSpec(name="tiny").to_json(), encoding="utf-8")
+        return folder
+
+    folder = tmp_path / "tiny"
+    build(folder)  # as an older builder left it: no stamp
+    builds.clear()
+    assert _materialized(folder, build).name == "tiny" and builds == [folder]
+    assert (folder / BUILD_STAMP).read_text().strip() == str(TINY_PRESET_VERSION)
+    _materialized(folder, build)
+    assert builds == [folder]  # current: not rebuilt
+    monkeypatch.setattr(presets, "TINY_PRESET_VERSION", TINY_PRESET_VERSION + 1)
+    _materialized(folder, build)
+    assert builds == [folder, folder]

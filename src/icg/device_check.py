@@ -60,9 +60,13 @@ def path_context(ctx: CheckContext) -> str:
 def path_users_projector(ctx: CheckContext) -> str:
     pipe = device_pipeline(ctx)
     with torch.no_grad():
-        users = pipe.user_encoder.encode_users(["1", None], [None, "a 24-year-old male technician"])
+        # a known id, a parsed profile, and a stated taste (its neighbour mix over the taste table)
+        assert pipe.user_encoder.has_taste_table, "the checked user encoder has no taste table"
+        users = pipe.user_encoder.encode_users(
+            ["1", None, None], [None, "a 24-year-old male technician", "loves horror and sci-fi"]
+        )
         users = users.to(ctx.device, pipe.projector.dtype)
-        context = torch.zeros(2, 1, pipe.context_encoder.hidden_size, device=ctx.device, dtype=users.dtype)
+        context = torch.zeros(3, 1, pipe.context_encoder.hidden_size, device=ctx.device, dtype=users.dtype)
         cond, uncond = pipe.personal_tokens(context, users)
     check_on_device("user path", ctx.device, {"U_pre": users, "c_p": cond, "uncond c_p": uncond})
     return f"U_pre {tuple(users.shape)}, c_p {tuple(cond.shape)}"

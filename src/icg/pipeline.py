@@ -356,6 +356,9 @@ class CoverPipeline(
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
+    # diffusers moves, offloads and lists only the components it knows are optional or required: without
+    # this the user encoder stayed on the CPU after `pipe.to("cuda")`
+    _optional_components = ["user_encoder"]
     backbone_class = SD15Backbone
 
     def __init__(

@@ -61,6 +61,9 @@ class FluxCoverPipeline(PresetFolderMixin, DiffusionPipeline, CoverConditioningM
     """
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->transformer->vae"
+    # diffusers moves, offloads and lists only the components it knows are optional or required: without
+    # this the user encoder stayed on the CPU after `pipe.to("cuda")`
+    _optional_components = ["user_encoder"]
     generation_config = GenerationConfig(num_inference_steps=28, guidance_scale=3.5)  # FLUX.1-dev's defaults
     backbone_class = FluxBackbone
 

@@ -19,8 +19,9 @@ adapter. Every component is then loaded by the same `from_pretrained` calls (`ic
 A preset is a `PresetSpec` (`icg.presets_spec`); `sd15` and `flux` are data files in
 `icg/assets/presets/`, and `register_preset(name, spec | folder | builder)` adds a platform's own names to
 `get_preset` (open_clip's `add_model_config` habit).
-The tiny builders are imported when a tiny preset is first written, not with this module: they load
-torch, diffusers and transformers, which a preset lookup never needs.
+The tiny builders are imported when a tiny preset is written (first, or again when `TINY_PRESET_VERSION`
+changes), not with this module: they load torch, diffusers and transformers, which a preset lookup never
+needs.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from icg.atomic import write_text_atomic
 from icg.errors import ICGError
 from icg.presets_spec import Backbone, GenerationConfig, PresetSpec
 
@@ -70,24 +72,48 @@ SD15 = PresetSpec.load(presets_dir() / "sd15.json")
 FLUX = PresetSpec.load(presets_dir() / "flux.json")
 
 
+# What the tiny builders make, by version: a materialized folder of another version (or none: built before
+# versions were stamped) is rebuilt, so a changed builder never meets a stale cache under icg_home().
+# Bump when a builder's output changes. 2: the user encoder has a taste table (stated-taste cold start).
+TINY_PRESET_VERSION = 2
+BUILD_STAMP = ".icg-tiny-version"
+
+
+def _materialized(folder: Path, build: Callable[[Path], Path]) -> PresetSpec:
+    """The preset in `folder`, (re)built by `build` unless it holds this version's build."""
+    stamp = folder / BUILD_STAMP
+    current = (folder / "preset.json").is_file() and stamp.is_file()
+    if not current or stamp.read_text(encoding="utf-8").strip() != str(TINY_PRESET_VERSION):
+        if (folder / "preset.json").is_file():
+            logger.info("%s: built by another version of the tiny builder; rebuilding", folder)
+        build(folder)  # into a sibling folder, renamed into place
+        write_text_atomic(stamp, f"{TINY_PRESET_VERSION}\n")
+    return load_preset_folder(folder)
+
+
 def tiny_preset(folder: Path | None = None) -> PresetSpec:
-    """The tiny preset, materialized into `folder` (default under icg_home()) if it is not there yet."""
-    folder = Path(folder) if folder is not None else icg_home() / "presets" / "tiny"
-    if not (folder / "preset.json").is_file():
+    """The tiny preset, materialized into `folder` (default under icg_home()) unless this version is there."""
+
+    def build(into: Path) -> Path:
         from icg.presets_tiny import materialize_tiny_preset
 
-        materialize_tiny_preset(folder)
-    return load_preset_folder(folder)
+        return materialize_tiny_preset(into)
+
+    folder = Path(folder) if folder is not None else icg_home() / "presets" / "tiny"
+    return _materialized(folder, build)
 
 
 def tiny_flux_preset(folder: Path | None = None) -> PresetSpec:
-    """The tiny-flux preset, materialized into `folder` (default under icg_home()) if it is not there yet."""
-    folder = Path(folder) if folder is not None else icg_home() / "presets" / "tiny-flux"
-    if not (folder / "preset.json").is_file():
+    """The tiny-flux preset, materialized into `folder` (default under icg_home()) unless this version is
+    there."""
+
+    def build(into: Path) -> Path:
         from icg.presets_tiny_flux import materialize_tiny_flux_preset
 
-        materialize_tiny_flux_preset(folder)
-    return load_preset_folder(folder)
+        return materialize_tiny_flux_preset(into)
+
+    folder = Path(folder) if folder is not None else icg_home() / "presets" / "tiny-flux"
+    return _materialized(folder, build)
 
 
 COMPONENT_PATHS = (

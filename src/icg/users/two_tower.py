@@ -150,6 +150,7 @@ class TwoTowerModel(DeviceDtypeMixin, nn.Module):
         # not in state_dict (training checkpoints stay as they were); save_pretrained writes it when present
         self.register_buffer("user_taste", torch.zeros(c.n_users, c.n_genres), persistent=False)
         self.has_taste_table = False
+        self.taste_users = 0
 
     def set_tables(
         self, user_profiles: torch.Tensor, item_genres: torch.Tensor, item_titles: torch.Tensor
@@ -173,7 +174,11 @@ class TwoTowerModel(DeviceDtypeMixin, nn.Module):
             )
         if not torch.isfinite(torch.as_tensor(table)).all():
             raise ValueError("user_taste must be finite")
-        self.user_taste.copy_(torch.as_tensor(table, dtype=self.user_taste.dtype))
+        table = torch.as_tensor(table, dtype=self.user_taste.dtype)
+        self.taste_users = int((table[1:].norm(dim=-1) > 0).sum())  # known users with a taste (<unk> is none)
+        if self.taste_users == 0:
+            raise ValueError("the taste table holds no user with a stated taste")
+        self.user_taste.copy_(table)
         self.has_taste_table = True
 
     def taste_neighbours(self, taste: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,9 +192,7 @@ class TwoTowerModel(DeviceDtypeMixin, nn.Module):
         norms = table.norm(dim=-1)  # (N,)
         valid = norms > 0
         valid[0] = False  # <unk> is nobody's taste
-        n_valid = int(valid.sum())
-        if n_valid == 0:
-            raise ValueError("the taste table holds no user with a stated taste")
+        n_valid = self.taste_users  # counted on the host when the table was set
         stated = nn.functional.normalize(taste.float(), dim=-1)  # (B, G)
         cosine = stated @ (table / norms.clamp_min(1e-12)[:, None]).T  # (B, N)
         cosine = cosine.masked_fill(~valid, float("-inf"))
@@ -221,9 +224,9 @@ class TwoTowerModel(DeviceDtypeMixin, nn.Module):
         user_emb = self.user_id(self._drop(features.user, c.user_id_dropout))  # (B, user_id_dim)
         if features.taste is not None and self.has_taste_table:
             stated = (features.user == 0) & (features.taste != 0).any(dim=-1)  # (B,)
-            if bool(stated.any()):
-                mixed = self.stated_id_embedding(features.taste[stated])  # (S, user_id_dim)
-                user_emb = user_emb.masked_scatter(stated[:, None], mixed.to(user_emb.dtype))
+            # every row's mix, kept where a taste is stated: no data-dependent shape, no host sync
+            mixed = self.stated_id_embedding(features.taste)  # (B, user_id_dim)
+            user_emb = torch.where(stated[:, None], mixed.to(user_emb.dtype), user_emb)
         parts = [
             user_emb,
             self.age(self._drop(features.age, c.profile_dropout)),  # (B, profile_dim)
@@ -289,7 +292,7 @@ class TwoTowerModel(DeviceDtypeMixin, nn.Module):
         profs = list(profiles) if profiles is not None else [None] * n
         if len(ids) != len(profs):
             raise ValueError(f"got {len(ids)} user ids but {len(profs)} profiles")
-        rows: list[tuple[int, int, int, int]] = []
+        rows: list[tuple[int, int, int, int, int]] = []  # id, age, gender, occupation, profile parsed
         texts: list[str] = []  # stated taste of cold-start rows ("" for the others)
         for user_id, raw_profile in zip(ids, profs, strict=True):
             profile = self._profile(raw_profile)
@@ -305,14 +308,15 @@ class TwoTowerModel(DeviceDtypeMixin, nn.Module):
                         "unknown user id '%s': encoding from profile features only (cold start)", user_id
                     )
             texts.append(raw_profile if idx == 0 and isinstance(raw_profile, str) else "")
-            if profile is not None:
-                rows.append((idx, *vocab.profile_indices(profile)))
-            else:
-                rows.append((idx, *self.user_profiles[idx].tolist()))
-        table = torch.tensor(rows, dtype=torch.long, device=self.user_profiles.device).reshape(
-            -1, 4
-        )  # (B, 4)
-        return UserFeatures(table[:, 0], table[:, 1], table[:, 2], table[:, 3], taste=self._stated(texts))
+            parsed = profile is not None
+            rows.append((idx, *(vocab.profile_indices(profile) if parsed else (0, 0, 0)), int(parsed)))
+        # built on the host, completed on the model's device: a known user's profile row is read from the
+        # stored table there (no host round trip per user)
+        table = torch.tensor(rows, dtype=torch.long, device=self.user_profiles.device).reshape(-1, 5)
+        profile = torch.where(table[:, 4:].bool(), table[:, 1:4], self.user_profiles[table[:, 0]])  # (B, 3)
+        return UserFeatures(
+            table[:, 0], profile[:, 0], profile[:, 1], profile[:, 2], taste=self._stated(texts)
+        )
 
     def _stated(self, texts: list[str]) -> torch.Tensor | None:
         """Stated taste rows (B, G) when the model has a taste table; without one, warn and ignore it."""
