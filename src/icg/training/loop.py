@@ -51,6 +51,23 @@ def check_positive_ints(config: object, names: Iterable[str]) -> None:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
+def check_schedule(config: Any) -> None:
+    """`adamw_warmup_cosine`'s fields: lr and grad_clip > 0, weight_decay >= 0, warmup_fraction in [0, 1)."""
+    if (
+        config.lr <= 0
+        or config.weight_decay < 0
+        or not 0 <= config.warmup_fraction < 1
+        or config.grad_clip <= 0
+    ):
+        raise ValueError("lr and grad_clip must be > 0, weight_decay >= 0, warmup_fraction in [0, 1)")
+
+
+def check_max_items(config: Any) -> None:
+    """`run_items`' `max_items`: None (every item) or at least 6, so each split gets an item."""
+    if config.max_items is not None and config.max_items < 6:
+        raise ValueError(f"max_items must be None or >= 6, got {config.max_items}")
+
+
 # --------------------------------------------------------------------------------------- items, identity
 def run_items(
     items: pd.DataFrame, config: Any, min_train: int | None = None
