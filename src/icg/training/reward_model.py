@@ -301,6 +301,7 @@ class EarlyStopping:
         return dataclasses.asdict(self)
 
     def load_state_dict(self, state: Mapping[str, float | int]) -> None:
+        """Continue from a checkpoint's "stopper" (a resumed run stops where the uninterrupted one would)."""
         for name, value in state.items():
             setattr(self, name, value)
 

@@ -184,8 +184,7 @@ def train_user_encoder(
                 model, optimizer, split, epoch, seed, negatives_per_positive, batch_size, progress
             )
             history.append({"epoch": epoch + 1, "loss": loss})
-            logger.info("epoch %d/%d: loss %.4f", epoch + 1, epochs, loss)
-            run.lap()
+            logger.info("epoch %d/%d (%.1fs): loss %.4f", epoch + 1, epochs, run.lap(), loss)
             run.save(checkpoint, _CHECKPOINT_FORMAT, fingerprint, epoch + 1)
 
         metrics = evaluate_split(
