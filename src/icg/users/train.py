@@ -13,7 +13,8 @@ Resume: after every epoch `checkpoint.pt` (weights, optimizer, history) is repla
 + os.replace). A later call with the same data and settings continues from the last finished epoch; with
 `epochs` larger than a finished run it trains the extra epochs. Every epoch's randomness derives from
 (seed, epoch), so an interrupted-and-resumed run ends with the same weights as an uninterrupted one. Different
-data or settings in the same folder are a ValueError; `resume=False` starts over.
+data or settings in the same folder are a ValueError; `resume=False` starts over. `max_minutes` stops between
+epochs (resumable). The loop is `icg.fit.EpochRun`, the one the other resumable trainers run.
 """
 
 from __future__ import annotations
