@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import json
 import logging
 import math
@@ -184,3 +185,17 @@ def test_replace_folder_swaps_in_a_complete_folder(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["unet"] and [p.name for p in folder.iterdir()] == [
         "new.txt"
     ]
+
+
+@pytest.mark.parametrize("name", ["mini_clip.MiniClipConfig", "mini_vae.MiniVaeConfig",
+                                  "mini_unet.MiniUnetConfig", "mini_context.MiniContextConfig"])  # fmt: skip
+def test_the_mini_configs_refuse_a_bad_schedule_or_max_items(name: str) -> None:
+    module, _, cls = name.partition(".")
+    config = getattr(importlib.import_module(f"icg.training.{module}"), cls)
+    config(max_items=6)
+    for bad in (5, True):
+        with pytest.raises(ValueError, match=f"max_items must be None or >= 6, got {bad}"):
+            config(max_items=bad)
+    for field, bad in (("lr", 0.0), ("grad_clip", 0.0), ("weight_decay", -0.1), ("warmup_fraction", 1.0)):
+        with pytest.raises(ValueError, match="lr and grad_clip must be > 0"):
+            config(**{field: bad})

@@ -262,3 +262,19 @@ def test_resume_continues_an_interrupted_run(data, trained, tmp_path, monkeypatc
     (tmp_path / "checkpoint.pt").write_bytes(b"garbage")
     with pytest.raises(DataError, match="checkpoint.pt"):
         train_user_encoder(data, tmp_path, seed=0, **FAST)
+
+
+def test_a_time_budget_stops_between_epochs_and_the_run_resumes(data, trained, tmp_path) -> None:
+    out, metrics = trained
+    # a budget spent at once: one epoch per call, the model so far saved and marked incomplete
+    first = train_user_encoder(data, tmp_path, seed=0, max_minutes=1e-6, **FAST)
+    assert (first["epochs_completed"], first["completed"], len(first["history"])) == (1, False, 1)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    final = train_user_encoder(data, tmp_path, seed=0, **FAST)
+    assert (final["epochs_completed"], final["completed"]) == (FAST["epochs"], True)
+    assert final["history"] == metrics["history"] and final["auc"] == metrics["auc"]
+    assert all(
+        torch.equal(a, b) for a, b in zip(_state(out).values(), _state(tmp_path).values(), strict=True)
+    )
+    with pytest.raises(ValueError, match="max_minutes must be positive"):
+        train_user_encoder(data, tmp_path, seed=0, max_minutes=0, **FAST)

@@ -1,7 +1,9 @@
-"""Plumbing the mini trainers share: run options, thread count, fingerprints, resume, schedule, time budget.
+"""Plumbing the mini trainers share: config checks, items and fingerprints, schedule, metrics.
 
 Moved here from `mini_clip`, `mini_vae`, `mini_unet` and `mini_context` (the adapter and reward-model trainers
 use the pieces that fit them unchanged), so one copy of each piece decides how every trained folder resumes.
+The epoch loop itself (resume, time budget, atomic checkpoints, thread count) is `icg.fit`, below every
+trainer so that the user encoder runs it too; its names are re-exported here, where they always were.
 Nothing here names a trainer: checkpoint formats, dict keys, log texts that differ and error wording that
 names the run's inputs are arguments, so each trainer's files and messages are the same as before the move.
 The trainers' own loggers are passed in where a message is logged: tests and users filter on their names.
@@ -9,26 +11,34 @@ The trainers' own loggers are passed in where a message is logged: tests and use
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
-import logging
 import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
-from icg.atomic import atomic_path
 from icg.data.covers.render import items_genres
 from icg.data.splits import ItemSplit, split_items
-from icg.errors import DataError
+from icg.fit import (  # noqa: F401  (re-exported: the mini trainers and callers have always found them here)
+    EpochRun,
+    check_run_options,
+    epoch_checkpoint,
+    epoch_counts,
+    load_checkpoint,
+    restore,
+    stop_for_time,
+    time_is_up,
+    torch_save_atomic,
+    torch_threads,
+)
 from icg.json_config import JsonConfig  # noqa: F401  (trainer configs have always found it here)
 
 
@@ -41,30 +51,21 @@ def check_positive_ints(config: object, names: Iterable[str]) -> None:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-# ------------------------------------------------------------------------------------------ run options
-def check_run_options(max_minutes: float | None = None, **counts: int | None) -> None:
-    """`max_minutes` must be None or > 0; each of `counts` (threads, max_steps, …) None or a positive int."""
-    if max_minutes is not None and max_minutes <= 0:
-        raise ValueError(f"max_minutes must be positive, got {max_minutes}")
-    for name, value in counts.items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+def check_schedule(config: Any) -> None:
+    """`adamw_warmup_cosine`'s fields: lr and grad_clip > 0, weight_decay >= 0, warmup_fraction in [0, 1)."""
+    if (
+        config.lr <= 0
+        or config.weight_decay < 0
+        or not 0 <= config.warmup_fraction < 1
+        or config.grad_clip <= 0
+    ):
+        raise ValueError("lr and grad_clip must be > 0, weight_decay >= 0, warmup_fraction in [0, 1)")
 
 
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """torch's intra-op thread count set for the block (None: left as is), restored afterwards.
-
-    Bit-identical resume needs the same count in every call of a run; on a shared machine 1 thread is
-    often several times faster than 2 busy-waiting ones.
-    """
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+def check_max_items(config: Any) -> None:
+    """`run_items`' `max_items`: None (every item) or at least 6, so each split gets an item."""
+    if config.max_items is not None and config.max_items < 6:
+        raise ValueError(f"max_items must be None or >= 6, got {config.max_items}")
 
 
 # --------------------------------------------------------------------------------------- items, identity
@@ -106,76 +107,7 @@ def finished_metrics(metrics_file: Path, fingerprint: str, check: bool = True) -
     return None
 
 
-# ----------------------------------------------------------------------------------------- checkpoints
-def load_checkpoint(
-    path: Path, fingerprint: str, fmt: str, what: str, inputs: str, *, resume: bool = True
-) -> dict | None:
-    """`torch.load` a trainer's checkpoint.pt and check its format string and fingerprint; None when
-    `resume` is False or there is no file (a fresh run).
-
-    `what` names the model in the wrong-format message ("mini-CLIP"); `inputs` lists what the fingerprint
-    covers in the mismatch message ("items or config").
-    """
-    if not (resume and path.is_file()):
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged file
-        raise DataError(f"cannot read checkpoint ({exc}); delete it or pass resume=False", path=path) from exc
-    if not isinstance(state, dict) or state.get("format") != fmt:
-        raise DataError(f"not a {what} checkpoint; delete it or pass resume=False", path=path)
-    if state["fingerprint"] != fingerprint:
-        raise ValueError(f"{path} belongs to a run with other {inputs}; use another out_dir or resume=False")
-    return state
-
-
-def restore(
-    state: Mapping[str, Any] | None,
-    modules: Mapping[str, Any],
-    generators: Mapping[str, torch.Generator],
-    log: logging.Logger,
-    out: Path,
-    epochs: int,
-) -> tuple[int, list, float]:
-    """Load `modules` (state-dict key → object with load_state_dict), `generators` (key → Generator) and
-    torch's global RNG from a checkpoint, in that order; → (start epoch, history, seconds before).
-
-    With no checkpoint (`state` None) nothing is loaded: → (0, [], 0.0), a fresh run."""
-    if state is None:
-        return 0, [], 0.0
-    for name, obj in modules.items():
-        obj.load_state_dict(state[name])
-    for name, generator in generators.items():
-        generator.set_state(state[name])
-    torch.set_rng_state(state["torch_rng"])
-    log.info("resuming %s from epoch %d of %d", out, state["epoch"], epochs)
-    return state["epoch"], list(state["history"]), state["seconds"]
-
-
-def epoch_checkpoint(
-    fmt: str,
-    fingerprint: str,
-    epoch: int,
-    modules: Mapping[str, Any],
-    generators: Mapping[str, torch.Generator],
-    history: list,
-    seconds: float,
-    **extra: object,
-) -> dict[str, object]:
-    """The checkpoint dict, keys in this order: format, fingerprint, epoch, each module's state_dict, each
-    generator's state, torch_rng, history, `extra`, seconds (what `restore` reads back)."""
-    state: dict[str, object] = {"format": fmt, "fingerprint": fingerprint, "epoch": epoch}
-    state |= {name: obj.state_dict() for name, obj in modules.items()}
-    state |= {name: generator.get_state() for name, generator in generators.items()}
-    return state | {"torch_rng": torch.get_rng_state(), "history": history, **extra, "seconds": seconds}
-
-
-def torch_save_atomic(path: Path, obj: object) -> None:
-    """`torch.save` through a temporary file renamed onto `path`: never a half-written checkpoint or cache."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
+# ------------------------------------------------------------------------------------------ folders
 def replace_folder(folder: Path, write: Callable[[Path], None]) -> None:
     """`write` a sibling staging folder (`save_pretrained`), then swap it in: never a half-written folder."""
     staging = folder.with_name(f".{folder.name}.partial")
@@ -236,102 +168,7 @@ def optimizer_step(
     scheduler.step()
 
 
-# --------------------------------------------------------------------------------------- time and metrics
-def time_is_up(started: float, durations: Sequence[float], max_minutes: float | None) -> bool:
-    """True when another unit of work as long as the longest so far would overrun `max_minutes` since
-    `started` (`time.perf_counter`); never before one unit has run, so every call makes progress."""
-    elapsed = time.perf_counter() - started
-    return max_minutes is not None and bool(durations) and elapsed + max(durations) > 60 * max_minutes
-
-
-def stop_for_time(
-    log: logging.Logger,
-    started: float,
-    epoch_seconds: Sequence[float],
-    max_minutes: float | None,
-    epoch: int,
-    epochs: int | None = None,
-) -> bool:
-    """`time_is_up` between epochs, with the warning ("at epoch 3/10", or "at epoch 3" without `epochs`)."""
-    if not time_is_up(started, epoch_seconds, max_minutes):
-        return False
-    if epochs is None:
-        log.warning("time budget %.1f min reached at epoch %d; resumable", max_minutes, epoch)
-    else:
-        log.warning("time budget %.1f min reached at epoch %d/%d; resumable", max_minutes, epoch, epochs)
-    return True
-
-
-class EpochRun:
-    """An epoch loop's bookkeeping, written once for the mini trainers: resume from the checkpoint
-    (`restore`), hand out the epochs the time budget has room for (`stop_for_time`), time each one and save
-    the checkpoint after it (`epoch_checkpoint`).
-
-    `started` is this call's `time.perf_counter()` at its start. `epochs_in_log` False words the budget
-    warning without the total ("at epoch 3"), as the context trainer always has."""
-
-    def __init__(
-        self, log: logging.Logger, out: Path, epochs: int, started: float, max_minutes: float | None,
-        *, epochs_in_log: bool = True,
-    ) -> None:  # fmt: skip
-        self.log, self.out, self.epochs = log, out, epochs
-        self.started, self.max_minutes, self.epochs_in_log = started, max_minutes, epochs_in_log
-        self.start, self.history, self.seconds_before = 0, [], 0.0
-        self.modules: Mapping[str, Any] = {}
-        self.generators: Mapping[str, torch.Generator] = {}
-        self.durations: list[float] = []
-        self._tick = started
-
-    def restore(
-        self,
-        state: Mapping[str, Any] | None,
-        modules: Mapping[str, Any],
-        generators: Mapping[str, torch.Generator],
-    ) -> list:
-        """Load `modules` and `generators` from the checkpoint `state` (None: a fresh run) and keep them for
-        `save`; → the run's history (epoch records, restored, then appended to by the trainer)."""
-        self.modules, self.generators = modules, generators
-        self.start, self.history, self.seconds_before = restore(
-            state, modules, generators, self.log, self.out, self.epochs
-        )
-        return self.history
-
-    def __iter__(self) -> Iterator[int]:
-        """The epochs (0-based) to run in this call; none once another would overrun the budget."""
-        total = self.epochs if self.epochs_in_log else None
-        for epoch in range(self.start, self.epochs):
-            if stop_for_time(self.log, self.started, self.durations, self.max_minutes, epoch, total):
-                return
-            self._tick = time.perf_counter()
-            yield epoch
-
-    def elapsed(self) -> float:
-        """Seconds since the current epoch began."""
-        return time.perf_counter() - self._tick
-
-    def lap(self) -> float:
-        """The current epoch's seconds so far, recorded as its duration (what the budget check reads)."""
-        self.durations.append(self.elapsed())
-        return self.durations[-1]
-
-    def seconds(self) -> float:
-        """The run's seconds over every call so far (the checkpoint's "seconds")."""
-        return self.seconds_before + time.perf_counter() - self.started
-
-    def save(self, path: Path, fmt: str, fingerprint: str, epoch: int, **extra: object) -> None:
-        """Write the checkpoint after `epoch` (1-based) atomically: modules, generators, RNG, history."""
-        state = epoch_checkpoint(
-            fmt, fingerprint, epoch, self.modules, self.generators, self.history, self.seconds(), **extra
-        )
-        torch_save_atomic(path, state)
-
-
-def epoch_counts(history: Sequence[Mapping[str, Any]], epochs: int) -> dict[str, object]:
-    """metrics.json's epochs, epochs_completed and completed (from the last history record's "epoch")."""
-    done = history[-1]["epoch"] if history else 0
-    return {"epochs": epochs, "epochs_completed": done, "completed": done == epochs}
-
-
+# ----------------------------------------------------------------------------------------------- metrics
 def split_sizes(items: pd.DataFrame, split: ItemSplit) -> dict[str, int]:
     """metrics.json's n_items, n_train, n_val and n_test."""
     return {

@@ -94,15 +94,8 @@ class MiniClipConfig(loop.JsonConfig):
             )
         if self.batch_size < 2:
             raise ValueError(f"batch_size must be >= 2 for a contrastive loss, got {self.batch_size}")
-        if (
-            self.lr <= 0
-            or self.weight_decay < 0
-            or not 0.0 <= self.warmup_fraction < 1.0
-            or self.grad_clip <= 0
-        ):
-            raise ValueError("lr and grad_clip must be > 0, weight_decay >= 0, warmup_fraction in [0, 1)")
-        if self.max_items is not None and self.max_items < 6:
-            raise ValueError(f"max_items must be None or >= 6, got {self.max_items}")
+        loop.check_schedule(self)
+        loop.check_max_items(self)
 
 
 MINI_CLIP_PRESETS: dict[str, MiniClipConfig] = {"mini": MiniClipConfig()}

@@ -126,10 +126,8 @@ class MiniContextConfig(loop.JsonConfig):
             raise ValueError(f"transform must be one of {TRANSFORMS}, got {self.transform!r}")
         if self.lm_weight < 0 or self.prompt_lm_weight < 0 or self.meta_weight < 0:
             raise ValueError("lm_weight, prompt_lm_weight and meta_weight must be >= 0")
-        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.warmup_fraction < 1 or self.grad_clip <= 0:
-            raise ValueError("lr and grad_clip must be > 0, weight_decay >= 0, warmup_fraction in [0, 1)")
-        if self.max_items is not None and (isinstance(self.max_items, bool) or self.max_items < 6):
-            raise ValueError(f"max_items must be None or >= 6, got {self.max_items}")
+        loop.check_schedule(self)
+        loop.check_max_items(self)
 
 
 # ------------------------------------------------------------------------------------------------ pieces

@@ -128,8 +128,7 @@ class MiniUnetConfig(loop.JsonConfig):
             raise ValueError(f"cross_attention_dim must be None or positive, got {self.cross_attention_dim}")
         if not (0.0 <= self.caption_dropout < 1.0 and 0.0 <= self.teacher_fraction <= 1.0):
             raise ValueError("caption_dropout must be in [0, 1) and teacher_fraction in [0, 1]")
-        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip <= 0 or not 0 <= self.warmup_fraction < 1:
-            raise ValueError("lr and grad_clip must be > 0, weight_decay >= 0, warmup_fraction in [0, 1)")
+        loop.check_schedule(self)
         low, high = self.timestep_range
         if not 0 <= low < high <= 1000:
             raise ValueError(f"timestep_range must be (low, high), 0 <= low < high <= 1000, got {low, high}")
@@ -141,8 +140,7 @@ class MiniUnetConfig(loop.JsonConfig):
             raise ValueError(
                 f"val_timesteps must be a non-empty tuple in [0, 1000), got {self.val_timesteps}"
             )
-        if self.max_items is not None and self.max_items < 6:
-            raise ValueError(f"max_items must be None or >= 6, got {self.max_items}")
+        loop.check_max_items(self)
 
     def heads_per_block(self) -> tuple[int, ...]:
         if isinstance(self.attention_head_dim, int):

@@ -112,8 +112,7 @@ class MiniVaeConfig(loop.JsonConfig):
                 "lr and grad_clip must be > 0, weight_decay, kl_weight and l1_weight >= 0, "
                 "warmup_fraction in [0, 1)"
             )
-        if self.max_items is not None and self.max_items < 6:
-            raise ValueError(f"max_items must be None or >= 6, got {self.max_items}")
+        loop.check_max_items(self)
 
     @property
     def latent_size(self) -> int:

@@ -296,6 +296,15 @@ class EarlyStopping:
     def should_stop(self) -> bool:
         return self.since_best >= self.patience
 
+    def state_dict(self) -> dict[str, float | int]:
+        """What the checkpoint keeps (under "stopper")."""
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: Mapping[str, float | int]) -> None:
+        """Continue from a checkpoint's "stopper" (a resumed run stops where the uninterrupted one would)."""
+        for name, value in state.items():
+            setattr(self, name, value)
+
 
 def _trainable_state(model: PersonalizedRewardModel) -> dict[str, Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -309,6 +318,19 @@ def _load_trainable(model: PersonalizedRewardModel, state: Mapping[str, Tensor])
     with torch.no_grad():
         for name, value in state.items():
             own[name].copy_(value)
+
+
+class _TrainableWeights:
+    """The model's trainable weights as one checkpoint entry ("model"): the frozen CLIP stays out of it."""
+
+    def __init__(self, model: PersonalizedRewardModel) -> None:
+        self.model = model
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return _trainable_state(self.model)
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        _load_trainable(self.model, state)
 
 
 def _train_epoch(
@@ -370,57 +392,31 @@ def train_reward_model(
         json.dumps([model.config.to_dict(), dataclasses.asdict(config), data.fingerprint()]).encode()
     ).hexdigest()
     checkpoint = out / CHECKPOINT_NAME
+    inputs = "model, config or data"
+    state = loop.load_checkpoint(
+        checkpoint, fingerprint, _CHECKPOINT_FORMAT, "reward-model", inputs, resume=resume
+    )
     with torch.random.fork_rng(devices=[]):  # the caller's global RNG is left as it was
         torch.manual_seed(config.seed)
         params = model.set_trainable()
         optimizer = torch.optim.Adam(params, lr=config.lr)
         sampler = torch.Generator().manual_seed(config.seed + 1)
-        stopper, history, start_epoch = EarlyStopping(config.patience), [], 0
-        best_state = _trainable_state(model)
-        if resume and checkpoint.is_file():
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-            if state.get("format") != _CHECKPOINT_FORMAT or state.get("fingerprint") != fingerprint:
-                raise ValueError(
-                    f"{checkpoint} belongs to another run (model, config or data); use resume=False"
-                )
-            _load_trainable(model, state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            sampler.set_state(state["sampler_rng"])
-            torch.set_rng_state(state["torch_rng"])
-            stopper, history = EarlyStopping(**state["stopper"]), list(state["history"])
-            best_state, start_epoch = state["best_model"], state["epoch"]
-            logger.info("resuming %s from epoch %d", out, start_epoch)
-        epoch_seconds: list[float] = []
-        for epoch in range(start_epoch, config.epochs):
-            if stopper.should_stop:
-                break
-            if loop.time_is_up(started, epoch_seconds, max_minutes):
-                logger.warning("time budget of %.1f min reached at epoch %d; resumable", max_minutes, epoch)
-                break
-            tick = time.perf_counter()
+        stopper = EarlyStopping(config.patience)
+        best_state = state["best_model"] if state is not None else _trainable_state(model)
+        modules = {"model": _TrainableWeights(model), "optimizer": optimizer, "stopper": stopper}
+        run = loop.EpochRun(
+            logger, out, config.epochs, started, max_minutes, until=lambda: stopper.should_stop
+        )
+        history = run.restore(state, modules, {"sampler_rng": sampler})
+        for epoch in run:
             loss = _train_epoch(model, cache, train_pairs, optimizer, sampler, config.batch_size)
             val = selection_score(accuracy_by_kind(model, cache, data, "val"), config.train_kinds)
             if stopper.update(epoch + 1, val):
                 best_state = _trainable_state(model)
-            epoch_seconds.append(time.perf_counter() - tick)
             record = {"epoch": epoch + 1, "loss": loss, "val_accuracy": val}
             history.append(record)
-            logger.info(
-                "reward epoch %d (%.1fs): loss %.4f, val acc %.4f", epoch + 1, epoch_seconds[-1], loss, val
-            )
-            state = {
-                "format": _CHECKPOINT_FORMAT,
-                "fingerprint": fingerprint,
-                "epoch": epoch + 1,
-                "model": _trainable_state(model),
-                "optimizer": optimizer.state_dict(),
-                "sampler_rng": sampler.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "stopper": dataclasses.asdict(stopper),
-                "history": history,
-                "best_model": best_state,
-            }
-            loop.torch_save_atomic(checkpoint, state)
+            logger.info("reward epoch %d (%.1fs): loss %.4f, val acc %.4f", epoch + 1, run.lap(), loss, val)
+            run.save(checkpoint, _CHECKPOINT_FORMAT, fingerprint, epoch + 1, best_model=best_state)
             if on_epoch_end is not None:
                 on_epoch_end(record)
     _load_trainable(model, best_state)

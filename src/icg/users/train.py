@@ -13,18 +13,17 @@ Resume: after every epoch `checkpoint.pt` (weights, optimizer, history) is repla
 + os.replace). A later call with the same data and settings continues from the last finished epoch; with
 `epochs` larger than a finished run it trains the extra epochs. Every epoch's randomness derives from
 (seed, epoch), so an interrupted-and-resumed run ends with the same weights as an uninterrupted one. Different
-data or settings in the same folder are a ValueError; `resume=False` starts over.
+data or settings in the same folder are a ValueError; `resume=False` starts over. `max_minutes` stops between
+epochs (resumable). The loop is `icg.fit.EpochRun`, the one the other resumable trainers run.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +31,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from icg.atomic import atomic_path, write_text_atomic
+from icg import fit
+from icg.atomic import write_text_atomic
 from icg.data.records import InteractionData
-from icg.errors import DataError
 from icg.users.features import FeatureVocab
 from icg.users.split import Split, split_interactions  # noqa: F401  (public here since the start)
 from icg.users.two_tower import TwoTowerConfig, TwoTowerModel
@@ -98,28 +97,6 @@ def _fingerprint(data: InteractionData, settings: dict[str, object]) -> str:
     return digest.hexdigest()
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    """Run with `n` torch CPU threads (None: unchanged), restoring the previous count afterwards."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _load_checkpoint(path: Path) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged pickle/zip
-        raise DataError(f"cannot read checkpoint ({exc}); delete it or pass resume=False", path=path) from exc
-    if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
-        raise DataError("not a user-encoder checkpoint; delete it or pass resume=False", path=path)
-    return state
-
-
 def train_user_encoder(
     data: InteractionData,
     out_dir: str | Path,
@@ -138,6 +115,7 @@ def train_user_encoder(
     config: TwoTowerConfig | None = None,
     resume: bool = True,
     num_threads: int | None = 1,
+    max_minutes: float | None = None,
 ) -> dict[str, object]:
     """Train, evaluate and save the encoder into `out_dir`; see the module doc. Returns the metrics.
 
@@ -145,6 +123,8 @@ def train_user_encoder(
     checkpoint.pt and metrics.json. `config` sets layer sizes and dropouts; its vocabulary sizes are replaced
     by the data's. `num_threads` sets torch's CPU threads for the call (restored after; None leaves them): the
     model is small, and on a busy 2-core machine 1 thread measured 2-4x faster per epoch than 2.
+    `max_minutes` stops between epochs once the next one would overrun it (at least one epoch runs per call);
+    the model so far is evaluated and saved, metrics.json says `"completed": false`; a later call resumes.
     """
     for name, value in (("epochs", epochs), ("negatives_per_positive", negatives_per_positive)):
         if not isinstance(value, int) or value < 1:
@@ -153,6 +133,7 @@ def train_user_encoder(
         raise ValueError(
             "batch_size, lr and eval_negatives_per_positive must be positive, test_fraction in (0, 1)"
         )
+    fit.check_run_options(max_minutes)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -178,8 +159,15 @@ def train_user_encoder(
     }
     fingerprint = _fingerprint(data, settings)
 
+    checkpoint = out / CHECKPOINT_NAME
+    state = fit.load_checkpoint(
+        checkpoint, fingerprint, _CHECKPOINT_FORMAT, "user-encoder", "data or settings", resume=resume
+    )
+    if state is not None and state["epoch"] > epochs:
+        raise ValueError(f"{checkpoint} has {state['epoch']} epochs, more than the {epochs} asked for")
+
     # fork_rng leaves the caller's global RNG untouched
-    with _torch_threads(num_threads), torch.random.fork_rng(devices=[]):
+    with fit.torch_threads(num_threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = TwoTowerModel(config, vocab)
         genres, titles = vocab.item_tables(data.items)
@@ -189,41 +177,16 @@ def train_user_encoder(
         model.to(torch_device)
         optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
 
-        start_epoch, history, seconds_before = 0, [], 0.0
-        checkpoint = out / CHECKPOINT_NAME
-        if resume and checkpoint.is_file():
-            state = _load_checkpoint(checkpoint)
-            if state["fingerprint"] != fingerprint:
-                raise ValueError(
-                    f"{checkpoint} belongs to a run with other data or settings; "
-                    "use another out_dir or pass resume=False"
-                )
-            if state["epoch"] > epochs:
-                raise ValueError(
-                    f"{checkpoint} has {state['epoch']} epochs, more than the {epochs} asked for"
-                )
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            start_epoch, history, seconds_before = state["epoch"], list(state["history"]), state["seconds"]
-            logger.info("resuming %s from epoch %d of %d", out, start_epoch, epochs)
-
-        for epoch in range(start_epoch, epochs):
+        # every epoch seeds itself from (seed, epoch): the global RNG has no place in the checkpoint
+        run = fit.EpochRun(logger, out, epochs, started, max_minutes, global_rng=False)
+        history = run.restore(state, {"model": model, "optimizer": optimizer}, {})
+        for epoch in run:
             loss = _train_epoch(
                 model, optimizer, split, epoch, seed, negatives_per_positive, batch_size, progress
             )
             history.append({"epoch": epoch + 1, "loss": loss})
-            logger.info("epoch %d/%d: loss %.4f", epoch + 1, epochs, loss)
-            state = {
-                "format": _CHECKPOINT_FORMAT,
-                "fingerprint": fingerprint,
-                "epoch": epoch + 1,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "history": history,
-                "seconds": seconds_before + time.perf_counter() - started,
-            }
-            with atomic_path(checkpoint) as tmp:
-                torch.save(state, tmp)
+            logger.info("epoch %d/%d (%.1fs): loss %.4f", epoch + 1, epochs, run.lap(), loss)
+            run.save(checkpoint, _CHECKPOINT_FORMAT, fingerprint, epoch + 1)
 
         metrics = evaluate_split(
             model, split, seed=seed, eval_negatives_per_positive=eval_negatives_per_positive
@@ -232,12 +195,12 @@ def train_user_encoder(
         dataset=data.name,
         n_train=int(len(split.train_users)),
         n_test=int(len(split.test_users)),
-        epochs=epochs,
+        **fit.epoch_counts(history, epochs),
         seed=seed,
         negatives_per_positive=negatives_per_positive,
         positive_threshold=positive_threshold,
         device=str(torch_device),
-        seconds=round(seconds_before + time.perf_counter() - started, 2),
+        seconds=round(run.seconds(), 2),
         seconds_this_call=round(time.perf_counter() - started, 2),
         history=history,
     )
