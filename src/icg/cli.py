@@ -446,7 +446,7 @@ def generate_cmd(
     """Personalized covers for items × users → PNG + JSON sidecar per cover + index.html."""
     from icg.context import ContextCache
     from icg.generate import RunInfo, check_profiles, dataset_item, parse_users, read_image, write_covers
-    from icg.loading import adapter_hash, load_cover_pipeline
+    from icg.loading import load_cover_pipeline
     from icg.pipeline import CoverItem
     from icg.presets import get_preset, icg_home
     from icg.speed import apply_speed_options
@@ -495,13 +495,7 @@ def generate_cmd(
         )
     except ValueError as exc:
         raise ICGError(str(exc)) from exc
-    model_ids = {
-        "base_model": spec.base_model,
-        "context_encoder": spec.context_encoder,
-        "user_encoder": spec.user_encoder,
-        "adapter": spec.adapter,
-    }
-    written = write_covers(output, out, RunInfo(spec.name, model_ids, adapter_hash(spec.adapter)))
+    written = write_covers(output, out, RunInfo.from_spec(spec))
     console.print(f"wrote {len(written)} covers and [bold]{out / 'index.html'}[/bold]")
 
 

@@ -39,8 +39,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from icg.cover_record import RunInfo, cover_record
 from icg.data.records import InteractionData
-from icg.loading import adapter_hash, load_cover_pipeline
+from icg.loading import load_cover_pipeline
 from icg.pipeline import CoverItem, CoverUser
 from icg.presets import PresetSpec, get_preset, icg_home
 from icg.rating.app import BodyLimitMiddleware
@@ -84,6 +85,7 @@ FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and the small text field
 ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*[^\x00-\x1f\x7f\s][^\x00-\x1f\x7f]*$"  # printable, not blank
 COVER_CACHE_CONTROL = "public, max-age=31536000, immutable"  # a cover id names its exact pixels
+SERVER_ONLY = ("model_ids",)  # in the cache entry, never answered: model folders are the server's paths
 _HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
 
 
@@ -169,7 +171,8 @@ def create_app(
     buckets = TokenBuckets(rate_limit, rate_burst) if rate_limit is not None else None
     catalog = Catalog(dataset) if dataset is not None else None
     user_encoder = _personalized(pipe)
-    adapter = adapter_hash(spec.adapter)
+    run = RunInfo.from_spec(spec)  # what every cover of this app shares (preset, models, adapter hash)
+    adapter = run.adapter_hash
     worker = GenerationWorker(max_queue)
     generation = spec.generation_config()  # the preset's steps, guidance and explicit-prompt length
     default_steps = min(generation.num_inference_steps, max_steps)
@@ -198,9 +201,10 @@ def create_app(
         return base_url + app.url_path_for(name, **params)
 
     def cover_json(metadata: dict[str, Any], cached: bool) -> dict[str, Any]:
+        """A cache entry as the API answers it: plus URLs and the cache flag, less the server's own paths."""
         item_id = metadata["item"].get("item_id") if metadata["item"].get("source") == "dataset" else None
         return {
-            **metadata,
+            **{k: v for k, v in metadata.items() if k not in SERVER_ONLY},
             "url": url("get_cover", cover_id=metadata["id"]),
             "reference_url": url("item_reference", item_id=item_id) if item_id else None,
             "cached": cached,
@@ -232,20 +236,15 @@ def create_app(
             user_scale=user_scale,
         )
         image, meta = output.images[0], output.metadata[0]
+        # the requested user id, also when it was sent as cold start (as `icg generate` records it)
+        record = cover_record(meta, run, item_source=item_info["source"], user_id=user.user_id)
         metadata = {
             "id": cover_id,
             "item": item_info,
             "user": user.public(),
-            "explicit_prompt": meta.get("explicit_prompt"),
-            "prompt": meta.get("prompt"),
-            "seed": seed,
-            "num_inference_steps": steps,
-            "guidance_scale": generation.guidance_scale,
-            "user_scale": user_scale,
+            **record.fields(),
             "width": image.width,
             "height": image.height,
-            "preset": spec.name,
-            "adapter_hash": adapter,
             "generation_seconds": round(time.perf_counter() - start, 4),
         }
         cache.put(cover_id, _png_bytes(image), metadata)
