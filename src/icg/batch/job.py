@@ -102,12 +102,11 @@ class BatchConfig(JsonConfig):
             isinstance(self.user_scale, int | float) and np.isfinite(self.user_scale) and self.user_scale >= 0
         ):
             raise ICGError(f"user-scale must be a finite number ≥ 0, got {self.user_scale!r}")
-        if self.image_format not in FORMATS:
-            raise ICGError(f"format must be one of {list(FORMATS)}, got '{self.image_format}'")
-        if self.executor not in EXECUTORS:
-            raise ICGError(f"executor must be one of {list(EXECUTORS)}, got '{self.executor}'")
-        if self.torch_dtype not in DTYPES:
-            raise ICGError(f"dtype must be one of {list(DTYPES)}, got '{self.torch_dtype}'")
+        choices = (("format", self.image_format, FORMATS), ("executor", self.executor, EXECUTORS),
+                   ("dtype", self.torch_dtype, DTYPES))  # fmt: skip
+        for name, value, allowed in choices:
+            if value not in allowed:
+                raise ICGError(f"{name} must be one of {list(allowed)}, got '{value}'")
         for name in ("gpus_per_worker", "context_gpus_per_worker"):
             value = getattr(self, name)
             if value is not None and not value >= 0:
