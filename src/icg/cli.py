@@ -18,6 +18,7 @@ from icg.cli_options import (
     DatasetArg,
     DeviceOpt,
     DtypeOpt,
+    MiniRecipeOpt,
     MinutesOpt,
     PathOpt,
     ResumeOpt,
@@ -160,7 +161,7 @@ def train_user_encoder_cmd(
 @train_app.command("clip")
 def train_clip_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder for the CLIPModel + CLIPProcessor and metrics.")],
-    preset: Annotated[str, typer.Option(help="Model size and recipe (only 'mini' for now).")] = "mini",
+    preset: MiniRecipeOpt = "mini",
     dataset: Annotated[str, typer.Option(help="Dataset whose items (title, genres) are used.")] = "ml-100k",
     path: PathOpt = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs (default: the preset's).")] = None,
@@ -189,7 +190,7 @@ def train_clip_cmd(
 @train_app.command("reward-model")
 def train_reward_model_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder for the reward model and its metrics.")],
-    preset: Annotated[str, typer.Option(help="Model size and recipe (only 'mini' for now).")] = "mini",
+    preset: MiniRecipeOpt = "mini",
     dataset: Annotated[str, typer.Option(help="Dataset of users, items and ratings.")] = "ml-100k",
     path: PathOpt = None,
     clip: ClipOpt = None,
