@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from icg.batch.writer import manifest_frame, object_column, write_cover
-from icg.cover_record import RunInfo, cover_record
+from icg.cover_record import CoverRecord, RunInfo, cover_record
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ class GenerateStage:
             user_scale=self.user_scale,
         )
 
-    def record(self, batch: dict[str, np.ndarray], n: int):
+    def record(self, batch: dict[str, np.ndarray], n: int) -> CoverRecord:
         """Row n's `CoverRecord`: the pipeline's metadata of that cover, had `__call__` made it (P_exp is
         the whole prompt: a segment has no prompt suffix), with the job's run info."""
         prompt = str(batch["prompt"][n])
