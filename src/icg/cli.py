@@ -18,6 +18,7 @@ from icg.cli_options import (
     DatasetArg,
     DeviceOpt,
     DtypeOpt,
+    MiniRecipeOpt,
     MinutesOpt,
     PathOpt,
     ResumeOpt,
@@ -160,7 +161,7 @@ def train_user_encoder_cmd(
 @train_app.command("clip")
 def train_clip_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder for the CLIPModel + CLIPProcessor and metrics.")],
-    preset: Annotated[str, typer.Option(help="Model size and recipe (only 'mini' for now).")] = "mini",
+    preset: MiniRecipeOpt = "mini",
     dataset: Annotated[str, typer.Option(help="Dataset whose items (title, genres) are used.")] = "ml-100k",
     path: PathOpt = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs (default: the preset's).")] = None,
@@ -189,7 +190,7 @@ def train_clip_cmd(
 @train_app.command("reward-model")
 def train_reward_model_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder for the reward model and its metrics.")],
-    preset: Annotated[str, typer.Option(help="Model size and recipe (only 'mini' for now).")] = "mini",
+    preset: MiniRecipeOpt = "mini",
     dataset: Annotated[str, typer.Option(help="Dataset of users, items and ratings.")] = "ml-100k",
     path: PathOpt = None,
     clip: ClipOpt = None,
@@ -446,7 +447,7 @@ def generate_cmd(
     """Personalized covers for items × users → PNG + JSON sidecar per cover + index.html."""
     from icg.context import ContextCache
     from icg.generate import RunInfo, check_profiles, dataset_item, parse_users, read_image, write_covers
-    from icg.loading import adapter_hash, load_cover_pipeline
+    from icg.loading import load_cover_pipeline
     from icg.pipeline import CoverItem
     from icg.presets import get_preset, icg_home
     from icg.speed import apply_speed_options
@@ -495,13 +496,7 @@ def generate_cmd(
         )
     except ValueError as exc:
         raise ICGError(str(exc)) from exc
-    model_ids = {
-        "base_model": spec.base_model,
-        "context_encoder": spec.context_encoder,
-        "user_encoder": spec.user_encoder,
-        "adapter": spec.adapter,
-    }
-    written = write_covers(output, out, RunInfo(spec.name, model_ids, adapter_hash(spec.adapter)))
+    written = write_covers(output, out, RunInfo.from_spec(spec))
     console.print(f"wrote {len(written)} covers and [bold]{out / 'index.html'}[/bold]")
 
 

@@ -38,6 +38,8 @@ MinutesOpt = Annotated[
     float | None, typer.Option(help="Time budget: stop between epochs once spent (resumable).")
 ]
 
+MiniRecipeOpt = Annotated[str, typer.Option(help="Model size and recipe (only 'mini' for now).")]
+
 
 def load_data(dataset: str, path: Path | None, signal: str | None = None):
     """A dataset by name; imported lazily so that `icg --help` stays fast."""

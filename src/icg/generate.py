@@ -10,7 +10,6 @@ import hashlib
 import html
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import PIL.Image
 
 from icg import validation
 from icg.atomic import atomic_path, write_text_atomic
+from icg.cover_record import RunInfo, cover_record  # RunInfo lived here: `icg.generate.RunInfo` still works
 from icg.errors import ICGError
 from icg.pipeline import CoverItem, CoverPipelineOutput, CoverUser
 
@@ -52,15 +52,6 @@ def slug(text: str, limit: int = 40) -> str:
     return cleaned or hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
-@dataclass(frozen=True)
-class RunInfo:
-    """What every sidecar records beside the cover's own metadata."""
-
-    preset: str
-    model_ids: dict[str, str | None]
-    adapter_hash: str | None
-
-
 def cover_file_stem(meta: dict[str, Any]) -> str:
     item = slug(meta["item_id"] or meta["title"])
     if meta["user_id"] is not None:
@@ -73,18 +64,16 @@ def cover_file_stem(meta: dict[str, Any]) -> str:
 
 
 def write_covers(output: CoverPipelineOutput, out_dir: Path, info: RunInfo) -> list[Path]:
-    """Write each cover as PNG + JSON sidecar, then index.html; returns the PNG paths."""
+    """Write each cover as PNG + JSON sidecar, then index.html; returns the PNG paths.
+
+    A sidecar is the cover's `CoverRecord` (`icg.cover_record`) over the pipeline's metadata for it, which
+    adds every other setting that regenerates it (scheduler, size, adapter scale, ...)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[tuple[str, dict[str, Any]]] = []
     written: list[Path] = []
     for image, meta in zip(output.images, output.metadata, strict=True):
         stem = cover_file_stem(meta)
-        sidecar = {
-            **meta,
-            "preset": info.preset,
-            "model_ids": info.model_ids,
-            "adapter_hash": info.adapter_hash,
-        }
+        sidecar = {**meta, **cover_record(meta, info).fields()}
         with atomic_path(out_dir / f"{stem}.png") as tmp:
             image.save(tmp, format="PNG")
         write_text_atomic(out_dir / f"{stem}.json", json.dumps(sidecar, indent=2, default=str))

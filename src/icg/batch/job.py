@@ -35,6 +35,7 @@ from icg.batch.manifest import MANIFEST_NAME, clean_temp_files, complete_rows, m
 from icg.batch.segments import Segments, build_segments, segment_inputs, segments_fingerprint
 from icg.batch.stages import FORMATS, ContextStage, GenerateStage
 from icg.batch.writer import expand_segments, object_column, write_part
+from icg.cover_record import RunInfo
 from icg.errors import ICGError
 from icg.json_config import JsonConfig
 
@@ -101,12 +102,11 @@ class BatchConfig(JsonConfig):
             isinstance(self.user_scale, int | float) and np.isfinite(self.user_scale) and self.user_scale >= 0
         ):
             raise ICGError(f"user-scale must be a finite number ≥ 0, got {self.user_scale!r}")
-        if self.image_format not in FORMATS:
-            raise ICGError(f"format must be one of {list(FORMATS)}, got '{self.image_format}'")
-        if self.executor not in EXECUTORS:
-            raise ICGError(f"executor must be one of {list(EXECUTORS)}, got '{self.executor}'")
-        if self.torch_dtype not in DTYPES:
-            raise ICGError(f"dtype must be one of {list(DTYPES)}, got '{self.torch_dtype}'")
+        choices = (("format", self.image_format, FORMATS), ("executor", self.executor, EXECUTORS),
+                   ("dtype", self.torch_dtype, DTYPES))  # fmt: skip
+        for name, value, allowed in choices:
+            if value not in allowed:
+                raise ICGError(f"{name} must be one of {list(allowed)}, got '{value}'")
         for name in ("gpus_per_worker", "context_gpus_per_worker"):
             value = getattr(self, name)
             if value is not None and not value >= 0:
@@ -143,15 +143,15 @@ def _folder_lock(out: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _job_identity(config: BatchConfig, spec, steps: int, guidance: float, seg_fingerprint: str) -> dict:
+def _job_identity(
+    config: BatchConfig, spec, run: RunInfo, steps: int, guidance: float, seg_fingerprint: str
+) -> dict:
     """What the covers depend on; a rerun into the same folder must match it."""
-    from icg.loading import adapter_hash
-
     return {
-        "preset": spec.name,
+        "preset": run.preset,
         "base_model": spec.base_model,
         "context_encoder": spec.context_encoder,
-        "adapter_hash": adapter_hash(spec.adapter),
+        "adapter_hash": run.adapter_hash,
         "segments_fingerprint": seg_fingerprint,
         "num_inference_steps": steps,
         "guidance_scale": guidance,
@@ -160,7 +160,7 @@ def _job_identity(config: BatchConfig, spec, steps: int, guidance: float, seg_fi
         "seed": config.seed,
         "image_format": config.image_format,
         "torch_dtype": config.torch_dtype,
-        "explicit_prompt_tokens": spec.generation_config().max_prompt_tokens,  # key kept: folders resume
+        "explicit_prompt_tokens": run.max_prompt_tokens,  # key kept: folders resume
     }
 
 
@@ -199,7 +199,8 @@ def run_batch(config: BatchConfig) -> BatchResult:
     users = load_users(users_source, dataset_path, config.max_users)
     encoder_id = adapter_hash(spec.user_encoder) or spec.user_encoder
     seg_fingerprint = segments_fingerprint(encoder_id, *segment_inputs(users), config.segments, config.seed)
-    identity = _job_identity(config, spec, steps, guidance, seg_fingerprint)
+    run = RunInfo.from_spec(spec)  # every cover's record shares it
+    identity = _job_identity(config, spec, run, steps, guidance, seg_fingerprint)
 
     with _folder_lock(out):
         _check_identity(out, identity)
@@ -226,7 +227,7 @@ def run_batch(config: BatchConfig) -> BatchResult:
         )  # fmt: skip
         frames: list[pd.DataFrame] = []
         if n_pending:
-            stages = _stage_args(config, spec, segments, steps, guidance, str(out))
+            stages = _stage_args(config, spec, run, segments, steps, guidance, str(out))
             execute = _run_ray if config.executor == "ray" else _run_local
             frames = execute(config, todo, stages, str(out))
         generated = sum(len(f) for f in frames)
@@ -240,12 +241,14 @@ def run_batch(config: BatchConfig) -> BatchResult:
     )
 
 
-def _stage_args(config: BatchConfig, spec, segments: Segments, steps: int, guidance: float, out: str) -> dict:
+def _stage_args(
+    config: BatchConfig, spec, run: RunInfo, segments: Segments, steps: int, guidance: float, out: str
+) -> dict:
     """Constructor arguments of the context and generation stages (plain data: they go to Ray actors)."""
     return {
         "context": {
             "spec_json": spec.to_json(),
-            "max_prompt_tokens": spec.generation_config().max_prompt_tokens,
+            "max_prompt_tokens": run.max_prompt_tokens,
             "threads": config.threads,
         },
         "generate": {
@@ -260,6 +263,8 @@ def _stage_args(config: BatchConfig, spec, segments: Segments, steps: int, guida
             "threads": config.threads,
             "torch_dtype": config.torch_dtype,
             "speed": config.speed,
+            "run": run,
+            "item_source": "table" if is_table(config.items) else "dataset",
         },
     }
 

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from icg.batch.writer import manifest_frame, object_column, write_cover
+from icg.cover_record import CoverRecord, RunInfo, cover_record
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +128,10 @@ class GenerateStage:
     """Covers for (item, segment) rows, written as they are made; the pipeline loads once per actor (on its
     GPU when it has one). Returns the batch's manifest rows."""
 
-    user_scale: float = 1.0  # the personalization strength (`CoverPipeline`): a class default for old callers
+    # class defaults for callers that build the stage without __init__ (the device checks)
+    user_scale: float = 1.0  # the personalization strength (`CoverPipeline`)
+    run: RunInfo | None = None  # what every cover's record shares (preset, models, adapter hash)
+    item_source: str = "dataset"  # or "table": where the items came from
 
     def __init__(
         self,
@@ -143,6 +147,8 @@ class GenerateStage:
         torch_dtype: str = "float32",
         speed: bool | None = None,
         user_scale: float = 1.0,
+        run: RunInfo | None = None,
+        item_source: str = "dataset",
     ):
         from icg.presets import PresetSpec
         from icg.speed import SpeedOptions, apply_speed_options, default_speed_options
@@ -162,6 +168,8 @@ class GenerateStage:
         self.steps, self.guidance, self.adapter_scale = num_inference_steps, guidance_scale, adapter_scale
         self.user_scale = float(user_scale)
         self.out_dir, self.fmt, self.preset = out_dir, fmt, spec.name
+        self.run = run if run is not None else RunInfo.from_spec(spec)
+        self.item_source = item_source
 
     def covers(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
         """The batch's covers (B, 3, H, W) in [0, 1] on the pipeline's device; inputs arrive as host arrays
@@ -178,21 +186,25 @@ class GenerateStage:
             user_scale=self.user_scale,
         )
 
+    def record(self, batch: dict[str, np.ndarray], n: int) -> CoverRecord:
+        """Row n's `CoverRecord`: the pipeline's metadata of that cover, had `__call__` made it (P_exp is
+        the whole prompt: a segment has no prompt suffix), with the job's run info."""
+        prompt = str(batch["prompt"][n])
+        meta = {"item_id": str(batch["item_id"][n]), "title": str(batch["title"][n]),
+                "explicit_prompt": prompt, "prompt": prompt, "seed": int(batch["seed"][n]),
+                "num_inference_steps": self.steps, "guidance_scale": self.guidance,
+                "user_scale": self.user_scale}  # fmt: skip
+        run = self.run if self.run is not None else RunInfo(self.preset, {}, None)
+        return cover_record(meta, run, item_source=self.item_source)
+
     def __call__(self, batch: dict[str, np.ndarray]) -> pd.DataFrame:
         images = self.covers(batch)
         rows = []
         for n, image in enumerate(images):
             meta = {
-                "item_id": str(batch["item_id"][n]),
-                "title": str(batch["title"][n]),
-                "segment": int(batch["segment"][n]),
-                "seed": int(batch["seed"][n]),
-                "preset": self.preset,
-                "prompt": str(batch["prompt"][n]),
-                "num_inference_steps": self.steps,
-                "guidance_scale": float(self.guidance),
+                **self.record(batch, n).fields(),
+                "segment": int(batch["segment"][n]),  # the user side: a segment's centroid, not a user
                 "adapter_scale": self.adapter_scale,
-                "user_scale": self.user_scale,
             }
             data = encode_image(image, self.fmt)
             rows.append(write_cover(self.out_dir, str(batch["folder"][n]), data, meta, self.fmt))

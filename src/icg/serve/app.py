@@ -30,6 +30,7 @@ import contextlib
 import io
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -39,8 +40,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from icg.cover_record import RunInfo, cover_record
 from icg.data.records import InteractionData
-from icg.loading import adapter_hash, load_cover_pipeline
+from icg.loading import load_cover_pipeline
 from icg.pipeline import CoverItem, CoverUser
 from icg.presets import PresetSpec, get_preset, icg_home
 from icg.rating.app import BodyLimitMiddleware
@@ -84,6 +86,8 @@ FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and the small text field
 ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*[^\x00-\x1f\x7f\s][^\x00-\x1f\x7f]*$"  # printable, not blank
 COVER_CACHE_CONTROL = "public, max-age=31536000, immutable"  # a cover id names its exact pixels
+SERVER_ONLY = ("model_ids",)  # in the cache entry, never answered: model folders are the server's paths
+SearchQuery = Annotated[str, Query(max_length=100)]  # the gallery's search box
 _HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
 
 
@@ -169,7 +173,8 @@ def create_app(
     buckets = TokenBuckets(rate_limit, rate_burst) if rate_limit is not None else None
     catalog = Catalog(dataset) if dataset is not None else None
     user_encoder = _personalized(pipe)
-    adapter = adapter_hash(spec.adapter)
+    run = RunInfo.from_spec(spec)  # what every cover of this app shares (preset, models, adapter hash)
+    adapter = run.adapter_hash
     worker = GenerationWorker(max_queue)
     generation = spec.generation_config()  # the preset's steps, guidance and explicit-prompt length
     default_steps = min(generation.num_inference_steps, max_steps)
@@ -198,9 +203,10 @@ def create_app(
         return base_url + app.url_path_for(name, **params)
 
     def cover_json(metadata: dict[str, Any], cached: bool) -> dict[str, Any]:
+        """A cache entry as the API answers it: plus URLs and the cache flag, less the server's own paths."""
         item_id = metadata["item"].get("item_id") if metadata["item"].get("source") == "dataset" else None
         return {
-            **metadata,
+            **{k: v for k, v in metadata.items() if k not in SERVER_ONLY},
             "url": url("get_cover", cover_id=metadata["id"]),
             "reference_url": url("item_reference", item_id=item_id) if item_id else None,
             "cached": cached,
@@ -232,20 +238,15 @@ def create_app(
             user_scale=user_scale,
         )
         image, meta = output.images[0], output.metadata[0]
+        # the requested user id, also when it was sent as cold start (as `icg generate` records it)
+        record = cover_record(meta, run, item_source=item_info["source"], user_id=user.user_id)
         metadata = {
             "id": cover_id,
             "item": item_info,
             "user": user.public(),
-            "explicit_prompt": meta.get("explicit_prompt"),
-            "prompt": meta.get("prompt"),
-            "seed": seed,
-            "num_inference_steps": steps,
-            "guidance_scale": generation.guidance_scale,
-            "user_scale": user_scale,
+            **record.fields(),
             "width": image.width,
             "height": image.height,
-            "preset": spec.name,
-            "adapter_hash": adapter,
             "generation_seconds": round(time.perf_counter() - start, 4),
         }
         cache.put(cover_id, _png_bytes(image), metadata)
@@ -438,21 +439,28 @@ def create_app(
             raise HTTPException(status_code=404, detail="no dataset is loaded (start the server with one)")
         return catalog
 
+    def item_url(row) -> str:
+        return url("item_reference", item_id=row.item_id)
+
+    def user_json(row: tuple[str, str | None]) -> dict[str, Any]:
+        user_id, profile = row
+        known = user_encoder is not None and user_id in user_encoder.vocab.users
+        return {"user_id": user_id, "profile": profile, "known": known}
+
+    def search_page(what: str, q: str, limit: int, row_json: Callable[[Any], dict]) -> dict[str, Any]:
+        """One page of the gallery's item or user search: dataset, query, total hits, the first `limit`."""
+        found = require_catalog()
+        search = found.search_items if what == "items" else found.search_users
+        total, rows = search(q, limit)
+        return {"dataset": found.name, "query": q, "total": total, what: [row_json(row) for row in rows]}
+
     @app.get(
         "/v1/items",
         summary="Search the loaded dataset's items by title",
         responses=documented(401, 404, 422, 429),
     )
-    def list_items(
-        q: Annotated[str, Query(max_length=100)] = "",
-        limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    ) -> dict[str, Any]:
-        found = require_catalog()
-        total, rows = found.search_items(q, limit)
-        items = [
-            {**row.public(), "reference_url": url("item_reference", item_id=row.item_id)} for row in rows
-        ]
-        return {"dataset": found.name, "query": q, "total": total, "items": items}
+    def list_items(q: SearchQuery = "", limit: Annotated[int, Query(ge=1, le=100)] = 20) -> dict[str, Any]:
+        return search_page("items", q, limit, lambda row: {**row.public(), "reference_url": item_url(row)})
 
     @app.get(
         "/v1/items/{item_id}", summary="One item of the loaded dataset", responses=documented(401, 404, 429)
@@ -461,7 +469,7 @@ def create_app(
         row = require_catalog().items.get(item_id)
         if row is None:
             raise _not_found("item")
-        return {**row.public(), "reference_url": url("item_reference", item_id=item_id)}
+        return {**row.public(), "reference_url": item_url(row)}
 
     @app.get(
         "/v1/items/{item_id}/reference",
@@ -485,18 +493,8 @@ def create_app(
         summary="Users of the loaded dataset (id and profile sentence)",
         responses=documented(401, 404, 422, 429),
     )
-    def list_users(
-        q: Annotated[str, Query(max_length=100)] = "",
-        limit: Annotated[int, Query(ge=1, le=200)] = 20,
-    ) -> dict[str, Any]:
-        found = require_catalog()
-        total, rows = found.search_users(q, limit)
-        vocab = user_encoder.vocab if user_encoder is not None else None
-        users = [
-            {"user_id": uid, "profile": profile, "known": vocab is not None and uid in vocab.users}
-            for uid, profile in rows
-        ]
-        return {"dataset": found.name, "query": q, "total": total, "users": users}
+    def list_users(q: SearchQuery = "", limit: Annotated[int, Query(ge=1, le=200)] = 20) -> dict[str, Any]:
+        return search_page("users", q, limit, user_json)
 
     document = app.openapi
 
