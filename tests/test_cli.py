@@ -66,3 +66,21 @@ def test_missing_column_names_file_and_column(tmp_path: Path) -> None:
     result = icg("data", "stats", "ml-25m", "--path", str(tmp_path), "--json")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "ratings.csv" in result.stderr and "rating" in result.stderr
+
+
+def test_train_user_encoder_passes_its_time_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`icg train user-encoder --max-minutes` reaches the trainer (whose budget stop resumes: tests/users)."""
+    import icg.users.train
+    from icg.cli import main
+
+    seen: dict = {}
+
+    def fake_train(data, out, **options):
+        seen.update(options, out=out)
+        return {"auc": 0.5}
+
+    monkeypatch.setattr(icg.users.train, "train_user_encoder", fake_train)
+    argv = ["icg", "train", "user-encoder", "ml-100k", "--out", str(tmp_path), "--max-minutes", "2.5"]
+    monkeypatch.setattr(sys, "argv", argv)
+    main()
+    assert seen == {"seed": 0, "max_minutes": 2.5, "out": tmp_path}

@@ -149,12 +149,16 @@ def train_user_encoder_cmd(
     path: PathOpt = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs (default: the trainer's).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split, sampling and initialisation.")] = 0,
+    max_minutes: Annotated[
+        float | None, typer.Option(help="Stop after the epoch that passes this budget; rerun to resume.")
+    ] = None,
 ) -> None:
     """Train the two-tower user encoder; prints held-out AUC beside a popularity baseline (resumable)."""
     from icg.users.train import train_user_encoder
 
     options = {"epochs": epochs} if epochs is not None else {}
-    metrics = train_user_encoder(load_data(dataset, path), out, seed=seed, **options)
+    data = load_data(dataset, path)
+    metrics = train_user_encoder(data, out, seed=seed, max_minutes=max_minutes, **options)
     print_json(metrics)
 
 

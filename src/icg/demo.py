@@ -137,7 +137,7 @@ def _reference(row: pd.Series, size: int) -> Image.Image:
 def run_demo(data: InteractionData, out_dir: Path, preset: str = "mini", seed: int = 0) -> Path:
     """Generate the grid; write covers (PNG + JSON), contact_sheet.html and contact_sheet.png to `out_dir`."""
     from icg.generate import RunInfo, write_covers
-    from icg.loading import adapter_hash, load_cover_pipeline
+    from icg.loading import load_cover_pipeline
     from icg.pipeline import CoverItem, CoverPipelineOutput, CoverUser
     from icg.presets import get_preset
 
@@ -162,11 +162,7 @@ def run_demo(data: InteractionData, out_dir: Path, preset: str = "mini", seed: i
         )
         logger.info("demo item %d/%d: %s", n + 1, len(items), row["title"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    info = RunInfo(
-        preset=spec.name,
-        model_ids={"base_model": spec.base_model, "context_encoder": spec.context_encoder},
-        adapter_hash=adapter_hash(spec.adapter),
-    )
+    info = RunInfo.from_spec(spec)  # the same record as `icg generate` writes
     write_covers(CoverPipelineOutput(images=images, metadata=metadata), out_dir / "covers", info)
     columns = ["reference cover", "rule-based (no adapter)"] + [u.label for u in users]
     genres = sorted({g for t in data.items["genres"].map(item_genres) for g in t})
