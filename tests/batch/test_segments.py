@@ -64,3 +64,12 @@ def test_bad_segment_requests_are_clear_errors(encoder, users, tmp_path) -> None
     twice = pd.concat([users.head(2), users.head(1)])
     with pytest.raises(ICGError, match="more than once"):
         build_segments(encoder, "tiny", twice, k=1, seed=0, folder=tmp_path)
+
+
+def test_an_unreadable_profile_is_an_error_naming_its_row_before_any_work(encoder, tmp_path) -> None:
+    users = pd.DataFrame(
+        {"user_id": ["new-1", "new-2", "new-3"], "profile": ["loves horror", None, "qwzx plorb"]}
+    )
+    with pytest.raises(ICGError, match=r"users table row 2 \(user_id 'new-3'\): profile: no age, gender"):
+        build_segments(encoder, "tiny", users, k=2, seed=0, folder=tmp_path / "s")
+    assert not (tmp_path / "s").exists()  # nothing written

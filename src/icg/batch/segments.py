@@ -171,6 +171,20 @@ def segment_inputs(users: pd.DataFrame) -> tuple[list[str], list[object]]:
     ]
 
 
+def check_user_profiles(encoder, user_ids: Sequence[str], profiles: Sequence[object]) -> None:
+    """Every profile sentence of a users table is one the encoder can read (the rule of `icg generate` and
+    the service): an ICGError naming the row and user, before any user is embedded."""
+    from icg.validation import InputError, check_profile
+
+    vocab = getattr(encoder, "vocab", None)
+    for row, (user_id, profile) in enumerate(zip(user_ids, profiles, strict=True)):
+        if isinstance(profile, str) and profile:
+            try:
+                check_profile(profile, vocab)
+            except InputError as exc:
+                raise ICGError(f"users table row {row} (user_id '{user_id}'): profile: {exc.msg}") from None
+
+
 def build_segments(
     encoder,
     encoder_id: str,
@@ -186,6 +200,7 @@ def build_segments(
     if found is not None and found.fingerprint == fingerprint:
         logger.info("segments: reusing %d segments from %s", found.k, folder)
         return found
+    check_user_profiles(encoder, user_ids, profiles)
     embeds = user_embeddings(encoder, user_ids, profiles)  # (U, D)
     segments = fit_segments(embeds, user_ids, k, seed, fingerprint)
     write_segments(segments, folder)
