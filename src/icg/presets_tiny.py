@@ -26,7 +26,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from icg.adapter.attention import install_dual_path_adapter
 from icg.adapter.checkpoint import save_adapter
 from icg.adapter.projector import PersonalizedProjector, ProjectorConfig
-from icg.clip_tokenizer import BOS_TOKEN, EOS_TOKEN, bytes_to_unicode
+from icg.bpe import bytes_to_unicode, learn_merges
+from icg.clip_tokenizer import BOS_TOKEN, EOS_TOKEN, WORD_END, clip_vocab, write_vocab_and_merges
 from icg.context import ContextEncoder, build_tiny_context_encoder
 from icg.data.movielens import load_ml100k
 from icg.presets_spec import PresetSpec
@@ -54,51 +55,18 @@ user likes drama, thriller and mystery, female student, age nineteen, prefers da
 """
 
 
-def _learn_merges(corpus: str, num_merges: int) -> list[tuple[str, str]]:
-    """Greedy byte-pair merges over the corpus words (CLIP's word-final `</w>`); ties broken by the pair."""
+def _corpus_words(corpus: str) -> Counter[str]:
+    """The tiny corpus' words (letter runs, single digits, punctuation runs) in the byte alphabet."""
     byte_map = bytes_to_unicode()
     words = re.findall(r"[a-z]+|[0-9]|[^\sa-z0-9]+", corpus.lower())
-    counts: Counter[tuple[str, ...]] = Counter()
-    for word in words:
-        chars = [byte_map[b] for b in word.encode("utf-8")]
-        counts[(*chars[:-1], chars[-1] + "</w>")] += 1
-    merges: list[tuple[str, str]] = []
-    for _ in range(num_merges):
-        pairs: Counter[tuple[str, str]] = Counter()
-        for symbols, n in counts.items():
-            for pair in zip(symbols, symbols[1:], strict=False):
-                pairs[pair] += n
-        if not pairs:
-            break
-        best = min(pairs, key=lambda p: (-pairs[p], p))
-        merges.append(best)
-        merged: Counter[tuple[str, ...]] = Counter()
-        for symbols, n in counts.items():
-            out: list[str] = []
-            i = 0
-            while i < len(symbols):
-                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
-                    out.append(symbols[i] + symbols[i + 1])
-                    i += 2
-                else:
-                    out.append(symbols[i])
-                    i += 1
-            merged[tuple(out)] += n
-        counts = merged
-    return merges
+    return Counter("".join(byte_map[b] for b in word.encode("utf-8")) for word in words)
 
 
 @functools.lru_cache(maxsize=1)
 def tiny_clip_vocab() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
     """CLIP-layout vocabulary: 256 byte symbols, the same with `</w>`, learned merges, then BOS and EOS."""
-    alphabet = list(bytes_to_unicode().values())
-    tokens = alphabet + [c + "</w>" for c in alphabet]
-    merges = _learn_merges(TINY_CORPUS, TINY_NUM_MERGES)
-    for a, b in merges:
-        if a + b not in tokens:
-            tokens.append(a + b)
-    tokens += [BOS_TOKEN, EOS_TOKEN]
-    return {tok: i for i, tok in enumerate(tokens)}, tuple(merges)
+    merges = learn_merges(_corpus_words(TINY_CORPUS), TINY_NUM_MERGES, end_of_word=WORD_END)
+    return clip_vocab(merges), tuple(merges)
 
 
 def tiny_clip_tokenizer(
@@ -108,10 +76,7 @@ def tiny_clip_tokenizer(
     vocab, merges = tiny_clip_vocab()
 
     def write(folder: Path) -> CLIPTokenizer:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-        lines = ["#version: 0.2", *(f"{a} {b}" for a, b in merges)]
-        (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        write_vocab_and_merges(folder, vocab, merges)
         config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": max_length}
         (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
         return CLIPTokenizer.from_pretrained(str(folder))
