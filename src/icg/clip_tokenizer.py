@@ -18,18 +18,6 @@ from transformers import CLIPTokenizer
 
 from icg.bpe import bytes_to_unicode, learn_merges
 
-__all__ = [
-    "BOS_TOKEN",
-    "EOS_TOKEN",
-    "WORD_END",
-    "bytes_to_unicode",
-    "clip_vocab",
-    "learn_bpe_merges",
-    "train_clip_tokenizer",
-    "word_counts",
-    "write_vocab_and_merges",
-]
-
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 WORD_END = "</w>"
@@ -47,8 +35,6 @@ def word_counts(texts: Iterable[str]) -> Counter[str]:
 
 def learn_bpe_merges(texts: Iterable[str], num_merges: int) -> list[tuple[str, str]]:
     """Greedy byte-pair merges over CLIP's words with `</w>` (most frequent pair first, ties → smallest)."""
-    if num_merges < 0:
-        raise ValueError(f"num_merges must be >= 0, got {num_merges}")
     return learn_merges(word_counts(texts), num_merges, end_of_word=WORD_END)
 
 
