@@ -9,6 +9,7 @@ from disk with `CLIPTokenizer.from_pretrained(folder)`, exactly as a user's toke
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -16,6 +17,7 @@ import re
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from icg.adapter.attention import install_dual_path_adapter
 from icg.adapter.checkpoint import save_adapter
 from icg.adapter.projector import PersonalizedProjector, ProjectorConfig
-from icg.clip_tokenizer import BOS_TOKEN, EOS_TOKEN, bytes_to_unicode
+from icg.bpe import bytes_to_unicode, learn_merges
+from icg.clip_tokenizer import BOS_TOKEN, EOS_TOKEN, WORD_END, clip_vocab, write_vocab_and_merges
 from icg.context import ContextEncoder, build_tiny_context_encoder
 from icg.data.movielens import load_ml100k
 from icg.presets_spec import PresetSpec
@@ -54,51 +57,18 @@ user likes drama, thriller and mystery, female student, age nineteen, prefers da
 """
 
 
-def _learn_merges(corpus: str, num_merges: int) -> list[tuple[str, str]]:
-    """Greedy byte-pair merges over the corpus words (CLIP's word-final `</w>`); ties broken by the pair."""
+def _corpus_words(corpus: str) -> Counter[str]:
+    """The tiny corpus' words (letter runs, single digits, punctuation runs) in the byte alphabet."""
     byte_map = bytes_to_unicode()
     words = re.findall(r"[a-z]+|[0-9]|[^\sa-z0-9]+", corpus.lower())
-    counts: Counter[tuple[str, ...]] = Counter()
-    for word in words:
-        chars = [byte_map[b] for b in word.encode("utf-8")]
-        counts[(*chars[:-1], chars[-1] + "</w>")] += 1
-    merges: list[tuple[str, str]] = []
-    for _ in range(num_merges):
-        pairs: Counter[tuple[str, str]] = Counter()
-        for symbols, n in counts.items():
-            for pair in zip(symbols, symbols[1:], strict=False):
-                pairs[pair] += n
-        if not pairs:
-            break
-        best = min(pairs, key=lambda p: (-pairs[p], p))
-        merges.append(best)
-        merged: Counter[tuple[str, ...]] = Counter()
-        for symbols, n in counts.items():
-            out: list[str] = []
-            i = 0
-            while i < len(symbols):
-                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
-                    out.append(symbols[i] + symbols[i + 1])
-                    i += 2
-                else:
-                    out.append(symbols[i])
-                    i += 1
-            merged[tuple(out)] += n
-        counts = merged
-    return merges
+    return Counter("".join(byte_map[b] for b in word.encode("utf-8")) for word in words)
 
 
 @functools.lru_cache(maxsize=1)
 def tiny_clip_vocab() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
     """CLIP-layout vocabulary: 256 byte symbols, the same with `</w>`, learned merges, then BOS and EOS."""
-    alphabet = list(bytes_to_unicode().values())
-    tokens = alphabet + [c + "</w>" for c in alphabet]
-    merges = _learn_merges(TINY_CORPUS, TINY_NUM_MERGES)
-    for a, b in merges:
-        if a + b not in tokens:
-            tokens.append(a + b)
-    tokens += [BOS_TOKEN, EOS_TOKEN]
-    return {tok: i for i, tok in enumerate(tokens)}, tuple(merges)
+    merges = learn_merges(_corpus_words(TINY_CORPUS), TINY_NUM_MERGES, end_of_word=WORD_END)
+    return clip_vocab(merges), tuple(merges)
 
 
 def tiny_clip_tokenizer(
@@ -108,10 +78,7 @@ def tiny_clip_tokenizer(
     vocab, merges = tiny_clip_vocab()
 
     def write(folder: Path) -> CLIPTokenizer:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-        lines = ["#version: 0.2", *(f"{a} {b}" for a, b in merges)]
-        (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        write_vocab_and_merges(folder, vocab, merges)
         config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": max_length}
         (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
         return CLIPTokenizer.from_pretrained(str(folder))
@@ -175,8 +142,12 @@ def tiny_unet(
     return unet.eval()
 
 
-def tiny_vae(seed: int = 0) -> AutoencoderKL:
-    """AutoencoderKL with 4 latent channels and SD's downsampling factor 8 (4 blocks), 64 px ↔ 8×8 latents."""
+def tiny_vae(seed: int = 0, sample_size: int = 64, **options: Any) -> AutoencoderKL:
+    """AutoencoderKL with 4 latent channels and SD's downsampling factor 8 (4 blocks), 64 px ↔ 8×8 latents.
+
+    `options` are further AutoencoderKL arguments: the tiny Flux VAE drops the quant convs and sets its
+    shift and scaling factors here, on the same blocks.
+    """
     torch.manual_seed(seed)
     vae = AutoencoderKL(
         in_channels=3,
@@ -187,7 +158,8 @@ def tiny_vae(seed: int = 0) -> AutoencoderKL:
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=4,
-        sample_size=64,
+        sample_size=sample_size,
+        **options,
     )
     return vae.eval()
 
@@ -204,6 +176,62 @@ def tiny_scheduler() -> DDIMScheduler:
         steps_offset=1,
         prediction_type="epsilon",
     )
+
+
+def tiny_image_proj_state_dict(
+    width: int, image_embed_dim: int, num_tokens: int, gen: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """Random IP-Adapter `image_proj` weights (ImageProjModel: image_embed_dim → num_tokens × width, then a
+    LayerNorm), drawn from `gen` first, as both backbones' tiny IP-Adapter state dicts start."""
+    return {
+        "proj.weight": torch.randn(num_tokens * width, image_embed_dim, generator=gen) * 0.2,
+        "proj.bias": torch.randn(num_tokens * width, generator=gen) * 0.1,
+        "norm.weight": 1.0 + 0.1 * torch.randn(width, generator=gen),
+        "norm.bias": 0.1 * torch.randn(width, generator=gen),
+    }
+
+
+def tiny_projector(
+    context_dim: int, cross_attention_dim: int, user_dim: int, seed: int = 0
+) -> PersonalizedProjector:
+    """The tiny presets' c_p projector (one meta token), seeded without moving the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return PersonalizedProjector(
+            ProjectorConfig(
+                context_dim=context_dim,
+                num_meta_tokens=1,
+                cross_attention_dim=cross_attention_dim,
+                user_dim=user_dim,
+            )
+        )
+
+
+def tiny_spec(name: str, **fields: Any) -> PresetSpec:
+    """A tiny preset's spec: its parts in the folders `materialize_tiny*_preset` writes, 12-token prompts."""
+    return PresetSpec(
+        name=name,
+        base_model="backbone",
+        context_encoder="context_encoder",
+        user_encoder="user_encoder",
+        adapter="adapter",
+        explicit_prompt_tokens=12,
+        **fields,
+    )
+
+
+@contextlib.contextmanager
+def staged_preset(folder: str | Path, spec: PresetSpec) -> Iterator[Path]:
+    """Yield a sibling temp folder to build a preset in; at the end write its `preset.json` and rename it
+    into `folder`, so a crash never leaves a half-written preset where a loader would find it."""
+    folder = Path(folder)
+    staging = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    yield staging
+    (staging / "preset.json").write_text(spec.to_json(), encoding="utf-8")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staging, folder)
 
 
 def get_dummy_components(tmp_dir: str | Path | None = None, seed: int = 0) -> dict[str, Any]:
@@ -226,54 +254,30 @@ def materialize_tiny_preset(folder: str | Path, seed: int = 0) -> Path:
     + projector, initialised from the text path). Built in a sibling temp folder and renamed into place, so
     a crash never leaves a half-written preset. Paths in preset.json are relative to the folder.
     """
-    folder = Path(folder)
-    staging = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    components = get_dummy_components(staging / "tokenizer-src", seed=seed)
-    for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
-        components[name].save_pretrained(staging / "backbone" / name)
-    shutil.rmtree(staging / "tokenizer-src")
+    with staged_preset(folder, tiny_spec("tiny")) as staging:
+        components = get_dummy_components(staging / "tokenizer-src", seed=seed)
+        for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+            components[name].save_pretrained(staging / "backbone" / name)
+        shutil.rmtree(staging / "tokenizer-src")
 
-    build_tiny_context_encoder(staging / "context_encoder", seed=seed)
-    context = ContextEncoder.from_pretrained(staging / "context_encoder", num_meta_tokens=1, seed=seed)
-    context.save_pretrained(staging / "context_encoder")
+        build_tiny_context_encoder(staging / "context_encoder", seed=seed)
+        context = ContextEncoder.from_pretrained(staging / "context_encoder", num_meta_tokens=1, seed=seed)
+        context.save_pretrained(staging / "context_encoder")
 
-    data = load_ml100k()
-    vocab = FeatureVocab.from_data(data)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        users = TwoTowerModel(TwoTowerConfig.for_vocab(vocab), vocab)
-    genres, titles = vocab.item_tables(data.items)
-    users.set_tables(
-        torch.from_numpy(vocab.user_table(data.users)), torch.from_numpy(genres), torch.from_numpy(titles)
-    )
-    attach_taste_table(users, data)  # stated-taste cold start works on the tiny preset too
-    users.save_pretrained(staging / "user_encoder")
-
-    unet = components["unet"]
-    adapter = install_dual_path_adapter(unet, init="text")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        projector = PersonalizedProjector(
-            ProjectorConfig(
-                context_dim=context.hidden_size,
-                num_meta_tokens=1,
-                cross_attention_dim=unet.config.cross_attention_dim,
-                user_dim=users.config.output_dim,
-            )
+        data = load_ml100k()
+        vocab = FeatureVocab.from_data(data)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            users = TwoTowerModel(TwoTowerConfig.for_vocab(vocab), vocab)
+        genres, titles = vocab.item_tables(data.items)
+        users.set_tables(
+            torch.from_numpy(vocab.user_table(data.users)), torch.from_numpy(genres), torch.from_numpy(titles)
         )
-    save_adapter(staging / "adapter", adapter, projector)
+        attach_taste_table(users, data)  # stated-taste cold start works on the tiny preset too
+        users.save_pretrained(staging / "user_encoder")
 
-    spec = PresetSpec(
-        name="tiny",
-        base_model="backbone",
-        context_encoder="context_encoder",
-        user_encoder="user_encoder",
-        adapter="adapter",
-        explicit_prompt_tokens=12,
-    )
-    (staging / "preset.json").write_text(spec.to_json(), encoding="utf-8")
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(staging, folder)
-    return folder
+        unet = components["unet"]
+        adapter = install_dual_path_adapter(unet, init="text")
+        dims = (context.hidden_size, unet.config.cross_attention_dim, users.config.output_dim)
+        save_adapter(staging / "adapter", adapter, tiny_projector(*dims, seed=seed))
+    return Path(folder)

@@ -11,7 +11,6 @@ tokenizer is a Unigram vocabulary written by this module (no sentencepiece model
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import string
@@ -24,10 +23,18 @@ from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
 from icg.adapter.checkpoint import save_adapter
 from icg.adapter.flux import load_ip_adapter_flux
-from icg.adapter.projector import PersonalizedProjector, ProjectorConfig
 from icg.context import ContextEncoder
-from icg.presets_spec import PresetSpec
-from icg.presets_tiny import TINY_CORPUS, materialize_tiny_preset, tiny_clip_tokenizer, tiny_text_encoder
+from icg.presets_tiny import (
+    TINY_CORPUS,
+    materialize_tiny_preset,
+    staged_preset,
+    tiny_clip_tokenizer,
+    tiny_image_proj_state_dict,
+    tiny_projector,
+    tiny_spec,
+    tiny_text_encoder,
+    tiny_vae,
+)
 from icg.users import TwoTowerModel
 
 TINY_FLUX_WIDTH = 32  # joint_attention_dim = T5 d_model = c_p width; also the CLIP pooled width
@@ -56,22 +63,14 @@ def tiny_flux_transformer(
 
 def tiny_flux_vae(seed: int = 0) -> AutoencoderKL:
     """Flux-style AutoencoderKL: no quant convs, shift/scaling factors, factor 8, sample_size = cover px."""
-    torch.manual_seed(seed)
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 16, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
+    return tiny_vae(
+        seed,
         sample_size=TINY_FLUX_SIZE,
         use_quant_conv=False,
         use_post_quant_conv=False,
         shift_factor=0.1159,
         scaling_factor=0.3611,
-    ).eval()
+    )
 
 
 def tiny_t5_tokenizer(directory: str | Path, max_length: int = TINY_T5_LENGTH) -> T5Tokenizer:
@@ -139,12 +138,7 @@ def tiny_ip_adapter_flux_state_dict(
     block, `ip_adapter.{k}.to_{k,v}_ip.{weight,bias}` (hidden = inner_dim, input = joint_attention_dim)."""
     width, hidden = transformer.config.joint_attention_dim, transformer.inner_dim
     gen = torch.Generator().manual_seed(seed)  # test builder: seeded CPU weights, a checkpoint file's tensors
-    image_proj = {
-        "proj.weight": torch.randn(num_tokens * width, image_embed_dim, generator=gen) * 0.2,
-        "proj.bias": torch.randn(num_tokens * width, generator=gen) * 0.1,
-        "norm.weight": 1.0 + 0.1 * torch.randn(width, generator=gen),
-        "norm.bias": 0.1 * torch.randn(width, generator=gen),
-    }
+    image_proj = tiny_image_proj_state_dict(width, image_embed_dim, num_tokens, gen)
     ip_adapter: dict[str, torch.Tensor] = {}
     for k in range(len(transformer.transformer_blocks)):
         for part in ("to_k_ip", "to_v_ip"):
@@ -161,48 +155,22 @@ def materialize_tiny_flux_preset(folder: str | Path, seed: int = 0) -> Path:
     starts from random IP-Adapter-Flux-layout weights so that c_p visibly changes the covers. Staged in a
     sibling temp folder and renamed into place.
     """
-    folder = Path(folder)
-    staging = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    # the context and user encoders are the tiny preset's: built once there, copied here
-    sd15 = materialize_tiny_preset(staging / "sd15", seed=seed)
-    for part in ("context_encoder", "user_encoder"):
-        shutil.move(str(sd15 / part), str(staging / part))
-    shutil.rmtree(sd15)
-    components = get_dummy_flux_components(staging / "tokenizers", seed=seed)
-    for name, module in components.items():
-        module.save_pretrained(staging / "backbone" / name)
-    shutil.rmtree(staging / "tokenizers")
+    spec = tiny_spec("tiny-flux", backbone="flux", num_inference_steps=4, guidance_scale=3.5)
+    with staged_preset(folder, spec) as staging:
+        # the context and user encoders are the tiny preset's: built once there, copied here
+        sd15 = materialize_tiny_preset(staging / "sd15", seed=seed)
+        for part in ("context_encoder", "user_encoder"):
+            shutil.move(str(sd15 / part), str(staging / part))
+        shutil.rmtree(sd15)
+        components = get_dummy_flux_components(staging / "tokenizers", seed=seed)
+        for name, module in components.items():
+            module.save_pretrained(staging / "backbone" / name)
+        shutil.rmtree(staging / "tokenizers")
 
-    context = ContextEncoder.from_pretrained(staging / "context_encoder", num_meta_tokens=1)
-    users = TwoTowerModel.from_pretrained(staging / "user_encoder")
-    transformer = components["transformer"]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        projector = PersonalizedProjector(
-            ProjectorConfig(
-                context_dim=context.hidden_size,
-                num_meta_tokens=1,
-                cross_attention_dim=transformer.config.joint_attention_dim,
-                user_dim=users.config.output_dim,
-            )
-        )
-    imported = load_ip_adapter_flux(transformer, tiny_ip_adapter_flux_state_dict(transformer, seed=seed))
-    save_adapter(staging / "adapter", imported.adapter, projector, backbone="flux")
-
-    spec = PresetSpec(
-        name="tiny-flux",
-        backbone="flux",
-        base_model="backbone",
-        context_encoder="context_encoder",
-        user_encoder="user_encoder",
-        adapter="adapter",
-        num_inference_steps=4,
-        guidance_scale=3.5,
-        explicit_prompt_tokens=12,
-    )
-    (staging / "preset.json").write_text(spec.to_json(), encoding="utf-8")
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(staging, folder)
-    return folder
+        context = ContextEncoder.from_pretrained(staging / "context_encoder", num_meta_tokens=1)
+        users = TwoTowerModel.from_pretrained(staging / "user_encoder")
+        transformer = components["transformer"]
+        dims = (context.hidden_size, transformer.config.joint_attention_dim, users.config.output_dim)
+        imported = load_ip_adapter_flux(transformer, tiny_ip_adapter_flux_state_dict(transformer, seed=seed))
+        save_adapter(staging / "adapter", imported.adapter, tiny_projector(*dims, seed=seed), backbone="flux")
+    return Path(folder)

@@ -21,6 +21,7 @@ from icg.presets_tiny import (
     materialize_tiny_preset,
     tiny_clip_tokenizer,
     tiny_clip_vocab,
+    tiny_image_proj_state_dict,
     tiny_scheduler,
     tiny_text_encoder,
     tiny_unet,
@@ -72,12 +73,7 @@ def tiny_ip_adapter_state_dict(
     """
     width = unet.config.cross_attention_dim
     gen = torch.Generator().manual_seed(seed)  # test builder: seeded CPU weights, a checkpoint file's tensors
-    image_proj = {
-        "proj.weight": torch.randn(num_tokens * width, image_embed_dim, generator=gen) * 0.2,
-        "proj.bias": torch.randn(num_tokens * width, generator=gen) * 0.1,
-        "norm.weight": 1.0 + 0.1 * torch.randn(width, generator=gen),
-        "norm.bias": 0.1 * torch.randn(width, generator=gen),
-    }
+    image_proj = tiny_image_proj_state_dict(width, image_embed_dim, num_tokens, gen)
     ip_adapter: dict[str, torch.Tensor] = {}
     cross = [n for n in unet.attn_processors if n.endswith("attn2.processor")]
     for k, name in enumerate(cross):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from transformers import (
     Qwen2VLImageProcessor,
 )
 
+import icg
 from icg.context import SYSTEM_INSTRUCTION, ContextEncoder, build_tiny_context_encoder
 from icg.context.encoder import CONFIG_NAME, hub_offline
 from icg.context.tiny import SPECIAL_TOKENS
@@ -82,6 +86,35 @@ def test_build_is_deterministic_by_seed(tmp_path: Path) -> None:
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert not torch.equal(wa["lm_head.weight"], wc["lm_head.weight"])
     assert (a / "tokenizer.json").read_text() == (b / "tokenizer.json").read_text()
+
+
+def test_tokenizer_breaks_ties_by_the_pair_not_the_token_id(tmp_path: Path) -> None:
+    """(y, z) is merged first, so "yz" has the lower id; then (ab, q) and (yz, q) tie. BpeTrainer took the
+    lower ids, (yz, q); icg.bpe takes the smaller strings, (ab, q), as the CLIP tokenizers do."""
+    corpus = ["yzq", "yzq", "yzx", "abq", "abq"]
+    path = build_tiny_context_encoder(tmp_path, corpus=corpus, vocab_size=len(SPECIAL_TOKENS) + 256 + 3)
+    model = json.loads((path / "tokenizer.json").read_text())["model"]
+    assert model["merges"] == [["y", "z"], ["a", "b"], ["ab", "q"]]
+    assert list(model["vocab"])[: len(SPECIAL_TOKENS)] == list(SPECIAL_TOKENS)  # specials keep the lowest ids
+    assert list(model["vocab"])[-3:] == ["yz", "ab", "abq"]
+
+
+def test_tokenizer_is_the_same_in_every_process(tmp_path: Path) -> None:
+    """Python's string hashing and the Rust thread pool differ between processes; the merges must not."""
+    code = (
+        "import sys; from pathlib import Path; from icg.context import build_tiny_context_encoder; "
+        "build_tiny_context_encoder(Path(sys.argv[1]), hidden_size=16, num_heads=2, vocab_size=400)"
+    )
+    src = str(Path(icg.__file__).resolve().parents[1])
+    for run, (hash_seed, threads) in enumerate([("1", "1"), ("2", "2")]):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed, "RAYON_NUM_THREADS": threads}
+        env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
+        result = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / str(run))], env=env, capture_output=True, timeout=300
+        )
+        assert result.returncode == 0, result.stderr.decode()[-2000:]
+    first, second = ((tmp_path / run / "tokenizer.json").read_bytes() for run in ("0", "1"))
+    assert first == second
 
 
 def test_sizes_are_parameters(tmp_path: Path) -> None:

@@ -9,11 +9,12 @@ loader a user calls (`ContextEncoder.from_pretrained(dir)`) is the one under tes
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import BPE
 from transformers import (
     Qwen2_5_VLConfig,
@@ -24,6 +25,7 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
+from icg.bpe import iter_merges
 from icg.context.encoder import SYSTEM_INSTRUCTION
 
 logger = logging.getLogger(__name__)
@@ -100,7 +102,11 @@ def _mrope_section(head_dim: int) -> list[int]:
 
 
 def _train_tokenizer(corpus: Iterable[str], vocab_size: int) -> Qwen2Tokenizer:
-    """Byte-level BPE with Qwen2's pre-tokenizer, trained on the corpus; special tokens get the lowest ids."""
+    """Byte-level BPE with Qwen2's pre-tokenizer, learned on the corpus by `icg.bpe` (deterministic).
+
+    The vocabulary is laid out as `BpeTrainer` lays it out: special tokens first (lowest ids), the 256 byte
+    symbols by code point, then one token per new merged string until `vocab_size` tokens (or no pair left).
+    """
     tok = Tokenizer(BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
@@ -110,13 +116,18 @@ def _train_tokenizer(corpus: Iterable[str], vocab_size: int) -> Qwen2Tokenizer:
         ]
     )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(list(corpus), trainer)
+    words: Counter[str] = Counter()
+    for text in corpus:
+        words.update(w for w, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(text)))
+    vocab = {t: i for i, t in enumerate([*SPECIAL_TOKENS, *sorted(pre_tokenizers.ByteLevel.alphabet())])}
+    merges: list[tuple[str, str]] = []
+    for a, b in iter_merges(words):
+        if len(vocab) >= vocab_size:
+            break
+        merges.append((a, b))
+        vocab.setdefault(a + b, len(vocab))
+    tok.model = BPE(vocab, merges, unk_token=None, fuse_unk=False, byte_fallback=False)
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
     return Qwen2Tokenizer(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
