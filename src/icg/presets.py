@@ -74,8 +74,9 @@ FLUX = PresetSpec.load(presets_dir() / "flux.json")
 
 # What the tiny builders make, by version: a materialized folder of another version (or none: built before
 # versions were stamped) is rebuilt, so a changed builder never meets a stale cache under icg_home().
-# Bump when a builder's output changes. 2: the user encoder has a taste table (stated-taste cold start).
-TINY_PRESET_VERSION = 2
+# Bump when a builder's output changes. 2: the user encoder has a taste table (stated-taste cold start);
+# 3: the tiny Qwen tokenizer is learned by icg.bpe (ties broken by the pair's strings).
+TINY_PRESET_VERSION = 3
 BUILD_STAMP = ".icg-tiny-version"
 
 

@@ -44,10 +44,6 @@ logger = logging.getLogger(__name__)
 
 STEPS = ("clip", "vae", "unet", "context", "users", "reward", "reward-judge", "adapter-init", "adapter")
 RECORD_NAME = "train_mini.json"
-# The reward model's epochs (last CLIP layer + new modules, 18.8k train pairs) cost ~1.5-2.5 min on a busy
-# 2-core box, so the mini recipe fixes 8 epochs (a fixed count, not a time budget, keeps the result the
-# same on any machine); early stopping on validation accuracy still applies.
-REWARD_EPOCHS = 8
 # Files a trainer writes for itself (resume state, caches), never shipped.
 _TRAINING_ONLY = {"checkpoint.pt"}
 
