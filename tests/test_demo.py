@@ -46,7 +46,7 @@ def test_demo_writes_contact_sheet(data, tmp_path):
 
 
 def test_lean_captions_read_the_column_users_genre(data, tmp_path):
-    from icg.demo import _lean_captions, contrasting_users
+    from icg.demo import contrasting_users, lean_captions
     from icg.testing import tiny_clip_model
 
     clip, processor = tiny_clip_model()
@@ -55,7 +55,7 @@ def test_lean_captions_read_the_column_users_genre(data, tmp_path):
     users = contrasting_users(data)
     genres = sorted({*USER_GENRES, "Drama"})
     covers = [Image.new("RGB", (32, 32), colour) for colour in ("black", "red", "white", "black")]
-    (row,) = _lean_captions(str(tmp_path / "clip"), [(None, "", covers)], users, genres)
+    (row,) = lean_captions(str(tmp_path / "clip"), [(None, "", covers)], users, genres)
     assert row[:2] == ["", ""] and len(row) == 5
     assert row[2].startswith("children's ") and row[3].startswith("horror ")
     assert row[4].endswith("(+0.0)")  # the romance user's cover equals the rule-based one

@@ -417,7 +417,7 @@ def test_a_tiny_preset_of_another_builder_version_is_rebuilt(tmp_path, monkeypat
     """A folder under icg_home() made by an older tiny builder (no stamp, or another version) is built again,
     a current one is loaded as it is: a changed builder never meets a stale cache."""
     from icg import presets
-    from icg.presets import BUILD_STAMP, TINY_PRESET_VERSION, PresetSpec, _materialized
+    from icg.presets import BUILD_STAMP, TINY_PRESET_VERSION, PresetSpec, materialize_if_stale
 
     builds: list[Path] = []
 
@@ -430,10 +430,10 @@ def test_a_tiny_preset_of_another_builder_version_is_rebuilt(tmp_path, monkeypat
     folder = tmp_path / "tiny"
     build(folder)  # as an older builder left it: no stamp
     builds.clear()
-    assert _materialized(folder, build).name == "tiny" and builds == [folder]
+    assert materialize_if_stale(folder, build).name == "tiny" and builds == [folder]
     assert (folder / BUILD_STAMP).read_text().strip() == str(TINY_PRESET_VERSION)
-    _materialized(folder, build)
+    materialize_if_stale(folder, build)
     assert builds == [folder]  # current: not rebuilt
     monkeypatch.setattr(presets, "TINY_PRESET_VERSION", TINY_PRESET_VERSION + 1)
-    _materialized(folder, build)
+    materialize_if_stale(folder, build)
     assert builds == [folder, folder]

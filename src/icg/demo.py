@@ -110,7 +110,7 @@ def cover_leans(clip_dir: str, covers: list[Image.Image], genres: list[str]) -> 
         return genre_probabilities(clip, processor, pixels.float() / 255, genres)
 
 
-def _lean_captions(clip_dir: str | None, rows: list, users: list[DemoUser], genres: list[str]) -> list:
+def lean_captions(clip_dir: str | None, rows: list, users: list[DemoUser], genres: list[str]) -> list:
     """Per row, a caption per column: '' for reference and rule-based, 'horror 21.0% (+4.0)' per user: the
     cover's P(user's genre) and its change (points) from the row's rule-based cover."""
     if clip_dir is None:
@@ -166,7 +166,7 @@ def run_demo(data: InteractionData, out_dir: Path, preset: str = "mini", seed: i
     write_covers(CoverPipelineOutput(images=images, metadata=metadata), out_dir / "covers", info)
     columns = ["reference cover", "rule-based (no adapter)"] + [u.label for u in users]
     genres = sorted({g for t in data.items["genres"].map(item_genres) for g in t})
-    captions = _lean_captions(spec.clip, rows, users, genres)
+    captions = lean_captions(spec.clip, rows, users, genres)
     sheet = contact_sheet_image(rows, columns, captions)
     with atomic_path(out_dir / "contact_sheet.png") as tmp:
         sheet.save(tmp, format="PNG")

@@ -80,7 +80,7 @@ TINY_PRESET_VERSION = 3
 BUILD_STAMP = ".icg-tiny-version"
 
 
-def _materialized(folder: Path, build: Callable[[Path], Path]) -> PresetSpec:
+def materialize_if_stale(folder: Path, build: Callable[[Path], Path]) -> PresetSpec:
     """The preset in `folder`, (re)built by `build` unless it holds this version's build."""
     stamp = folder / BUILD_STAMP
     current = (folder / "preset.json").is_file() and stamp.is_file()
@@ -101,7 +101,7 @@ def tiny_preset(folder: Path | None = None) -> PresetSpec:
         return materialize_tiny_preset(into)
 
     folder = Path(folder) if folder is not None else icg_home() / "presets" / "tiny"
-    return _materialized(folder, build)
+    return materialize_if_stale(folder, build)
 
 
 def tiny_flux_preset(folder: Path | None = None) -> PresetSpec:
@@ -114,7 +114,7 @@ def tiny_flux_preset(folder: Path | None = None) -> PresetSpec:
         return materialize_tiny_flux_preset(into)
 
     folder = Path(folder) if folder is not None else icg_home() / "presets" / "tiny-flux"
-    return _materialized(folder, build)
+    return materialize_if_stale(folder, build)
 
 
 COMPONENT_PATHS = (

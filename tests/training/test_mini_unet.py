@@ -227,16 +227,16 @@ def test_mismatched_text_width_and_missing_vae_are_clear_errors(
 
 # ------------------------------------------------------------------------ Min-SNR weighting, warm start
 def test_min_snr_weights_low_noise_steps_down_and_leaves_high_noise_ones() -> None:
-    from icg.training.mini_unet import _eps_loss, noise_schedulers
+    from icg.training.mini_unet import eps_loss, noise_schedulers
 
     scheduler, _ = noise_schedulers()
     pred, noise = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4)
     plain = torch.nn.functional.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
     low, high = torch.tensor([10, 10]), torch.tensor([990, 990])  # SNR ≫ 5 at t=10, ≪ 5 at t=990
-    assert torch.allclose(_eps_loss(pred, noise, high, scheduler, 5.0), plain.mean())
-    assert _eps_loss(pred, noise, low, scheduler, 5.0) < 0.1 * plain.mean()
+    assert torch.allclose(eps_loss(pred, noise, high, scheduler, 5.0), plain.mean())
+    assert eps_loss(pred, noise, low, scheduler, 5.0) < 0.1 * plain.mean()
     plain_loss = torch.nn.functional.mse_loss(pred, noise)
-    assert torch.equal(_eps_loss(pred, noise, low, scheduler, None), plain_loss)
+    assert torch.equal(eps_loss(pred, noise, low, scheduler, None), plain_loss)
     with pytest.raises(ValueError, match="snr_gamma"):
         MiniUnetConfig(snr_gamma=0.0)
 

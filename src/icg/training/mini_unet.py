@@ -565,7 +565,7 @@ def _warm_start(unet: UNet2DConditionModel, folder: Path) -> None:
     unet.load_state_dict(theirs)
 
 
-def _eps_loss(
+def eps_loss(
     pred: torch.Tensor,
     noise: torch.Tensor,
     t: torch.Tensor,
@@ -617,7 +617,7 @@ def _train_epoch(
             device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
         ):
             pred = unet(noise_scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
-        loss = _eps_loss(pred.float(), noise, t, noise_scheduler, config.snr_gamma)
+        loss = eps_loss(pred.float(), noise, t, noise_scheduler, config.snr_gamma)
         loop.optimizer_step(loss, optimizer, lr_schedule, unet.parameters(), config.grad_clip)
         ema.step(unet.parameters())
         total, steps = total + loss.detach(), steps + 1
