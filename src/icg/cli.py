@@ -247,12 +247,17 @@ def train_mini_cmd(
     device: Annotated[
         str, typer.Option(help="Where the VAE and UNet steps train: auto, cpu, cuda or cuda:N (others: CPU).")
     ] = "auto",
+    recipe: Annotated[
+        str, typer.Option(help="A recipe of icg/training/recipes (name) or a recipe .json file.")
+    ] = "mini",
 ) -> None:
     """Train every model of the mini preset in order (resumable; finished steps skipped), then package."""
     from icg.training.mini import STEPS, check_steps, package_mini, train_mini
+    from icg.training.recipe import load_recipe
 
     steps = check_steps(step or STEPS)
-    results = train_mini(load_data(dataset, None), work, steps, threads=threads, device=device)
+    chosen = load_recipe(recipe)  # a bad recipe is an error before any data is read
+    results = train_mini(load_data(dataset, None), work, steps, threads=threads, device=device, recipe=chosen)
     if package:
         folder = package_mini(work, out)
         console.print(f"mini preset written to [bold]{folder}[/bold]")

@@ -122,7 +122,7 @@ def test_train_mini_hands_the_device_to_the_vae_and_unet_steps_only(monkeypatch,
     seen: dict[str, dict] = {}
 
     def record(name):
-        return lambda data, work, threads, progress, **kwargs: seen.setdefault(name, kwargs) and {} or {}
+        return lambda data, work, recipe, threads, progress, **kw: seen.setdefault(name, kw) and {} or {}
 
     monkeypatch.setattr(mini, "_STEP_FUNCTIONS", {name: record(name) for name in mini.STEPS})
     data = type("Data", (), {"name": "toy"})()

@@ -39,6 +39,7 @@ from icg.errors import ICGError
 from icg.machine import machine
 from icg.presets import PresetSpec, mini_assets_dir
 from icg.training.loop import torch_threads
+from icg.training.recipe import MiniRecipe, load_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +53,16 @@ def _cache(work: Path) -> Path:
     return work / "clip" / "cache"  # the 64² multi-variant covers, rendered once and shared by all steps
 
 
-def _step_clip(data: InteractionData, work: Path, threads: int, progress: bool) -> dict:
+def _step_clip(data: InteractionData, work: Path, recipe: MiniRecipe, threads: int, progress: bool) -> dict:
     from icg.training.mini_clip import mini_clip_preset, train_mini_clip
 
-    return train_mini_clip(data, work / "clip", mini_clip_preset("mini"), progress=progress, threads=threads)
+    config = mini_clip_preset(recipe.clip_preset)
+    return train_mini_clip(data, work / "clip", config, progress=progress, threads=threads)
 
 
-def _step_vae(data: InteractionData, work: Path, threads: int, progress: bool, device: str = "cpu") -> dict:
+def _step_vae(
+    data: InteractionData, work: Path, recipe: MiniRecipe, threads: int, progress: bool, device: str = "cpu"
+) -> dict:
     from icg.training.mini_vae import train_mini_vae
 
     return train_mini_vae(
@@ -66,7 +70,9 @@ def _step_vae(data: InteractionData, work: Path, threads: int, progress: bool, d
     )
 
 
-def _step_unet(data: InteractionData, work: Path, threads: int, progress: bool, device: str = "cpu") -> dict:
+def _step_unet(
+    data: InteractionData, work: Path, recipe: MiniRecipe, threads: int, progress: bool, device: str = "cpu"
+) -> dict:
     from icg.training.mini_unet import train_mini_unet
 
     return train_mini_unet(
@@ -75,7 +81,9 @@ def _step_unet(data: InteractionData, work: Path, threads: int, progress: bool, 
     )  # fmt: skip
 
 
-def _step_context(data: InteractionData, work: Path, threads: int, progress: bool) -> dict:
+def _step_context(
+    data: InteractionData, work: Path, recipe: MiniRecipe, threads: int, progress: bool
+) -> dict:
     from icg.training.mini_context import train_mini_context
 
     return train_mini_context(
@@ -84,42 +92,41 @@ def _step_context(data: InteractionData, work: Path, threads: int, progress: boo
     )  # fmt: skip
 
 
-def _step_users(data: InteractionData, work: Path, threads: int, progress: bool) -> dict:
+def _step_users(data: InteractionData, work: Path, recipe: MiniRecipe, threads: int, progress: bool) -> dict:
     from icg.users.train import train_user_encoder
 
     with torch_threads(threads):
-        return train_user_encoder(data, work / "users", seed=0, progress=progress)
+        return train_user_encoder(data, work / "users", seed=recipe.users_seed, progress=progress)
 
 
-def _step_reward(data: InteractionData, work: Path, threads: int, progress: bool) -> dict:
+def _step_reward(data: InteractionData, work: Path, recipe: MiniRecipe, threads: int, progress: bool) -> dict:
     from icg.training.reward_model import train_from_dataset
 
     # issue 18: the "taste" recipe (frozen CLIP, so an epoch takes seconds: its own epochs + early stopping)
     with torch_threads(threads):
-        return train_from_dataset(data, work / "reward", "taste", clip=work / "clip", seed=0)
+        return train_from_dataset(
+            data, work / "reward", recipe.reward_profile, clip=work / "clip", seed=recipe.reward_seed
+        )
 
 
-JUDGE_SEED = 1  # the judge's pair split (users) and initialisation differ from the optimised reward's (0)
+# the shipped recipe's judge seed: evaluation holds out the judge's users (`held_out`)
+JUDGE_SEED = load_recipe("mini").judge_seed
 
 
-def _step_reward_judge(data: InteractionData, work: Path, threads: int, progress: bool) -> dict:
+def _step_reward_judge(
+    data: InteractionData, work: Path, recipe: MiniRecipe, threads: int, progress: bool
+) -> dict:
     from icg.training.reward_model import train_from_dataset
 
-    with torch_threads(threads):  # the same "taste" recipe as the reward, another seed and user split
-        return train_from_dataset(data, work / "reward_judge", "taste", clip=work / "clip", seed=JUDGE_SEED)
+    with torch_threads(threads):  # the reward's recipe, another seed and user split
+        return train_from_dataset(
+            data, work / "reward_judge", recipe.reward_profile, clip=work / "clip", seed=recipe.judge_seed
+        )
 
 
-# The mini's adapter recipe (paper §3.4.2 at mini scale): a short stage 1, then reward feedback, both with
-# ReFL's denoising regularizer. Measured on the first mini: lr 1e-3 without the regularizer raised the CLIP
-# reward 0.19 → 0.47 in 300 steps while the covers dissolved into colour blobs (reward hacking of a small
-# CLIP); lr 1e-4 with it barely moved anything (0.16 → 0.22). 3e-4 with the regularizer sits between.
-# Stage 2 runs with the reward-hacking guard (warn only): the judge reward model, SSIM and LPIPS-miniCLIP on
-# 16 validation (item, user) samples every 100 steps.
-ADAPTER_INIT = {"stage": "init", "steps": 300, "lr": 3e-4, "denoise_weight": 1.0}
-ADAPTER_REWARD = {"stage": "reward", "steps": 600, "lr": 3e-4, "denoise_weight": 1.0, "guard_every": 100}
-
-
-def _adapter(work: Path, data: InteractionData, threads: int, progress: bool, stage: str) -> dict:
+def _adapter(
+    work: Path, data: InteractionData, recipe: MiniRecipe, threads: int, progress: bool, stage: str
+) -> dict:
     from icg.presets import mini_preset
     from icg.training.adapter import AdapterTrainConfig, train_adapter_from_preset
 
@@ -127,19 +134,23 @@ def _adapter(work: Path, data: InteractionData, threads: int, progress: bool, st
         package_mini(work, work / "preset", with_adapter=False)
     spec = mini_preset(work / "preset")
     if stage == "init":
-        config, out = AdapterTrainConfig(**ADAPTER_INIT), work / "adapter_init"
+        config, out = AdapterTrainConfig(**recipe.adapter_init), work / "adapter_init"
     else:
-        config, out = AdapterTrainConfig(**ADAPTER_REWARD), work / "adapter"
+        config, out = AdapterTrainConfig(**recipe.adapter), work / "adapter"
         spec = spec.replace(adapter=str(work / "adapter_init" / "adapter"))
     return train_adapter_from_preset(spec, data, out, config, threads=threads, progress=progress)
 
 
-def _step_adapter_init(data: InteractionData, work: Path, threads: int, progress: bool) -> dict:
-    return _adapter(work, data, threads, progress, "init")
+def _step_adapter_init(
+    data: InteractionData, work: Path, recipe: MiniRecipe, threads: int, progress: bool
+) -> dict:
+    return _adapter(work, data, recipe, threads, progress, "init")
 
 
-def _step_adapter(data: InteractionData, work: Path, threads: int, progress: bool) -> dict:
-    return _adapter(work, data, threads, progress, "reward")
+def _step_adapter(
+    data: InteractionData, work: Path, recipe: MiniRecipe, threads: int, progress: bool
+) -> dict:
+    return _adapter(work, data, recipe, threads, progress, "reward")
 
 
 _STEP_FUNCTIONS: dict[str, Callable[..., dict]] = {
@@ -173,11 +184,14 @@ def train_mini(
     threads: int = 1,
     progress: bool = True,
     device: str = "cpu",
+    recipe: str | Path | MiniRecipe = "mini",
 ) -> dict[str, dict]:
     """Run `steps` in order into `work_dir/<step>/`; returns {step: metrics}. Records wall time per step in
     `work_dir/train_mini.json` (a step that was already complete reports its trainer's own total seconds).
-    `device` is where the VAE and UNet steps train (the other steps run on the CPU).
+    `device` is where the VAE and UNet steps train (the other steps run on the CPU). `recipe` is a shipped
+    recipe's name, a recipe file (`icg.training.recipe`) or a `MiniRecipe`.
     """
+    recipe = recipe if isinstance(recipe, MiniRecipe) else load_recipe(recipe)
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     record_file = work / RECORD_NAME
@@ -187,7 +201,7 @@ def train_mini(
         logger.info("mini preset: step %s", step)
         tick = time.perf_counter()
         on_device = {"device": device} if step in _DEVICE_STEPS else {}
-        metrics = _STEP_FUNCTIONS[step](data, work, threads, progress, **on_device)
+        metrics = _STEP_FUNCTIONS[step](data, work, recipe, threads, progress, **on_device)
         metrics = {k: v for k, v in metrics.items() if k != "history"}
         results[step] = metrics
         record["steps"][step] = {
@@ -195,7 +209,7 @@ def train_mini(
             "seconds_total": metrics.get("seconds"),
             "completed": metrics.get("completed", True),
         }
-        record.update(machine=machine(), threads=threads, dataset=data.name)
+        record.update(machine=machine(), threads=threads, dataset=data.name, recipe=recipe.to_dict())
         write_text_atomic(record_file, json.dumps(record, indent=2, default=str))
     return results
 
