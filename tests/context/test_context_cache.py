@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -124,3 +125,14 @@ def test_disk_entries_are_atomic_and_corrupt_ones_recomputed(counted, tmp_path: 
 def test_put_rejects_a_batch() -> None:
     with pytest.raises(ValueError, match=r"shape \(N, D\)"):
         ContextCache().put("k", "prompt", torch.zeros(2, 1, 4))
+
+
+def test_a_folder_written_again_in_place_is_not_answered_from_old_entries(tmp_path: Path) -> None:
+    """A rebuilt model in the same folder (a new tiny preset, a retrained MLLM) gets new keys; the same files
+    loaded twice keep theirs, so a disk cache still hits across runs."""
+    folder = build_tiny_context_encoder(tmp_path / "qwen")
+    key = ContextEncoder.from_pretrained(folder).cache_model_id(MAX_NEW)
+    assert ContextEncoder.from_pretrained(folder).cache_model_id(MAX_NEW) == key
+    tokenizer = folder / "tokenizer.json"  # written again: same meta tokens, another file
+    tokenizer.write_text(json.dumps(json.loads(tokenizer.read_text()), indent=1))
+    assert ContextEncoder.from_pretrained(folder).cache_model_id(MAX_NEW) != key

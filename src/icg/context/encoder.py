@@ -8,6 +8,7 @@ appended after the image and title (see `meta_tokens.py` for how they are splice
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -86,6 +87,19 @@ class ContextOutput:
     lm_loss: torch.Tensor | None  # next-token loss on the answer text, when answers were given
 
 
+def folder_fingerprint(source: str) -> str:
+    """Name, size and modification time of every file directly in a local folder, hashed ("" for a hub id):
+    cheap even for a 16 GB MLLM, and it changes whenever the folder's files are written again."""
+    folder = Path(source)
+    if not folder.is_dir():
+        return ""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        stat = path.stat()
+        h.update(f"{path.name}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
 class ContextEncoder(DeviceDtypeMixin, nn.Module):
     """Qwen2.5-VL + processor + meta tokens. The backbone is frozen unless `train_backbone=True`."""
 
@@ -104,6 +118,7 @@ class ContextEncoder(DeviceDtypeMixin, nn.Module):
         self.model = model
         self.processor = processor
         self.model_id = model_id
+        self.files_fingerprint = ""  # of a local backbone folder's files, set by from_pretrained
         self.cache = cache  # used by encode_items when no cache is passed; None computes every time
         self.train_backbone = train_backbone
         self.model.requires_grad_(train_backbone)
@@ -173,6 +188,7 @@ class ContextEncoder(DeviceDtypeMixin, nn.Module):
         encoder = cls(
             model, processor, num_meta_tokens, model_id=mllm, train_backbone=train_backbone, seed=seed
         )
+        encoder.files_fingerprint = folder_fingerprint(mllm)
         if saved is not None:
             weights_file = cached_file(source, META_WEIGHTS_NAME, local_files_only=offline)
             weight = load_file(weights_file)["meta_tokens"]  # (N, D)
@@ -375,8 +391,11 @@ class ContextEncoder(DeviceDtypeMixin, nn.Module):
         return [t.strip() for t in texts]
 
     def cache_model_id(self, max_new_tokens: int) -> str:
-        """The "model id" part of cache keys: backbone id, current meta weights and generation length."""
-        return f"{self.model_id}|meta={self.meta_tokens.fingerprint()}|max_new_tokens={max_new_tokens}"
+        """The "model id" part of cache keys: backbone id, its files (a local folder written again in place,
+        e.g. a rebuilt tiny preset, must not be answered from the old entries), current meta weights and
+        generation length."""
+        files = f"|files={self.files_fingerprint}" if self.files_fingerprint else ""
+        return f"{self.model_id}{files}|meta={self.meta_tokens.fingerprint()}|max_new_tokens={max_new_tokens}"
 
     @torch.no_grad()
     def encode_items(
