@@ -25,6 +25,7 @@ from icg.cli_options import (
     SignalOpt,
     SpeedOpt,
     ThreadsOpt,
+    TrainingRecipeOpt,
     device_and_dtype,
     load_data,
     print_json,
@@ -149,9 +150,7 @@ def train_user_encoder_cmd(
     path: PathOpt = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs (default: the trainer's).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split, sampling and initialisation.")] = 0,
-    max_minutes: Annotated[
-        float | None, typer.Option(help="Stop after the epoch that passes this budget; rerun to resume.")
-    ] = None,
+    max_minutes: MinutesOpt = None,
 ) -> None:
     """Train the two-tower user encoder; prints held-out AUC beside a popularity baseline (resumable)."""
     from icg.users.train import train_user_encoder
@@ -247,9 +246,7 @@ def train_mini_cmd(
     device: Annotated[
         str, typer.Option(help="Where the VAE and UNet steps train: auto, cpu, cuda or cuda:N (others: CPU).")
     ] = "auto",
-    recipe: Annotated[
-        str, typer.Option(help="A recipe of icg/training/recipes (name) or a recipe .json file.")
-    ] = "mini",
+    recipe: TrainingRecipeOpt = "mini",
 ) -> None:
     """Train every model of the mini preset in order (resumable; finished steps skipped), then package."""
     from icg.training.mini import STEPS, check_steps, package_mini, train_mini

@@ -39,6 +39,7 @@ MinutesOpt = Annotated[
 ]
 
 MiniRecipeOpt = Annotated[str, typer.Option(help="Model size and recipe (only 'mini' for now).")]
+TrainingRecipeOpt = Annotated[str, typer.Option(help="A recipe of icg/training/recipes, or a .json file.")]
 
 
 def load_data(dataset: str, path: Path | None, signal: str | None = None):
