@@ -16,7 +16,7 @@ context-only cover (no users), 1 the adapter as trained.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -107,6 +107,14 @@ class CoverCall:
             **true_cfg, "adapter_scale": self.adapter_scale, "user_scale": self.user_scale,
             "drop_meta_tokens": self.drop_meta_tokens, "height": self.height, "width": self.width,
         }  # fmt: skip
+
+    def rollout_settings(self) -> RolloutSettings:
+        """How the backbone's rollout runs this call (every step, no gradients)."""
+        config, true_cfg = self.config, 1.0 if self.true_cfg_scale is None else self.true_cfg_scale
+        return RolloutSettings(
+            config.num_inference_steps, config.guidance_scale, self.height, self.width,
+            adapter_scale=self.adapter_scale, user_scale=self.user_scale, true_cfg_scale=true_cfg,
+        )  # fmt: skip
 
 
 class CoverConditioningMixin:
@@ -277,6 +285,50 @@ class CoverConditioningMixin:
         user_idx = torch.tensor([c[1] for c in cells], device=device)
         return CoverGrid(prompts, context, user_embeds, cells, cell_prompts, item_idx, user_idx)
 
+    def encode_cover_prompts(self, grid: CoverGrid) -> Any:
+        """The backbone's text conditioning, one row per cover: each item's P_exp encoded once, or each
+        cover's own prompt where a user's suffix changed it."""
+        if grid.cell_prompts == [grid.prompts[i] for i, _, _ in grid.cells]:
+            return self.backbone.take(self.backbone.encode_prompts(grid.prompts), grid.item_idx)
+        return self.backbone.encode_prompts(grid.cell_prompts)
+
+    def render(
+        self,
+        text: Any,
+        context: torch.Tensor,
+        user_embeds: torch.Tensor | None,
+        seeds: list[int],
+        settings: RolloutSettings,
+    ) -> torch.Tensor:
+        """Covers (B, 3, H, W) in [0, 1] from the text conditioning, C_ref and U_pre (one row per cover): c_p
+        and its unconditional twin, then the backbone's `rollout` (noise from `seeds`, the loop, decoding),
+        the loop the adapter trainer runs."""
+        cond_p, uncond_p = self.personal_tokens(context, user_embeds)
+        settings = replace(settings, user_tokens=self.user_tokens(user_embeds))
+        return self.backbone.rollout(
+            text, cond_p, uncond_p, seeds, settings, self._execution_device, progress=self.progress_bar
+        )
+
+    def denoise_call(self, call: CoverCall, seed: int) -> torch.Tensor:
+        """Steps 5–8 of every cover pipeline's `__call__`: text conditioning and c_p per cover, noise (cover
+        n from `seed + n`), the denoising loop and decoding → (B, 3, H, W) in [0, 1]."""
+        grid = call.grid
+        seeds = [seed + n for n in range(len(grid.cells))]
+        text = self.encode_cover_prompts(grid)
+        return self.render(text, grid.cover_context(), grid.cover_users(), seeds, call.rollout_settings())
+
+    def render_embeddings(
+        self,
+        prompts: list[str],
+        context: torch.Tensor,
+        user_embeds: torch.Tensor | None,
+        seeds: list[int],
+        settings: RolloutSettings,
+    ) -> torch.Tensor:
+        """`covers_from_embeddings` of both backbones: checked inputs, each prompt encoded, `render`."""
+        context, user_embeds = self.check_embeddings(prompts, context, user_embeds, seeds)
+        return self.render(self.backbone.encode_prompts(list(prompts)), context, user_embeds, seeds, settings)
+
     def check_embeddings(
         self, prompts: list[str], context: torch.Tensor, user_embeds: torch.Tensor | None, seeds: list[int]
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -317,6 +369,7 @@ class CoverConditioningMixin:
                 "seed": seed + n,
                 **settings,
                 "scheduler": type(self.scheduler).__name__,
+                "backbone": self.backbone.kind,
             }
             for n, (i, u, k) in enumerate(grid.cells)
         ]
@@ -476,15 +529,11 @@ class CoverPipeline(
         """Covers (B, 3, H, W) in [0, 1] for precomputed P_exp (B), C_ref (B, N, D) and U_pre (B, D_u): the
         generation half of `__call__`, for a batch job whose context stage ran elsewhere. Cover b starts
         from noise seeded with `seeds[b]`, as cover k of `pipe(..., seed=s)` starts from `s + k`."""
-        user_scale = check_user_scale(user_scale)
-        context, user_embeds = self.check_embeddings(prompts, context, user_embeds, seeds)
-        text = self.encode_text(list(prompts))  # (B, T, W)
-        cond_p, uncond_p = self.personal_tokens(context, user_embeds)
-        return self.denoise(
-            text, cond_p, uncond_p, seeds, num_inference_steps, guidance_scale, adapter_scale,
-            height or self.default_size, width or self.default_size, self.user_tokens(user_embeds),
-            user_scale,
+        settings = RolloutSettings(
+            num_inference_steps, guidance_scale, height or self.default_size, width or self.default_size,
+            adapter_scale=adapter_scale, user_scale=check_user_scale(user_scale),
         )  # fmt: skip
+        return self.render_embeddings(prompts, context, user_embeds, seeds, settings)
 
     @torch.no_grad()
     def __call__(
@@ -520,21 +569,8 @@ class CoverPipeline(
             items, users, num_inference_steps, guidance_scale, max_prompt_tokens, height, width,
             num_images_per_prompt, adapter_scale, user_scale, strict_users, drop_meta_tokens, prompt_suffixes,
         )  # fmt: skip
-        grid = call.grid
-
-        # 5. text embeddings c_t (one per item when no user has a suffix) and personalized tokens c_p
-        if prompt_suffixes is None:
-            text = self.encode_text(grid.prompts)[grid.item_idx]  # (B, T, W)
-        else:
-            text = self.encode_text(grid.cell_prompts)  # (B, T, W)
-        cond_p, uncond_p = self.personal_tokens(grid.cover_context(), grid.cover_users())
-
-        # 6.–8. noise (one generator per cover), denoising loop, decode
-        seeds = [seed + n for n in range(len(grid.cells))]
-        images = self.denoise(
-            text, cond_p, uncond_p, seeds, call.config.num_inference_steps, call.config.guidance_scale,
-            adapter_scale, call.height, call.width, self.user_tokens(grid.user_embeds), call.user_scale,
-        )  # fmt: skip
+        # 5.–8. text embeddings c_t and personalized tokens c_p per cover, noise, DDIM loop, decode
+        images = self.denoise_call(call, seed)  # (B, 3, H, W) in [0, 1]
         return self.cover_output(images, call, items, users, seed, output_type)
 
 

@@ -178,18 +178,12 @@ class FluxCoverPipeline(PresetFolderMixin, DiffusionPipeline, CoverConditioningM
         The denoising half of `__call__`, also what a batch job with precomputed context calls; `user_scale`
         weights the user tokens as in `CoverPipeline` (0 = context only).
         """
-        height, width = height or self.default_size, width or self.default_size
-        context, user_embeds = self.check_embeddings(prompts, context, user_embeds, seeds)
-        text = self.backbone.encode_prompts(prompts)  # (B, T, W), (B, P), (T, 3)
-        cond_p, uncond_p = self.personal_tokens(context, user_embeds)
         settings = RolloutSettings(
-            num_inference_steps, guidance_scale, height, width, adapter_scale=adapter_scale,
-            user_tokens=self.user_tokens(user_embeds), user_scale=check_user_scale(user_scale),
+            num_inference_steps, guidance_scale, height or self.default_size, width or self.default_size,
+            adapter_scale=adapter_scale, user_scale=check_user_scale(user_scale),
             true_cfg_scale=true_cfg_scale,
         )  # fmt: skip
-        return self.backbone.rollout(
-            text, cond_p, uncond_p, seeds, settings, self._execution_device, progress=self.progress_bar
-        )
+        return self.render_embeddings(prompts, context, user_embeds, seeds, settings)
 
     @torch.no_grad()
     def __call__(
@@ -223,19 +217,9 @@ class FluxCoverPipeline(PresetFolderMixin, DiffusionPipeline, CoverConditioningM
             num_images_per_prompt, adapter_scale, user_scale, strict_users, drop_meta_tokens, prompt_suffixes,
             true_cfg_scale,
         )  # fmt: skip
-        grid = call.grid
-
-        # 5.–8. text embeddings, c_p, noise, flow-matching loop, decode
-        images = self.covers_from_embeddings(
-            grid.cell_prompts, grid.cover_context(), grid.cover_users(),
-            [seed + n for n in range(len(grid.cells))], call.config.num_inference_steps,
-            call.config.guidance_scale, adapter_scale, call.height, call.width, true_cfg_scale,
-            call.user_scale,
-        )  # fmt: skip  # (B, 3, H, W) in [0, 1]
-        output = self.cover_output(images, call, items, users, seed, output_type)
-        for meta in output.metadata:
-            meta["backbone"] = self.backbone.kind
-        return output
+        # 5.–8. text embeddings and c_p per cover, noise, flow-matching loop, decode
+        images = self.denoise_call(call, seed)  # (B, 3, H, W) in [0, 1]
+        return self.cover_output(images, call, items, users, seed, output_type)
 
 
 def flux_pipeline_kwargs(pipe: FluxCoverPipeline) -> dict[str, Any]:

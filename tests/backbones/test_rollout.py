@@ -139,3 +139,31 @@ def test_one_loader_for_both_backbones_and_the_old_flux_path(root) -> None:
         load_flux_cover_pipeline(load_preset_folder(root / "tiny"))
     with pytest.raises(ICGError, match="not supported for flux"):
         FluxBackbone.load_components(spec.base_model, base_config=str(root / "tiny"))
+
+
+@pytest.mark.parametrize("kind", ["sd15", "flux"])
+@pytest.mark.parametrize("suffixes", [None, ["gritty noir", "bright pastel"]])
+def test_call_is_its_grid_through_covers_from_embeddings(pipes, kind: str, suffixes) -> None:
+    """Both pipelines' `__call__` is prepare_call → the shared steps 5–8 (`denoise_call`): the same covers
+    as `covers_from_embeddings` on the call's grid (each item's prompt encoded once there, each cover's
+    prompt here), and a sidecar that names the backbone."""
+    from PIL import Image
+
+    from icg.pipeline import CoverItem, CoverUser
+
+    pipe = pipes[kind]
+    items = [CoverItem("Alien Night", Image.new("RGB", (64, 64), (200, 30, 30)), "a"),
+             CoverItem("Sunny Love", Image.new("RGB", (64, 64), (30, 30, 200)), "b")]  # fmt: skip
+    users = [CoverUser(user_id="1"), CoverUser(profile="loves horror")]
+    out = pipe(items, users, num_inference_steps=2, seed=5, output_type="pt", prompt_suffixes=suffixes)
+    call = pipe.prepare_call(
+        items, users, 2, None, None, None, None, 1, None, 1.0, True, False, suffixes
+    )  # fmt: skip
+    grid = call.grid
+    seeds = [5 + n for n in range(len(grid.cells))]
+    again = pipe.covers_from_embeddings(
+        grid.cell_prompts, grid.cover_context(), grid.cover_users(), seeds, 2, call.config.guidance_scale
+    )
+    assert torch.equal(out.images, again)
+    assert not torch.equal(out.images[0], out.images[1])  # two users, two covers: the check can fail
+    assert {m["backbone"] for m in out.metadata} == {kind}

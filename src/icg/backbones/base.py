@@ -192,6 +192,10 @@ class Backbone(ABC):
     def decode(self, latents: Tensor, height: int, width: int) -> Tensor:
         """Latents → images (B, 3, H, W) in [0, 1], in the latents' dtype."""
 
+    def take(self, text: Any, index: Tensor) -> Any:
+        """The rows `index` of a text conditioning: each item's prompt encoded once, one row per cover."""
+        return text[index]
+
     def text_dtype(self, text: Any) -> torch.dtype:
         """The dtype the pipelines draw their noise in: the text conditioning's."""
         return text.dtype

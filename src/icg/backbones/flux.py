@@ -151,6 +151,9 @@ class FluxBackbone(Backbone):
         text_ids = torch.zeros(text.shape[1], 3, device=text.device, dtype=pipe.text_encoder.dtype)
         return FluxText(text, pooled.to(pipe.text_encoder.dtype), text_ids)
 
+    def take(self, text: FluxText, index: Tensor) -> FluxText:
+        return FluxText(text.states[index], text.pooled[index], text.ids)  # the ids are per token, shared
+
     def text_dtype(self, text: FluxText) -> torch.dtype:
         return text.states.dtype
 
