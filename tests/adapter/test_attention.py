@@ -255,7 +255,7 @@ def test_user_scale_reweights_the_user_tokens_and_zero_drops_them_exactly() -> N
     attn = unet.get_submodule(get_adapter_layers(unet).names[0].removesuffix(".processor"))
     query = _randn(2, attn.heads, 7, proc.hidden_size // attn.heads, seed=5)  # (B, heads, L, d)
     with torch.no_grad():
-        got = proc._personal_attention(attn, query, c_p, 2, (2, 3.0))
+        got = proc.personal_attention(attn, query, c_p, 2, (2, 3.0))
         key = proc.to_k_p(c_p).view(2, -1, attn.heads, query.shape[-1]).transpose(1, 2)
         value = proc.to_v_p(c_p).view(2, -1, attn.heads, query.shape[-1]).transpose(1, 2)
         weights = (query @ key.transpose(-1, -2) / query.shape[-1] ** 0.5).exp()  # (B, heads, L, M)

@@ -53,9 +53,9 @@ def test_bounded_context_cache_keeps_recent_items_in_memory_and_all_on_disk(tmp_
     cache = BoundedContextCache(tmp_path, max_memory=2)
     for key in ("a" * 64, "b" * 64, "c" * 64):
         cache.put(key, f"prompt {key[0]}", torch.zeros(1, 4))
-    assert len(cache) == 2 and "a" * 64 not in cache._memory
+    assert len(cache) == 2 and "a" * 64 not in cache.memory_keys
     assert cache.get("a" * 64).prompt == "prompt a"  # read back from disk, now the most recent
-    assert list(cache._memory) == ["c" * 64, "a" * 64]
+    assert cache.memory_keys == ["c" * 64, "a" * 64]
 
 
 def test_worker_runs_in_order_coalesces_and_bounds_the_queue():
@@ -123,7 +123,7 @@ def test_catalog_search_users_and_references(ml100k):
         assert image.size == (256, 256)
     for item_id in ("2", "3", "4"):
         catalog.reference_image(item_id)
-    assert len(catalog._lru) == 2  # bounded
+    assert catalog.cached_images == 2  # bounded
     item = catalog.cover_item("12")
     assert item.title == "The Usual Suspects" and item.item_id == "12"
     with pytest.raises(KeyError):

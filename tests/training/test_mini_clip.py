@@ -193,18 +193,18 @@ def test_interrupted_and_budgeted_runs_resume_to_identical_weights(
     first = train_mini_clip(ml100k, out, MICRO, progress=False, threads=1, max_minutes=1e-6)
     assert (first["epochs_completed"], first["completed"]) == (1, False)
     # 2) a crash in the third epoch: the checkpoint after epoch 2 survives
-    real_epoch = mini_clip_module._train_epoch
+    real_epoch = mini_clip_module.train_epoch
 
     def crash_in_epoch_3(*args, **kwargs):
         if args[6] == 2:  # zero-based epoch index
             raise KeyboardInterrupt
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(mini_clip_module, "_train_epoch", crash_in_epoch_3)
+    monkeypatch.setattr(mini_clip_module, "train_epoch", crash_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         train_mini_clip(ml100k, out, MICRO, progress=False, threads=1)
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
-    monkeypatch.setattr(mini_clip_module, "_train_epoch", real_epoch)
+    monkeypatch.setattr(mini_clip_module, "train_epoch", real_epoch)
     # 3) resume to the end
     with caplog.at_level(logging.INFO, logger="icg.training.mini_clip"):
         final = train_mini_clip(ml100k, out, MICRO, progress=False, threads=1)

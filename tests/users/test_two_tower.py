@@ -231,7 +231,7 @@ def test_deterministic_with_seed(data, trained, tmp_path) -> None:
 
 def test_resume_continues_an_interrupted_run(data, trained, tmp_path, monkeypatch, caplog) -> None:
     out, metrics = trained
-    real_epoch = train_module._train_epoch
+    real_epoch = train_module.train_epoch
     calls: list[int] = []
 
     def interrupted(*args, **kwargs):
@@ -240,13 +240,13 @@ def test_resume_continues_an_interrupted_run(data, trained, tmp_path, monkeypatc
         calls.append(1)
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "_train_epoch", interrupted)
+    monkeypatch.setattr(train_module, "train_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train_user_encoder(data, tmp_path, seed=0, **FAST)
     assert (tmp_path / "checkpoint.pt").is_file() and not (tmp_path / "metrics.json").exists()
 
     calls.clear()
-    monkeypatch.setattr(train_module, "_train_epoch", lambda *a, **k: calls.append(1) or real_epoch(*a, **k))
+    monkeypatch.setattr(train_module, "train_epoch", lambda *a, **k: calls.append(1) or real_epoch(*a, **k))
     with caplog.at_level(logging.INFO, logger="icg.users.train"):
         resumed = train_user_encoder(data, tmp_path, seed=0, **FAST)
     assert "from epoch 8" in caplog.text

@@ -192,7 +192,7 @@ class DualPathAttnProcessor(PersonalKV):
         if personal is not None and scale != 0.0:
             # summed per element in the heads layout, so one transpose/reshape serves both paths (the same
             # values as summing after the reshape); scale 1 skips the multiply (x * 1.0 == x exactly)
-            personal_out = self._personal_attention(
+            personal_out = self.personal_attention(
                 attn, query, personal, batch_size, user
             )  # (B, heads, L, d)
             hidden_states = hidden_states + (personal_out if scale == 1.0 else scale * personal_out)
@@ -207,7 +207,7 @@ class DualPathAttnProcessor(PersonalKV):
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
 
-    def _personal_attention(
+    def personal_attention(
         self,
         attn: Attention,
         query: torch.Tensor,

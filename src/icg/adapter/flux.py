@@ -143,11 +143,11 @@ class FluxDualPathAttnProcessor(PersonalKV):
         encoder_hidden_states = attn.to_add_out(encoder_hidden_states.contiguous())  # (B, T, H)
         if personal is None or scale == 0.0:
             return hidden_states, encoder_hidden_states
-        personal_out = self._personal_attention(attn, image_query, personal, user)  # (B, L, H)
+        personal_out = self.personal_attention(attn, image_query, personal, user)  # (B, L, H)
         # the block adds this third output to the image stream after its feed-forward (ungated)
         return hidden_states, encoder_hidden_states, personal_out if scale == 1.0 else scale * personal_out
 
-    def _personal_attention(
+    def personal_attention(
         self, attn: nn.Module, query: torch.Tensor, personal: torch.Tensor, user: tuple[int, float] = (0, 1.0)
     ) -> torch.Tensor:
         """Attn(Q, K_p, V_p) with query (B, L, heads, d) and c_p (B, M, W) → (B, L, heads·d); `user` =

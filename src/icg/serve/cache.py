@@ -284,6 +284,11 @@ class BoundedContextCache(ContextCache):
     def disk_entries(self) -> int:
         return len(self._disk)
 
+    @property
+    def memory_keys(self) -> list[str]:
+        """The keys held in memory, least recently used first (the next to be dropped first)."""
+        return list(self._memory)
+
     def _trim(self) -> None:
         while len(self._memory) > self.max_memory:
             self._memory.pop(next(iter(self._memory)))  # dicts keep insertion order: oldest first

@@ -95,6 +95,11 @@ class Catalog:
         ]
         return len(hits), hits[:limit]
 
+    @property
+    def cached_images(self) -> int:
+        """How many reference images are held in memory (at most `lru`)."""
+        return len(self._lru)
+
     def reference_image(self, item_id: str) -> PIL.Image.Image:
         """The item's reference cover (RGB); KeyError for an unknown id."""
         row = self.items[item_id]

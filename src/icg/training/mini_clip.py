@@ -148,7 +148,7 @@ def _optimizer(model: CLIPModel, config: MiniClipConfig, total_steps: int):
     return loop.adamw_warmup_cosine(model.parameters(), config, total_steps, betas=(0.9, 0.98), eps=1e-6)
 
 
-def _train_epoch(
+def train_epoch(
     model: CLIPModel,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -247,7 +247,7 @@ def _train(
         run = loop.EpochRun(logger, out, config.epochs, started, max_minutes)
         history = run.restore(state, modules, generators)
         for epoch in run:
-            loss = _train_epoch(model, optimizer, scheduler, sampler, batches, config, epoch, progress)
+            loss = train_epoch(model, optimizer, scheduler, sampler, batches, config, epoch, progress)
             val = evaluate_clip(model, processor, items.iloc[split.val], images=val_images, genres=all_genres)
             logit_scale = round(float(model.logit_scale.detach().exp()), 2)
             history.append(

@@ -331,7 +331,7 @@ def _build_base(
     return base
 
 
-def _train_epoch(encoder, head, optimizer, scheduler, sampler, data, train, config, epoch, progress) -> dict:
+def train_epoch(encoder, head, optimizer, scheduler, sampler, data, train, config, epoch, progress) -> dict:
     """One pass over the train items in full batches; returns the mean losses."""
     encoder.train()
     n = len(train)
@@ -434,7 +434,7 @@ def _train(items, out: Path, config, clip_dir: Path, cache: Path, resume, progre
         else:
             untrained, step_seconds = state["untrained"], list(state["step_seconds"])
         for epoch in run:
-            losses = _train_epoch(
+            losses = train_epoch(
                 encoder, head, optimizer, scheduler, sampler, data, train, config, epoch, progress
             )
             step_seconds.append(run.elapsed() / max(1, steps_per_epoch))

@@ -512,7 +512,7 @@ def _train(
             for batch in pairs[torch.randperm(len(pairs), generator=generator)].split(config.batch_size)
         ]
         bar = tqdm(batches, desc=f"unet epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
-        loss = _train_epoch(
+        loss = train_epoch(
             unet, ema, optimizer, lr_schedule, noise_scheduler, train_feats, bar, config, generator,
             run.autocast_dtype if config.bf16_autocast else None,
         )  # fmt: skip
@@ -581,7 +581,7 @@ def eps_loss(
     return (per_sample * weights).mean()
 
 
-def _train_epoch(
+def train_epoch(
     unet: UNet2DConditionModel,
     ema: EMAModel,
     optimizer: torch.optim.Optimizer,

@@ -229,7 +229,7 @@ def vae_loss(vae: AutoencoderKL, pixels: torch.Tensor, config: MiniVaeConfig) ->
     return {"loss": loss, "l1": l1, "mse": mse, "kl": kl}
 
 
-def _train_epoch(
+def train_epoch(
     vae: AutoencoderKL,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -336,7 +336,7 @@ def _train(
         run = loop.EpochRun(logger, out, config.epochs, started, max_minutes)
         history = run.restore(state, modules, generators)
         for epoch in run:
-            losses = _train_epoch(
+            losses = train_epoch(
                 vae, optimizer, scheduler, sampler, covers, split.train, config, epoch, progress
             )
             val = evaluate_vae(vae, val_covers)

@@ -333,7 +333,7 @@ class _TrainableWeights:
         _load_trainable(self.model, state)
 
 
-def _train_epoch(
+def train_epoch(
     model: PersonalizedRewardModel,
     cache: Mapping[str, Encoded],
     pairs: Tensor,
@@ -409,7 +409,7 @@ def train_reward_model(
         )
         history = run.restore(state, modules, {"sampler_rng": sampler})
         for epoch in run:
-            loss = _train_epoch(model, cache, train_pairs, optimizer, sampler, config.batch_size)
+            loss = train_epoch(model, cache, train_pairs, optimizer, sampler, config.batch_size)
             val = selection_score(accuracy_by_kind(model, cache, data, "val"), config.train_kinds)
             if stopper.update(epoch + 1, val):
                 best_state = _trainable_state(model)

@@ -89,7 +89,7 @@ def attach_taste_table(
 
     The split settings must be the ones it was trained with (`train_user_encoder`'s defaults here; see its
     metrics.json), so the table reads its training ratings only. No weight changes."""
-    vocab = model._require_vocab()
+    vocab = model.require_vocab()
     model.set_taste_table(
         taste_table(
             data, vocab, seed=seed, positive_threshold=positive_threshold, test_fraction=test_fraction

@@ -181,7 +181,7 @@ def train_user_encoder(
         run = fit.EpochRun(logger, out, epochs, started, max_minutes, global_rng=False)
         history = run.restore(state, {"model": model, "optimizer": optimizer}, {})
         for epoch in run:
-            loss = _train_epoch(
+            loss = train_epoch(
                 model, optimizer, split, epoch, seed, negatives_per_positive, batch_size, progress
             )
             history.append({"epoch": epoch + 1, "loss": loss})
@@ -224,7 +224,7 @@ def train_user_encoder(
     return metrics
 
 
-def _train_epoch(
+def train_epoch(
     model: TwoTowerModel,
     optimizer: torch.optim.Optimizer,
     split: Split,

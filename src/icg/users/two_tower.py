@@ -255,7 +255,8 @@ class TwoTowerModel(DeviceDtypeMixin, nn.Module):
         return (users * items).sum(-1)  # (B,)
 
     # --- inference ------------------------------------------------------------------------------------
-    def _require_vocab(self) -> FeatureVocab:
+    def require_vocab(self) -> FeatureVocab:
+        """The feature vocabulary, or a ValueError saying how to get a model that has one."""
         if self.vocab is None:
             raise ValueError("this TwoTowerModel has no vocabulary; build it with one or use from_pretrained")
         return self.vocab
@@ -264,7 +265,7 @@ class TwoTowerModel(DeviceDtypeMixin, nn.Module):
         if profile is None or isinstance(profile, UserProfile):
             return profile
         if isinstance(profile, str):
-            return self._require_vocab().parse_profile_sentence(profile)
+            return self.require_vocab().parse_profile_sentence(profile)
         if isinstance(profile, dict):
             unknown = set(profile) - {"age", "gender", "occupation"}
             if unknown:
@@ -282,7 +283,7 @@ class TwoTowerModel(DeviceDtypeMixin, nn.Module):
         strict: bool = True,
     ) -> UserFeatures:
         """Index features for string ids and/or profiles (see `encode_users` for the rules)."""
-        vocab = self._require_vocab()
+        vocab = self.require_vocab()
         if user_ids is None and profiles is None:
             raise ValueError("give user_ids, profiles or both")
         if isinstance(user_ids, str) or isinstance(profiles, str):
@@ -322,7 +323,7 @@ class TwoTowerModel(DeviceDtypeMixin, nn.Module):
         """Stated taste rows (B, G) when the model has a taste table; without one, warn and ignore it."""
         if not any(texts):
             return None
-        taste = self._require_vocab().stated_taste(texts).to(self.user_taste.device)  # (B, G)
+        taste = self.require_vocab().stated_taste(texts).to(self.user_taste.device)  # (B, G)
         if self.has_taste_table:
             return taste
         if bool((taste != 0).any()):
@@ -371,7 +372,7 @@ class TwoTowerModel(DeviceDtypeMixin, nn.Module):
         with atomic_path(folder / WEIGHTS_NAME) as tmp:
             save_file(state, str(tmp), metadata={"format": "icg.users.two_tower/1"})
         write_text_atomic(folder / CONFIG_NAME, self.config.to_json())
-        self._require_vocab().save(folder / VOCAB_NAME)
+        self.require_vocab().save(folder / VOCAB_NAME)
         return folder
 
     @classmethod
