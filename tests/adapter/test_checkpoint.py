@@ -78,6 +78,22 @@ def test_save_load_round_trip_gives_identical_outputs(saved: tuple[Path, torch.T
     assert torch.equal(got, expected)
 
 
+def test_saving_the_same_adapter_again_writes_the_same_bytes(saved, tmp_path: Path) -> None:
+    """The sidecars' adapter_hash reads the folder's bytes: equal weights must give equal files (with two
+    safetensors metadata keys, their hash-map order changed the bytes from save to save)."""
+    from icg.loading import adapter_hash
+
+    folder, _ = saved
+    unet = tiny_unet(seed=0)
+    adapter, projector = load_adapter(folder, unet)
+    again = [save_adapter(tmp_path / f"again{n}", adapter, projector) for n in range(8)]
+    for other in again:
+        for name in ("adapter.safetensors", "adapter_config.json"):
+            assert (other / name).read_bytes() == (folder / name).read_bytes()
+    assert {adapter_hash(f) for f in [folder, *again]} == {adapter_hash(folder)}
+    assert not list(tmp_path.glob("**/*.tmp*"))  # written through temp files, none left behind
+
+
 @pytest.mark.parametrize(
     ("unet_kwargs", "match"),
     [

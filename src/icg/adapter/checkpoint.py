@@ -28,6 +28,7 @@ from icg.adapter.attention import (
     layer_widths,
 )
 from icg.adapter.projector import PersonalizedProjector, ProjectorConfig
+from icg.atomic import atomic_path, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -122,10 +123,12 @@ def save_adapter(
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    save_file(
-        tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt", "icg_format_version": str(FORMAT_VERSION)}
-    )
-    (out / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+    # one metadata key: safetensors writes its metadata in hash-map order, so with two keys the same
+    # tensors gave other bytes (and another sidecar adapter_hash) from run to run; the format version is
+    # adapter_config.json's. Temp file + rename: a crash leaves the previous weights, never half-written.
+    with atomic_path(out / WEIGHTS_NAME) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    write_text_atomic(out / CONFIG_NAME, json.dumps(config.to_dict(), indent=2) + "\n")
     logger.info("saved adapter (%d layers, projector=%s) to %s", len(adapter), projector is not None, out)
     return out
 
