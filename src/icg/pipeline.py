@@ -16,6 +16,7 @@ context-only cover (no users), 1 the adapter as trained.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -503,7 +504,14 @@ class CoverPipeline(
         """Covers (B, 3, H, W) in [0, 1] from c_t (B, T, W) and c_p: cover b starts from noise seeded with
         `seeds[b]`, then DDIM with classifier-free guidance (the unconditional branch: "" and `uncond_p`);
         the last `user_tokens` of c_p are weighted by `user_scale` in both branches. The loop is the
-        backbone's `rollout`, the one the adapter trainer runs."""
+        backbone's `rollout`, the one the adapter trainer runs.
+
+        Deprecated: nothing of ICG calls it since both pipelines share `render` (which also makes c_p)."""
+        warnings.warn(
+            "CoverPipeline.denoise is deprecated; use pipe.backbone.rollout or pipe.render",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         settings = RolloutSettings(
             num_inference_steps, guidance_scale, height, width, adapter_scale=adapter_scale,
             user_tokens=user_tokens, user_scale=user_scale,

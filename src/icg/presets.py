@@ -82,10 +82,10 @@ BUILD_STAMP = ".icg-tiny-version"
 
 def materialize_if_stale(folder: Path, build: Callable[[Path], Path]) -> PresetSpec:
     """The preset in `folder`, (re)built by `build` unless it holds this version's build."""
-    stamp = folder / BUILD_STAMP
-    current = (folder / "preset.json").is_file() and stamp.is_file()
-    if not current or stamp.read_text(encoding="utf-8").strip() != str(TINY_PRESET_VERSION):
-        if (folder / "preset.json").is_file():
+    stamp, built = folder / BUILD_STAMP, (folder / "preset.json").is_file()
+    version = stamp.read_text(encoding="utf-8").strip() if built and stamp.is_file() else None
+    if version != str(TINY_PRESET_VERSION):
+        if built:
             logger.info("%s: built by another version of the tiny builder; rebuilding", folder)
         build(folder)  # into a sibling folder, renamed into place
         write_text_atomic(stamp, f"{TINY_PRESET_VERSION}\n")

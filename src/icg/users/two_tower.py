@@ -149,8 +149,7 @@ class TwoTowerModel(DeviceDtypeMixin, nn.Module):
         )
         # not in state_dict (training checkpoints stay as they were); save_pretrained writes it when present
         self.register_buffer("user_taste", torch.zeros(c.n_users, c.n_genres), persistent=False)
-        self.has_taste_table = False
-        self.taste_users = 0
+        self.taste_users = 0  # known users with a stored taste, counted on the host by set_taste_table
 
     def set_tables(
         self, user_profiles: torch.Tensor, item_genres: torch.Tensor, item_titles: torch.Tensor
@@ -179,7 +178,11 @@ class TwoTowerModel(DeviceDtypeMixin, nn.Module):
         if self.taste_users == 0:
             raise ValueError("the taste table holds no user with a stated taste")
         self.user_taste.copy_(table)
-        self.has_taste_table = True
+
+    @property
+    def has_taste_table(self) -> bool:
+        """Whether a taste table was set (one always holds at least one user's taste)."""
+        return self.taste_users > 0
 
     def taste_neighbours(self, taste: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Known users nearest to stated tastes (B, G) → (weights (B, k), user indices (B, k)).
@@ -192,11 +195,10 @@ class TwoTowerModel(DeviceDtypeMixin, nn.Module):
         norms = table.norm(dim=-1)  # (N,)
         valid = norms > 0
         valid[0] = False  # <unk> is nobody's taste
-        n_valid = self.taste_users  # counted on the host when the table was set
         stated = nn.functional.normalize(taste.float(), dim=-1)  # (B, G)
         cosine = stated @ (table / norms.clamp_min(1e-12)[:, None]).T  # (B, N)
         cosine = cosine.masked_fill(~valid, float("-inf"))
-        top, index = cosine.topk(min(self.config.taste_top_k, n_valid), dim=-1)  # (B, k)
+        top, index = cosine.topk(min(self.config.taste_top_k, self.taste_users), dim=-1)  # (B, k)
         return torch.softmax(top / self.config.taste_temperature, dim=-1), index
 
     def stated_id_embedding(self, taste: torch.Tensor) -> torch.Tensor:
